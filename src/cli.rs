@@ -1,0 +1,242 @@
+//! The command line: clap types, and the checks that turn them into library settings.
+
+use clap::{Args, Parser, Subcommand};
+
+use maxbatch::device::DeviceRequest;
+use maxbatch::format::parse_bytes;
+use maxbatch::models::ModelOptions;
+use maxbatch::{Finder, OptimizerKind};
+
+/// Find the largest training batch size that fits a model in a device's memory, by
+/// running real training steps, and the schedule it gives.
+#[derive(Debug, Parser)]
+#[command(
+    name = "maxbatch",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  maxbatch --model transformer-small --device cpu --memory 4GiB --dataset-size 50000 --epochs 3\n  maxbatch check --model mlp --memory 1GiB --batch-size 256\n  maxbatch models"
+)]
+pub struct Cli {
+    /// Subcommands; without one, maxbatch searches for the largest batch size.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The search's flags (used without a subcommand).
+    #[command(flatten)]
+    pub find: FindArgs,
+
+    /// More log output on stderr: -v info, -vv debug (RUST_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+/// What maxbatch can do besides the search.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the built-in models with their parameter counts and input shapes.
+    Models(ModelsArgs),
+    /// Pre-flight check: run one trial at --batch-size; exit 0 if it fits, 1 if not, 2 on
+    /// error.
+    Check(CheckArgs),
+}
+
+/// Flags of `maxbatch models`.
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `maxbatch check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The batch size to check.
+    #[arg(long, short = 'b', value_name = "B")]
+    pub batch_size: usize,
+
+    /// The model, device and training flags.
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// Flags of the search.
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// The model, device and training flags.
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// The first batch size tried.
+    #[arg(long, default_value_t = 1, value_name = "B")]
+    pub start: usize,
+
+    /// The largest batch size tried; it is run before it is reported. [default: the
+    /// dataset size if given, else 65536]
+    #[arg(long, value_name = "B")]
+    pub max_batch: Option<usize>,
+
+    /// Fraction of the capacity the recommended size leaves free.
+    #[arg(long, default_value_t = 0.05, value_name = "FRACTION")]
+    pub margin: f64,
+
+    /// Training samples, for the schedule (steps per epoch, total steps).
+    #[arg(long, value_name = "N")]
+    pub dataset_size: Option<u64>,
+
+    /// Passes over the dataset, for the schedule.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub epochs: u64,
+
+    /// Drop each epoch's last partial batch (steps per epoch rounds down, not up).
+    #[arg(long)]
+    pub drop_last: bool,
+}
+
+/// The model, the device and how a trial trains: shared by the search and `check`.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The built-in model to train (see `maxbatch models`).
+    #[arg(long, short, required = true, value_name = "NAME")]
+    pub model: Option<String>,
+
+    /// cpu, cuda, cuda:N, or auto (CUDA device 0 when there is one, else the CPU).
+    #[arg(long, short, default_value = "auto", value_parser = parse_device, value_name = "DEVICE")]
+    pub device: DeviceRequest,
+
+    /// Refuse to fall back to the CPU when the CUDA device asked for cannot be used (exit 2).
+    #[arg(long)]
+    pub no_fallback: bool,
+
+    /// CPU memory budget, e.g. 512MiB, 4GiB, 4G (= 4×10^9 bytes). [default: the machine's
+    /// available memory]
+    #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
+    pub memory: Option<u64>,
+
+    /// The optimizer: adamw (two moments per weight) or sgd (no state).
+    #[arg(long, default_value = "adamw", value_name = "NAME")]
+    pub optimizer: OptimizerKind,
+
+    /// Tokens per sample for transformers: the worst-case (padded) length your training
+    /// meets. [default: the model's context length]
+    #[arg(long, value_name = "TOKENS")]
+    pub seq_len: Option<usize>,
+
+    /// Full training steps (forward, loss, backward, optimizer update) per trial.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub steps_per_trial: usize,
+
+    /// Print JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_device(text: &str) -> Result<DeviceRequest, String> {
+    text.parse().map_err(|e: maxbatch::Error| e.to_string())
+}
+
+impl TargetArgs {
+    /// The model's name (clap enforces that it is given).
+    pub fn model_name(&self) -> &str {
+        self.model.as_deref().unwrap_or_default()
+    }
+
+    /// The input-shape options of the model.
+    pub fn model_options(&self) -> ModelOptions {
+        ModelOptions {
+            seq_len: self.seq_len,
+        }
+    }
+}
+
+impl FindArgs {
+    /// The finder these flags describe.
+    pub fn finder(&self) -> Finder {
+        let mut finder = Finder::new();
+        finder
+            .start(self.start)
+            .steps_per_trial(self.target.steps_per_trial)
+            .margin(self.margin)
+            .epochs(self.epochs)
+            .drop_last(self.drop_last)
+            .optimizer(self.target.optimizer);
+        if let Some(n) = self.dataset_size {
+            finder.dataset_size(n);
+        }
+        if let Some(b) = self.max_batch {
+            finder.max_batch(b);
+        }
+        finder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_search_needs_no_subcommand() {
+        let cli = Cli::try_parse_from([
+            "maxbatch",
+            "--model",
+            "mlp",
+            "--memory",
+            "4GiB",
+            "--dataset-size",
+            "100",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.find.target.memory, Some(4 << 30));
+        assert_eq!(cli.find.target.device, DeviceRequest::Auto);
+        assert_eq!(cli.find.dataset_size, Some(100));
+    }
+
+    #[test]
+    fn subcommands_need_no_model_at_top_level() {
+        let cli = Cli::try_parse_from(["maxbatch", "models", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Models(ModelsArgs { json: true }))
+        ));
+        let cli = Cli::try_parse_from(["maxbatch", "check", "--model", "mlp", "--batch-size", "8"])
+            .unwrap();
+        assert!(matches!(cli.command, Some(Command::Check(c)) if c.batch_size == 8));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for args in [
+            vec!["maxbatch"],
+            vec!["maxbatch", "--model", "mlp", "--memory", "lots"],
+            vec!["maxbatch", "--model", "mlp", "--device", "tpu:0"],
+            vec!["maxbatch", "--model", "mlp", "--optimizer", "lion"],
+            vec!["maxbatch", "check", "--batch-size", "4"],
+        ] {
+            assert!(Cli::try_parse_from(&args).is_err(), "{args:?} parsed");
+        }
+    }
+
+    #[test]
+    fn finder_settings_follow_the_flags() {
+        let cli = Cli::try_parse_from([
+            "maxbatch",
+            "--model",
+            "mlp",
+            "--dataset-size",
+            "1000",
+            "--start",
+            "4",
+        ])
+        .unwrap();
+        let bounds = cli.find.finder().bounds().unwrap();
+        assert_eq!((bounds.start, bounds.max_batch), (4, 1000));
+    }
+}

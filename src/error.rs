@@ -1,0 +1,84 @@
+//! The library's error type. Each message says what to do next.
+
+use crate::format::bytes;
+
+/// Everything that can stop maxbatch short of an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The CPU meter needs the counting allocator as the global allocator.
+    #[error(
+        "maxbatch's counting allocator is not installed, so CPU memory cannot be measured; \
+         add `#[global_allocator] static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator;` \
+         to your binary"
+    )]
+    AllocatorNotInstalled,
+
+    /// The machine's available memory could not be read.
+    #[error("cannot read the machine's available memory ({0}); give a budget instead, e.g. --memory 4GiB")]
+    MemInfo(String),
+
+    /// Even batch size 1 ran out of memory.
+    #[error(
+        "does not fit even at batch size 1: needs {}, capacity {}; {hint}",
+        needs.map_or_else(|| "more".to_string(), |n| format!("at least {}", bytes(n))),
+        bytes(*capacity)
+    )]
+    NothingFits {
+        /// The peak measured at batch size 1 (a lower bound when the trial stopped early).
+        needs: Option<u64>,
+        /// The capacity it was measured against.
+        capacity: u64,
+        /// What to try instead.
+        hint: &'static str,
+    },
+
+    /// The model and optimizer state alone are over the capacity.
+    #[error(
+        "the model alone (weights and optimizer state) holds {}, more than the capacity {}; \
+         raise --memory, or choose a smaller model or --optimizer sgd",
+        bytes(*held), bytes(*capacity)
+    )]
+    ModelExceedsCapacity {
+        /// Bytes held before any trial.
+        held: u64,
+        /// The capacity.
+        capacity: u64,
+    },
+
+    /// A trial failed with something other than out-of-memory.
+    #[error("the trial at batch size {batch_size} failed (not out of memory): {source}")]
+    Trial {
+        /// The batch size being tried.
+        batch_size: usize,
+        /// candle's error.
+        source: candle_core::Error,
+    },
+
+    /// No built-in model has that name.
+    #[error("unknown model {name:?}; known models: {known} (see `maxbatch models`)")]
+    UnknownModel {
+        /// The name given.
+        name: String,
+        /// The known names, comma-separated.
+        known: String,
+    },
+
+    /// The device string did not parse.
+    #[error("invalid device {0:?}: expected cpu, cuda, cuda:N (e.g. cuda:0) or auto")]
+    InvalidDevice(String),
+
+    /// CUDA was asked for, cannot be had, and falling back to the CPU was refused.
+    #[error("{reason}; drop --no-fallback to run on the CPU instead")]
+    CudaUnavailable {
+        /// Why CUDA cannot be used.
+        reason: String,
+    },
+
+    /// A setting is out of range.
+    #[error("{0}")]
+    InvalidSetting(String),
+
+    /// candle failed outside a trial (building the model, say).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}

@@ -1,0 +1,59 @@
+//! Numbers as text: bytes and parameter counts. The one place bytes become words.
+
+use bytesize::ByteSize;
+
+/// Bytes in binary units, e.g. "3.1 GiB".
+pub fn bytes(n: u64) -> String {
+    ByteSize(n).display().iec().to_string()
+}
+
+/// A parameter count in millions or billions, e.g. "35.6M".
+pub fn parameters(n: u64) -> String {
+    match n {
+        0..=999_999 => format!("{:.1}K", n as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.2}B", n as f64 / 1e9),
+    }
+}
+
+/// Parses a human byte size: "512MiB", "4GiB", "4G" (decimal: 4×10⁹), "1500000".
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let size: ByteSize = text.trim().parse().map_err(|_| {
+        format!(
+            "{text:?} is not a size; write it like 512MiB, 4GiB or 4G (GiB = 2^30 bytes, G = 10^9)"
+        )
+    })?;
+    Ok(size.as_u64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_both_unit_systems() {
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_bytes("4G"), Ok(4_000_000_000));
+        assert_eq!(parse_bytes("1.5 GiB"), Ok(3 << 29));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("4 parsecs").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn bytes_print_in_binary_units() {
+        assert_eq!(bytes(4 << 30), "4.0 GiB");
+        assert_eq!(bytes(1536 << 20), "1.5 GiB");
+        assert_eq!(bytes(512), "512 B");
+    }
+
+    #[test]
+    fn parameters_print_with_a_suffix() {
+        assert_eq!(parameters(35_561_472), "35.6M");
+        assert_eq!(parameters(124_439_808), "124.4M");
+        assert_eq!(parameters(6_738_415_616), "6.74B");
+        assert_eq!(parameters(4_000), "4.0K");
+    }
+}

@@ -1,0 +1,60 @@
+//! maxbatch finds the largest training batch size that fits a candle model in a device's
+//! memory, by running real training steps, and turns it into a training schedule.
+//!
+//! # Brief overview
+//! - [`TrainStep`]: one full training step at a batch size; any
+//!   `FnMut(usize) -> candle_core::Result<()>` is one. [`Workload`] is the built-in one.
+//! - [`MemoryMeter`]: a device's capacity and peak memory; [`CpuMeter`] counts the heap
+//!   through [`CountingAllocator`] against a budget.
+//! - [`Finder`]: runs the search (doubling, then binary search) and returns a [`Report`]:
+//!   the trials, the maximum, the largest power of two, the recommended size, the schedule.
+//!
+//! # Example
+//! ```no_run
+//! use maxbatch::{device, CpuMeter, Finder, Silent, Workload, OptimizerKind};
+//! use maxbatch::models::{self, ModelOptions};
+//!
+//! #[global_allocator]
+//! static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator;
+//!
+//! # fn main() -> Result<(), maxbatch::Error> {
+//! let device = device::resolve(device::DeviceRequest::Cpu, true)?;
+//! let options = ModelOptions { seq_len: Some(128) };
+//! let mut workload = Workload::new("transformer-tiny", &options, OptimizerKind::AdamW, &device.device)?;
+//! let mut meter = CpuMeter::with_budget(512 << 20)?;
+//! let report = Finder::new().dataset_size(50_000).epochs(3).find(
+//!     &mut workload,
+//!     &mut meter,
+//!     models::info("transformer-tiny", &options)?,
+//!     &device,
+//!     &mut Silent,
+//! )?;
+//! println!("max {} recommended {:?}", report.max_batch_size, report.recommended_batch_size);
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub mod device;
+pub mod error;
+pub mod finder;
+pub mod format;
+pub mod memory;
+pub mod models;
+pub mod probe;
+pub mod report;
+pub mod schedule;
+pub mod search;
+pub mod workload;
+
+pub use error::Error;
+pub use finder::{Finder, Observer, Silent};
+pub use memory::cpu::{CountingAllocator, CpuMeter};
+pub use memory::MemoryMeter;
+pub use probe::{Outcome, Trial};
+pub use report::Report;
+pub use workload::{OptimizerKind, Phase, TrainStep, Workload};
+
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: CountingAllocator = CountingAllocator;

@@ -1,0 +1,74 @@
+//! Memory measurement: one [`MemoryMeter`] trait, a file per device.
+//!
+//! A meter knows the capacity trials are measured against and the peak bytes in use since
+//! its last reset. Devices differ only here: the search and the probe see a meter.
+
+pub mod cpu;
+pub mod predict;
+
+use serde::Serialize;
+
+/// Where a capacity figure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapacitySource {
+    /// The user's `--memory` flag (or the library's budget): a budget, not hardware.
+    Flag,
+    /// The machine's available memory (`MemAvailable` in /proc/meminfo) at start.
+    MemAvailable,
+    /// The device's total memory as its driver reports it.
+    Device,
+}
+
+impl CapacitySource {
+    /// A short phrase for the report, e.g. "the --memory flag".
+    pub fn describe(self) -> &'static str {
+        match self {
+            CapacitySource::Flag => "the --memory flag",
+            CapacitySource::MemAvailable => "the machine's available memory at start",
+            CapacitySource::Device => "the device's total memory",
+        }
+    }
+}
+
+/// The memory a trial may use, and where that figure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Capacity {
+    /// Bytes a trial's peak may reach and still fit.
+    pub bytes: u64,
+    /// Where `bytes` came from.
+    pub source: CapacitySource,
+    /// True when the capacity is a budget that maxbatch enforces (the CPU), not a limit
+    /// that the hardware enforces.
+    pub is_budget: bool,
+}
+
+/// Measures peak memory on one device.
+///
+/// `reset_peak` then a trial then `peak_bytes` gives the trial's peak. Implementations
+/// must count every byte the training step holds on the device.
+pub trait MemoryMeter {
+    /// The capacity trials are measured against.
+    fn capacity(&self) -> Capacity;
+
+    /// Starts a new peak window at the bytes in use now.
+    fn reset_peak(&mut self) -> candle_core::Result<()>;
+
+    /// The most bytes in use since the last [`reset_peak`](Self::reset_peak).
+    fn peak_bytes(&mut self) -> candle_core::Result<u64>;
+
+    /// Bytes in use now.
+    fn current_bytes(&mut self) -> candle_core::Result<u64>;
+
+    /// Bytes beyond which a trial must not even be started, when running past the
+    /// capacity would not fail cleanly (on the CPU an allocation failure aborts the
+    /// process). `None` where the device reports out-of-memory as an error.
+    fn hard_limit(&self) -> Option<u64> {
+        None
+    }
+
+    /// True when `error` is this device running out of memory (not any other failure).
+    fn is_out_of_memory(&self, _error: &candle_core::Error) -> bool {
+        false
+    }
+}

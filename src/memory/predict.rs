@@ -1,0 +1,79 @@
+//! Conservative extrapolation of peak memory from measured trials: pure arithmetic.
+//!
+//! Used on the CPU to refuse sizes that would exhaust the machine before they run. It
+//! errs high: the line goes through the largest measured size with the steepest slope seen
+//! between neighbouring measurements (the memory curve bends upwards where the optimizer
+//! step's transient overtakes the backward pass, see DESIGN.md).
+
+/// Predicts the peak bytes at `batch_size` from `(batch_size, peak_bytes)` measurements.
+///
+/// With one measurement the peak is taken as proportional to the batch size (the fixed
+/// part scales too, so this overestimates). Below the largest measured size the answer is
+/// the peak of the nearest measured size at or above it. `None` without measurements.
+pub fn predicted_peak(measured: &[(usize, u64)], batch_size: usize) -> Option<u64> {
+    let mut points: Vec<(usize, u64)> = measured.iter().copied().filter(|p| p.0 > 0).collect();
+    points.sort_unstable();
+    points.dedup_by_key(|p| p.0);
+    let &(last_batch, last_peak) = points.last()?;
+    if batch_size <= last_batch {
+        return points
+            .iter()
+            .find(|(b, _)| *b >= batch_size)
+            .map(|(_, peak)| *peak);
+    }
+    let slope = if points.len() == 1 {
+        last_peak as f64 / last_batch as f64
+    } else {
+        points
+            .windows(2)
+            .map(|w| w[1].1.saturating_sub(w[0].1) as f64 / (w[1].0 - w[0].0) as f64)
+            .fold(0.0, f64::max)
+    };
+    let extra = slope * (batch_size - last_batch) as f64;
+    Some((last_peak as f64 + extra).min(u64::MAX as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_measured_predicts_nothing() {
+        assert_eq!(predicted_peak(&[], 4), None);
+    }
+
+    #[test]
+    fn one_point_scales_proportionally() {
+        assert_eq!(predicted_peak(&[(2, 100)], 8), Some(400));
+    }
+
+    #[test]
+    fn a_straight_line_is_extended_exactly() {
+        let line = |b: usize| 1000 + 300 * b as u64;
+        let measured: Vec<_> = [1, 2, 4, 8].iter().map(|&b| (b, line(b))).collect();
+        for b in 9..100 {
+            assert_eq!(predicted_peak(&measured, b), Some(line(b)));
+        }
+    }
+
+    #[test]
+    fn a_bending_curve_uses_the_steepest_slope() {
+        // The backward line then a steeper optimizer line, as on transformer-small.
+        let measured = [(1, 1000), (2, 1100), (4, 1700)];
+        assert_eq!(predicted_peak(&measured, 6), Some(1700 + 2 * 300));
+    }
+
+    #[test]
+    fn never_below_the_measurement_it_extends() {
+        let measured = [(1, 5000), (2, 4000)];
+        assert_eq!(predicted_peak(&measured, 3), Some(4000));
+    }
+
+    #[test]
+    fn inside_the_measured_range_takes_the_next_measurement_up() {
+        let measured = [(2, 200), (8, 800)];
+        assert_eq!(predicted_peak(&measured, 1), Some(200));
+        assert_eq!(predicted_peak(&measured, 5), Some(800));
+        assert_eq!(predicted_peak(&measured, 8), Some(800));
+    }
+}

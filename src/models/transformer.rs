@@ -1,0 +1,271 @@
+//! `transformer-*`: a decoder-only, GPT-style language model.
+//!
+//! Learned token and position embeddings, `layers` pre-LayerNorm blocks of causal
+//! multi-head self-attention and a GELU feed-forward network (biases everywhere), a final
+//! LayerNorm and an output head tied to the token embedding. Shapes: token ids `[B, T]` →
+//! logits `[B, T, vocab]`; the loss is next-token cross-entropy against random ids.
+//!
+//! Only differentiable ops: `layer_norm_slow`, `ops::softmax`, plain matmuls.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+
+use super::{random_ids, Batch, Model, ModelOptions};
+use crate::error::Error;
+
+/// The shape of a GPT-style transformer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GptConfig {
+    /// Tokens in the vocabulary.
+    pub vocab: usize,
+    /// Longest sequence (learned positions).
+    pub context: usize,
+    /// Hidden width.
+    pub width: usize,
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Attention heads (`width` must be a multiple).
+    pub heads: usize,
+    /// Hidden width of the feed-forward network.
+    pub ffn: usize,
+}
+
+impl GptConfig {
+    /// `transformer-tiny`, for tests: 2 layers, width 64, 4 heads, FFN 256, vocab 1,000,
+    /// context 64.
+    pub const TINY: GptConfig = GptConfig {
+        vocab: 1000,
+        context: 64,
+        width: 64,
+        layers: 2,
+        heads: 4,
+        ffn: 256,
+    };
+
+    /// `transformer-small`: 6 layers, width 512, 8 heads, FFN 2048, vocab 32,000,
+    /// context 512 (35.6M parameters).
+    pub const SMALL: GptConfig = GptConfig {
+        vocab: 32_000,
+        context: 512,
+        width: 512,
+        layers: 6,
+        heads: 8,
+        ffn: 2048,
+    };
+
+    /// Trainable parameters, from the shape alone.
+    pub fn parameter_count(&self) -> u64 {
+        let (c, f) = (self.width as u64, self.ffn as u64);
+        let layer_norm = 2 * c;
+        let attention = (c * 3 * c + 3 * c) + (c * c + c);
+        let feed_forward = (c * f + f) + (f * c + c);
+        let block = 2 * layer_norm + attention + feed_forward;
+        let embeddings = (self.vocab as u64 + self.context as u64) * c;
+        embeddings + self.layers as u64 * block + layer_norm
+    }
+
+    /// The sequence length of the trials: `--seq-len`, or the context length.
+    pub fn seq_len(&self, options: &ModelOptions) -> std::result::Result<usize, Error> {
+        match options.seq_len {
+            None => Ok(self.context),
+            Some(0) => Err(Error::InvalidSetting(
+                "--seq-len must be at least 1".to_string(),
+            )),
+            Some(n) if n > self.context => Err(Error::InvalidSetting(format!(
+                "--seq-len {n} is longer than this model's context of {} tokens \
+                 (learned positions); use at most {}",
+                self.context, self.context
+            ))),
+            Some(n) => Ok(n),
+        }
+    }
+
+    /// One line on the architecture.
+    pub fn summary(&self) -> String {
+        format!(
+            "GPT decoder, {} layers, width {}, {} heads, FFN {}, vocab {}, context {}",
+            self.layers, self.width, self.heads, self.ffn, self.vocab, self.context
+        )
+    }
+}
+
+/// LayerNorm with a weight and a bias, through the differentiable `layer_norm_slow`.
+#[derive(Debug)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm {
+    fn new(size: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, "bias", candle_nn::Init::Const(0.0))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::layer_norm_slow(xs, &self.weight, &self.bias, 1e-5)
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    norm1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    norm2: LayerNorm,
+    up: Linear,
+    down: Linear,
+    heads: usize,
+}
+
+impl Block {
+    fn new(c: &GptConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm1: LayerNorm::new(c.width, vb.pp("ln_1"))?,
+            qkv: linear(c.width, 3 * c.width, vb.pp("attn.c_attn"))?,
+            proj: linear(c.width, c.width, vb.pp("attn.c_proj"))?,
+            norm2: LayerNorm::new(c.width, vb.pp("ln_2"))?,
+            up: linear(c.width, c.ffn, vb.pp("mlp.c_fc"))?,
+            down: linear(c.ffn, c.width, vb.pp("mlp.c_proj"))?,
+            heads: c.heads,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let xs = (xs + self.attention(&self.norm1.forward(xs)?, mask)?)?;
+        let ffn = self
+            .down
+            .forward(&self.up.forward(&self.norm2.forward(&xs)?)?.gelu()?)?;
+        xs + ffn
+    }
+
+    fn attention(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = xs.dims3()?;
+        let head = c / self.heads;
+        let qkv = self
+            .qkv
+            .forward(xs)?
+            .reshape((b, t, 3, self.heads, head))?
+            .permute((2, 0, 3, 1, 4))?; // [3, B, H, T, head]
+        let q = (qkv.get(0)?.contiguous()? * (1.0 / (head as f64).sqrt()))?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let ys = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
+        self.proj.forward(&ys)
+    }
+}
+
+/// A GPT-style transformer with random weights.
+#[derive(Debug)]
+pub struct Gpt {
+    config: GptConfig,
+    seq_len: usize,
+    tokens: Embedding,
+    positions: Embedding,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+}
+
+impl Gpt {
+    /// Builds the model under `vb` with GPT-2's variable names; trials use `seq_len`
+    /// tokens per sample.
+    pub fn new(config: GptConfig, seq_len: usize, vb: VarBuilder) -> Result<Self> {
+        if config.heads == 0 || config.width % config.heads != 0 {
+            candle_core::bail!(
+                "width {} is not a multiple of {} heads",
+                config.width,
+                config.heads
+            );
+        }
+        let blocks = (0..config.layers)
+            .map(|i| Block::new(&config, vb.pp(format!("h.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            config,
+            seq_len,
+            tokens: embedding(config.vocab, config.width, vb.pp("wte"))?,
+            positions: embedding(config.context, config.width, vb.pp("wpe"))?,
+            blocks,
+            norm: LayerNorm::new(config.width, vb.pp("ln_f"))?,
+        })
+    }
+}
+
+/// `[T, T]`: 0 where a token may attend (itself and earlier), −∞ elsewhere.
+fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(mask, (t, t), device)
+}
+
+impl Model for Gpt {
+    fn batch(&self, batch_size: usize, device: &Device) -> Result<Batch> {
+        let shape = (batch_size, self.seq_len);
+        Ok(Batch {
+            inputs: random_ids(self.config.vocab, shape, device)?,
+            targets: random_ids(self.config.vocab, shape, device)?,
+        })
+    }
+
+    fn loss(&self, batch: &Batch) -> Result<Tensor> {
+        let (b, t) = batch.inputs.dims2()?;
+        let device = batch.inputs.device();
+        let positions = Tensor::arange(0u32, t as u32, device)?;
+        let mut xs = self
+            .tokens
+            .forward(&batch.inputs)?
+            .broadcast_add(&self.positions.forward(&positions)?)?;
+        let mask = causal_mask(t, device)?;
+        for block in &self.blocks {
+            xs = block.forward(&xs, &mask)?;
+        }
+        let xs = self.norm.forward(&xs)?;
+        let logits = xs.broadcast_matmul(&self.tokens.embeddings().t()?)?; // tied head
+        let logits = logits.reshape((b * t, self.config.vocab))?;
+        let targets = batch.targets.reshape(b * t)?;
+        candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &targets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transformer_small_has_35_6_million_parameters() {
+        // Embeddings 32,000×512 + 512×512, 6 blocks of 3,152,384, final LayerNorm 1,024.
+        assert_eq!(GptConfig::SMALL.parameter_count(), 35_561_472);
+    }
+
+    #[test]
+    fn the_mask_lets_each_token_see_itself_and_the_past() {
+        let mask = causal_mask(3, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(
+            mask,
+            vec![
+                vec![0.0, inf, inf],
+                vec![0.0, 0.0, inf],
+                vec![0.0, 0.0, 0.0]
+            ]
+        );
+    }
+
+    #[test]
+    fn seq_len_is_bounded_by_the_context() {
+        let c = GptConfig::TINY;
+        assert_eq!(c.seq_len(&ModelOptions::default()).unwrap(), 64);
+        let at = |n| ModelOptions { seq_len: Some(n) };
+        assert_eq!(c.seq_len(&at(16)).unwrap(), 16);
+        assert!(c.seq_len(&at(65)).is_err());
+        assert!(c.seq_len(&at(0)).is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! One trial: reset the meter, run a few full training steps at one batch size, time
+//! them, read the peak, and classify the outcome. Never prints.
+//!
+//! A trial is out of memory the moment its peak exceeds the capacity, as a real
+//! allocation failure would be; it stops at the next phase boundary (after the forward
+//! pass, after the backward pass, after the update) instead of finishing its steps.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::memory::MemoryMeter;
+use crate::search::Fits;
+use crate::workload::{Phase, TrainStep};
+
+/// How a trial ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every step ran within the capacity.
+    Fits,
+    /// The trial ran out of memory (or was predicted to; see [`Trial::predicted`]).
+    Oom,
+}
+
+/// One batch size, tried.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trial {
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Fits or out of memory.
+    pub outcome: Outcome,
+    /// The measured peak bytes (a lower bound when the trial stopped early); `None` when
+    /// the trial was not run.
+    pub peak_bytes: Option<u64>,
+    /// Mean wall-clock seconds per completed step; `None` when no step completed.
+    pub step_seconds: Option<f64>,
+    /// Full steps completed.
+    pub steps: usize,
+    /// The phase after which an over-capacity trial was stopped.
+    pub stopped_after: Option<Phase>,
+    /// True when the trial was not run because its predicted peak would exhaust the
+    /// machine; it counts as out of memory.
+    pub predicted: bool,
+    /// What happened, in words, when it is not a plain fit.
+    pub detail: Option<String>,
+}
+
+impl Fits for Trial {
+    fn fits(&self) -> bool {
+        self.outcome == Outcome::Fits
+    }
+}
+
+impl Trial {
+    /// A size not run because its predicted peak exceeds `limit`, the most the machine can
+    /// give: it counts as out of memory.
+    pub fn predicted_oom(batch_size: usize, predicted: u64, limit: u64) -> Self {
+        Trial {
+            batch_size,
+            outcome: Outcome::Oom,
+            peak_bytes: None,
+            step_seconds: None,
+            steps: 0,
+            stopped_after: None,
+            predicted: true,
+            detail: Some(format!(
+                "not run: predicted peak {} exceeds the machine's {}",
+                crate::format::bytes(predicted),
+                crate::format::bytes(limit)
+            )),
+        }
+    }
+}
+
+/// Runs `steps` training steps at `batch_size` and measures them against the meter's
+/// capacity.
+///
+/// Out of memory (over the capacity, or the device's own out-of-memory error) is an
+/// `Ok` trial with [`Outcome::Oom`]; any other failure is an `Err`.
+pub fn trial(
+    step: &mut dyn TrainStep,
+    batch_size: usize,
+    steps: usize,
+    meter: &mut dyn MemoryMeter,
+) -> candle_core::Result<Trial> {
+    let capacity = meter.capacity().bytes;
+    meter.reset_peak()?;
+    let started = Instant::now();
+    let mut completed = 0;
+    let mut completed_seconds = 0.0;
+    let mut over_capacity: Option<Phase> = None;
+    let mut device_oom: Option<String> = None;
+    for _ in 0..steps {
+        let result = step.step_with_boundaries(batch_size, &mut |phase| {
+            if meter.peak_bytes()? > capacity {
+                over_capacity = Some(phase);
+                candle_core::bail!("over the memory capacity after the {phase} phase");
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                completed += 1;
+                completed_seconds = started.elapsed().as_secs_f64();
+            }
+            Err(_) if over_capacity.is_some() => break,
+            Err(error) if meter.is_out_of_memory(&error) => {
+                device_oom = Some(error.to_string());
+                break;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let peak = meter.peak_bytes()?;
+    if over_capacity.is_none() && device_oom.is_none() && peak > capacity {
+        over_capacity = Some(Phase::Update);
+    }
+    let fits = over_capacity.is_none() && device_oom.is_none();
+    let detail = match (over_capacity, device_oom) {
+        (Some(phase), _) if completed < steps => Some(format!(
+            "stopped after the {phase} phase of step {}: over capacity",
+            completed + 1
+        )),
+        (Some(_), _) => Some("over capacity".to_string()),
+        (None, Some(error)) => Some(format!("device out of memory: {error}")),
+        (None, None) => None,
+    };
+    Ok(Trial {
+        batch_size,
+        outcome: if fits { Outcome::Fits } else { Outcome::Oom },
+        peak_bytes: Some(peak),
+        step_seconds: (completed > 0).then(|| completed_seconds / completed as f64),
+        steps: completed,
+        stopped_after: over_capacity.filter(|_| completed < steps),
+        predicted: false,
+        detail,
+    })
+}

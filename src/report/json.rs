@@ -1,0 +1,9 @@
+//! The report as one JSON object (`--json`). Scripts rely on its keys; see README.
+
+use super::Report;
+
+/// The report as pretty-printed JSON.
+pub fn render(report: &Report) -> String {
+    // A Report holds only strings, numbers, booleans and options: serializing cannot fail.
+    serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}

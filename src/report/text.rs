@@ -1,0 +1,183 @@
+//! The report as a human table: the trials, the result block and the schedule.
+
+use std::fmt::Write as _;
+
+use super::Report;
+use crate::format::{bytes, parameters};
+use crate::probe::{Outcome, Trial};
+
+/// The trials table, the result block and the schedule, as printed by the CLI.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    header(&mut out, report);
+    out.push('\n');
+    out.push_str(&trials_table(&report.trials));
+    out.push('\n');
+    results(&mut out, report);
+    if !report.schedule.is_empty() {
+        out.push('\n');
+        schedule(&mut out, report);
+    }
+    out
+}
+
+fn header(out: &mut String, r: &Report) {
+    let m = &r.model;
+    let optimizer = r
+        .settings
+        .optimizer
+        .map(|o| format!(", {o}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "model:    {} ({} parameters, {} per sample{optimizer}, {} steps per trial)",
+        m.name,
+        parameters(m.parameters),
+        m.input,
+        r.settings.steps_per_trial
+    );
+    let d = &r.device;
+    let kind = if d.capacity_is_budget {
+        "budget"
+    } else {
+        "capacity"
+    };
+    let _ = writeln!(
+        out,
+        "device:   {}, {kind} {} from {}",
+        d.name,
+        bytes(d.capacity_bytes),
+        d.capacity_source.describe()
+    );
+    if d.capacity_is_budget {
+        let _ = writeln!(
+            out,
+            "          a budget maxbatch enforces on the heap it counts, not a hardware limit"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "          {} held before the first trial (weights, optimizer state)",
+        bytes(d.baseline_bytes)
+    );
+    if let Some(reason) = &d.fallback {
+        let _ = writeln!(out, "          CPU fallback: {reason}");
+    }
+}
+
+/// One line per trial with a header, as in the report.
+pub fn trials_table(trials: &[Trial]) -> String {
+    let mut out = format!(
+        "{:>6}  {:<13}  {:>12}  {:>8}  note\n",
+        "batch", "outcome", "peak memory", "s/step"
+    );
+    for t in trials {
+        let _ = writeln!(out, "{}", trial_line(t).trim_end());
+    }
+    out
+}
+
+/// One trial as a table row (also the CLI's progress line).
+pub fn trial_line(t: &Trial) -> String {
+    let outcome = match t.outcome {
+        Outcome::Fits => "fits",
+        Outcome::Oom => "out of memory",
+    };
+    let peak = match (t.peak_bytes, t.stopped_after) {
+        (None, _) => "-".to_string(),
+        (Some(p), Some(_)) => format!("≥ {}", bytes(p)),
+        (Some(p), None) => bytes(p),
+    };
+    let seconds = t
+        .step_seconds
+        .map_or_else(|| "-".to_string(), |s| format!("{s:.3}"));
+    format!(
+        "{:>6}  {outcome:<13}  {peak:>12}  {seconds:>8}  {}",
+        t.batch_size,
+        t.detail.as_deref().unwrap_or("")
+    )
+}
+
+fn results(out: &mut String, r: &Report) {
+    let capacity = r.device.capacity_bytes;
+    let share = |batch: usize| {
+        r.fitting_trial(batch)
+            .and_then(|t| t.peak_bytes)
+            .map(|p| {
+                format!(
+                    "peak {}, {:.0}% of capacity",
+                    bytes(p),
+                    100.0 * p as f64 / capacity as f64
+                )
+            })
+            .unwrap_or_default()
+    };
+    let cap_note = if r.max_is_cap {
+        format!(
+            " (the cap, --max-batch {}: larger sizes not tried)",
+            r.settings.max_batch
+        )
+    } else {
+        String::new()
+    };
+    let margin = format!("recommended ({:.0}% margin)", r.settings.margin * 100.0);
+    let _ = writeln!(
+        out,
+        "{:<26}{:>6}  {}{cap_note}",
+        "max batch size",
+        r.max_batch_size,
+        share(r.max_batch_size)
+    );
+    let _ = writeln!(
+        out,
+        "{:<26}{:>6}  {}",
+        "largest power of two",
+        r.largest_power_of_two,
+        share(r.largest_power_of_two)
+    );
+    match r.recommended_batch_size {
+        Some(b) => {
+            let _ = writeln!(out, "{margin:<26}{b:>6}  {}", share(b));
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "{margin:<26}{:>6}  no size that ran leaves that margin free",
+                "none"
+            );
+        }
+    }
+}
+
+fn schedule(out: &mut String, r: &Report) {
+    if let Some(d) = &r.dataset {
+        let last = if d.drop_last {
+            "last partial batch dropped"
+        } else {
+            "last partial batch kept"
+        };
+        let _ = writeln!(
+            out,
+            "schedule: {} samples × {} epoch{} ({last})",
+            d.size,
+            d.epochs,
+            if d.epochs == 1 { "" } else { "s" }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<26}{:>6}  {:>12}  {:>12}",
+        "", "batch", "steps/epoch", "total steps"
+    );
+    for row in &r.schedule {
+        let label = match row.label {
+            "largest_power_of_two" => "largest power of two",
+            other => other,
+        };
+        let _ = writeln!(
+            out,
+            "{label:<26}{:>6}  {:>12}  {:>12}",
+            row.batch_size, row.steps_per_epoch, row.total_steps
+        );
+    }
+}

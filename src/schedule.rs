@@ -1,0 +1,102 @@
+//! Epoch and step arithmetic: pure, no candle.
+//!
+//! An epoch is one pass over the `N` samples of the dataset; a step is one optimizer update
+//! on one batch. `steps_per_epoch = ceil(N / B)`, or `floor(N / B)` when the last partial
+//! batch is dropped. 10,000 samples at batch size 100 are 100 steps per epoch.
+
+use serde::Serialize;
+
+/// How the last, partial batch of an epoch is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LastBatch {
+    /// The partial batch is a step of its own (ceil).
+    #[default]
+    Keep,
+    /// The partial batch is dropped (floor).
+    Drop,
+}
+
+/// Steps in one epoch of `dataset_size` samples at `batch_size` (≥ 1).
+pub fn steps_per_epoch(dataset_size: u64, batch_size: u64, last: LastBatch) -> u64 {
+    match last {
+        LastBatch::Keep => dataset_size.div_ceil(batch_size),
+        LastBatch::Drop => dataset_size / batch_size,
+    }
+}
+
+/// The schedule at one batch size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Schedule {
+    /// Samples in one step.
+    pub batch_size: u64,
+    /// Steps in one epoch.
+    pub steps_per_epoch: u64,
+    /// Steps over all epochs.
+    pub total_steps: u64,
+}
+
+/// The schedule for `epochs` passes over `dataset_size` samples at `batch_size` (≥ 1).
+pub fn schedule(dataset_size: u64, batch_size: u64, epochs: u64, last: LastBatch) -> Schedule {
+    let steps_per_epoch = steps_per_epoch(dataset_size, batch_size, last);
+    Schedule {
+        batch_size,
+        steps_per_epoch,
+        total_steps: steps_per_epoch.saturating_mul(epochs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_primers_examples() {
+        assert_eq!(steps_per_epoch(10_000, 100, LastBatch::Keep), 100);
+        assert_eq!(steps_per_epoch(1_000, 100, LastBatch::Keep), 10);
+    }
+
+    #[test]
+    fn a_partial_batch_is_a_step_unless_dropped() {
+        assert_eq!(steps_per_epoch(50_000, 3, LastBatch::Keep), 16_667);
+        assert_eq!(steps_per_epoch(50_000, 3, LastBatch::Drop), 16_666);
+        assert_eq!(steps_per_epoch(10, 64, LastBatch::Keep), 1);
+        assert_eq!(steps_per_epoch(10, 64, LastBatch::Drop), 0);
+    }
+
+    #[test]
+    fn matches_counting_batches_one_by_one() {
+        for n in 0..300u64 {
+            for b in 1..40u64 {
+                let (mut full, mut partial, mut left) = (0, 0, n);
+                while left > 0 {
+                    if left >= b {
+                        full += 1;
+                        left -= b;
+                    } else {
+                        partial += 1;
+                        left = 0;
+                    }
+                }
+                assert_eq!(steps_per_epoch(n, b, LastBatch::Keep), full + partial);
+                assert_eq!(steps_per_epoch(n, b, LastBatch::Drop), full);
+            }
+        }
+    }
+
+    #[test]
+    fn total_steps_multiply_by_epochs() {
+        let s = schedule(50_000, 2, 3, LastBatch::Keep);
+        assert_eq!(
+            s,
+            Schedule {
+                batch_size: 2,
+                steps_per_epoch: 25_000,
+                total_steps: 75_000
+            }
+        );
+        assert_eq!(
+            schedule(u64::MAX, 1, 3, LastBatch::Keep).total_steps,
+            u64::MAX
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! What a trial runs: the [`TrainStep`] trait (the user's training step), the built-in
+//! [`Workload`] (a model, its optimizer and synthetic batches), and the optimizer choice.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, VarBuilder, VarMap, SGD};
+use serde::Serialize;
+
+use crate::models::{self, Model, ModelOptions};
+
+/// A point inside one training step where a trial may be stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The forward pass and the loss are computed.
+    Forward,
+    /// The gradients are computed.
+    Backward,
+    /// The optimizer has updated the weights: the step is done.
+    Update,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Forward => "forward",
+            Phase::Backward => "backward",
+            Phase::Update => "update",
+        })
+    }
+}
+
+/// One full training step at a given batch size: forward, loss, backward, optimizer
+/// update. maxbatch calls it repeatedly with different batch sizes.
+///
+/// Any `FnMut(usize) -> candle_core::Result<()>` is a `TrainStep`.
+pub trait TrainStep {
+    /// Runs one training step on a batch of `batch_size` samples.
+    fn step(&mut self, batch_size: usize) -> Result<()>;
+
+    /// Runs one step, calling `boundary` after the forward pass and after the backward
+    /// pass. When `boundary` returns an error the step must stop and return it: that is how
+    /// a trial over its memory budget stops early. The default runs [`step`](Self::step)
+    /// and calls `boundary` after the update only.
+    fn step_with_boundaries(
+        &mut self,
+        batch_size: usize,
+        boundary: &mut dyn FnMut(Phase) -> Result<()>,
+    ) -> Result<()> {
+        self.step(batch_size)?;
+        boundary(Phase::Update)
+    }
+}
+
+impl<F: FnMut(usize) -> Result<()>> TrainStep for F {
+    fn step(&mut self, batch_size: usize) -> Result<()> {
+        self(batch_size)
+    }
+}
+
+/// The optimizer a built-in workload trains with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// AdamW with candle's default parameters: two moments per variable.
+    #[default]
+    AdamW,
+    /// Plain SGD (no momentum): no optimizer state.
+    Sgd,
+}
+
+impl FromStr for OptimizerKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "adamw" => Ok(OptimizerKind::AdamW),
+            "sgd" => Ok(OptimizerKind::Sgd),
+            _ => Err(format!("unknown optimizer {text:?}; use adamw or sgd")),
+        }
+    }
+}
+
+impl fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OptimizerKind::AdamW => "adamw",
+            OptimizerKind::Sgd => "sgd",
+        })
+    }
+}
+
+enum Optimizer {
+    AdamW(AdamW),
+    Sgd(SGD),
+}
+
+impl Optimizer {
+    fn new(kind: OptimizerKind, varmap: &VarMap) -> Result<Self> {
+        let vars = varmap.all_vars();
+        Ok(match kind {
+            OptimizerKind::AdamW => Optimizer::AdamW(AdamW::new(vars, ParamsAdamW::default())?),
+            OptimizerKind::Sgd => Optimizer::Sgd(SGD::new(vars, 1e-3)?),
+        })
+    }
+
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        match self {
+            Optimizer::AdamW(o) => o.step(grads),
+            Optimizer::Sgd(o) => o.step(grads),
+        }
+    }
+}
+
+/// A built-in model with its optimizer, trained on synthetic batches.
+pub struct Workload {
+    model: Box<dyn Model>,
+    varmap: VarMap,
+    optimizer: Optimizer,
+    device: Device,
+}
+
+impl Workload {
+    /// Builds the named model on `device` with random weights and the optimizer's state.
+    pub fn new(
+        name: &str,
+        options: &ModelOptions,
+        optimizer: OptimizerKind,
+        device: &Device,
+    ) -> std::result::Result<Self, crate::Error> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let model = models::build(name, options, vb)?;
+        let optimizer = Optimizer::new(optimizer, &varmap)?;
+        Ok(Self {
+            model,
+            varmap,
+            optimizer,
+            device: device.clone(),
+        })
+    }
+
+    /// The model's trainable variables.
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// The number of trainable parameters.
+    pub fn parameter_count(&self) -> u64 {
+        self.varmap
+            .all_vars()
+            .iter()
+            .map(|v| v.elem_count() as u64)
+            .sum()
+    }
+
+    /// The loss of one synthetic batch (forward pass only).
+    pub fn loss(&self, batch_size: usize) -> Result<Tensor> {
+        let batch = self.model.batch(batch_size, &self.device)?;
+        self.model.loss(&batch)
+    }
+}
+
+impl TrainStep for Workload {
+    fn step(&mut self, batch_size: usize) -> Result<()> {
+        self.step_with_boundaries(batch_size, &mut |_| Ok(()))
+    }
+
+    fn step_with_boundaries(
+        &mut self,
+        batch_size: usize,
+        boundary: &mut dyn FnMut(Phase) -> Result<()>,
+    ) -> Result<()> {
+        let loss = self.loss(batch_size)?;
+        boundary(Phase::Forward)?;
+        let grads = loss.backward()?;
+        // The graph (and the activations it holds) is freed before the update, as a
+        // training loop that lets the loss go out of scope does.
+        drop(loss);
+        boundary(Phase::Backward)?;
+        self.optimizer.step(&grads)?;
+        drop(grads);
+        boundary(Phase::Update)
+    }
+}
