@@ -1,0 +1,315 @@
+//! The binary end to end on the CPU with the tiny models and small budgets.
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn maxbatch() -> Command {
+    let mut cmd = Command::cargo_bin("maxbatch").unwrap();
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+const TINY: &[&str] = &[
+    "--model",
+    "transformer-tiny",
+    "--device",
+    "cpu",
+    "--memory",
+    "160MiB",
+    "--seq-len",
+    "32",
+];
+
+fn json_of(output: &std::process::Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn search(extra: &[&str]) -> Value {
+    let output = maxbatch()
+        .args(TINY)
+        .args(["--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    json_of(&output)
+}
+
+fn check(batch_size: usize) -> i32 {
+    let output = maxbatch()
+        .arg("check")
+        .args(TINY)
+        .args(["--batch-size", &batch_size.to_string()])
+        .output()
+        .unwrap();
+    output.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn the_search_agrees_with_the_preflight_check() {
+    let report = search(&["--dataset-size", "10000", "--epochs", "3"]);
+    let max = report["max_batch_size"].as_u64().unwrap() as usize;
+    assert!(max > 1, "{report}");
+    assert_eq!(check(max), 0, "check at the max {max} should fit");
+    assert_eq!(check(max + 1), 1, "check at {} should not fit", max + 1);
+}
+
+#[test]
+fn the_json_report_has_the_documented_keys_and_consistent_figures() {
+    let r = search(&["--dataset-size", "10000", "--epochs", "3"]);
+    assert_eq!(r["model"]["name"], "transformer-tiny");
+    assert!(r["model"]["parameters"].as_u64().unwrap() > 100_000);
+    assert_eq!(r["device"]["kind"], "cpu");
+    assert_eq!(r["device"]["capacity_bytes"], 160u64 << 20);
+    let max = r["max_batch_size"].as_u64().unwrap();
+    let pow2 = r["largest_power_of_two"].as_u64().unwrap();
+    let recommended = r["recommended_batch_size"].as_u64().unwrap();
+    assert!(pow2.is_power_of_two() && pow2 <= max && pow2 * 2 > max);
+    assert!(recommended <= max);
+
+    let trials = r["trials"].as_array().unwrap();
+    for t in trials {
+        for key in ["batch_size", "outcome", "peak_bytes", "step_seconds"] {
+            assert!(t.get(key).is_some(), "trial lacks {key}: {t}");
+        }
+        assert!(t["outcome"] == "fits" || t["outcome"] == "oom", "{t}");
+    }
+    // Every reported size ran and fit; the max + 1 ran and did not.
+    let ran = |b: u64, outcome: &str| {
+        trials
+            .iter()
+            .any(|t| t["batch_size"] == b && t["outcome"] == outcome)
+    };
+    for b in [max, pow2, recommended] {
+        assert!(ran(b, "fits"), "{b} was reported but not run: {r}");
+    }
+    assert!(ran(max + 1, "oom"), "{r}");
+    // The recommended size leaves the 5% margin free.
+    let capacity = r["device"]["capacity_bytes"].as_f64().unwrap();
+    let peak_of = |b: u64| {
+        trials
+            .iter()
+            .find(|t| t["batch_size"] == b && t["outcome"] == "fits")
+            .unwrap()["peak_bytes"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(peak_of(recommended) <= 0.95 * capacity);
+
+    let schedule = r["schedule"].as_array().unwrap();
+    assert_eq!(schedule.len(), 3);
+    for row in schedule {
+        let b = row["batch_size"].as_u64().unwrap();
+        let per_epoch = row["steps_per_epoch"].as_u64().unwrap();
+        assert_eq!(per_epoch, 10_000u64.div_ceil(b));
+        assert_eq!(row["total_steps"].as_u64().unwrap(), 3 * per_epoch);
+    }
+}
+
+#[test]
+fn drop_last_rounds_steps_down() {
+    let r = search(&["--dataset-size", "1000", "--drop-last", "--max-batch", "3"]);
+    assert_eq!(r["max_batch_size"], 3);
+    assert_eq!(r["schedule"][0]["steps_per_epoch"], 333);
+}
+
+#[test]
+fn the_cap_is_run_and_reported() {
+    let r = search(&["--max-batch", "5"]);
+    assert_eq!(r["max_batch_size"], 5);
+    assert_eq!(r["max_is_cap"], true);
+    let sizes: Vec<u64> = r["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["batch_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, vec![1, 2, 4, 5]);
+}
+
+#[test]
+fn the_text_report_shows_trials_results_and_schedule() {
+    let output = maxbatch()
+        .args(TINY)
+        .args(["--dataset-size", "50000", "--epochs", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    for needle in [
+        "budget 160.0 MiB from the --memory flag",
+        "not a hardware limit",
+        "out of memory",
+        "max batch size",
+        "largest power of two",
+        "recommended (5% margin)",
+        "steps/epoch",
+        "50000 samples × 3 epochs",
+    ] {
+        assert!(stdout.contains(needle), "no {needle:?} in\n{stdout}");
+    }
+    // One progress line per trial on stderr.
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let trials = stdout
+        .lines()
+        .filter(|l| l.contains("fits") || l.contains("out of memory"))
+        .count();
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("trial")).count(),
+        trials,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn models_lists_every_preset_with_its_parameters() {
+    let output = maxbatch().args(["models", "--json"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let list = json_of(&output);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["mlp", "transformer-tiny", "transformer-small"]);
+    assert_eq!(list[2]["parameters"], 35_561_472);
+
+    let text = maxbatch().arg("models").output().unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("transformer-small") && text.contains("35.6M"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_prints_the_trial_as_json() {
+    let output = maxbatch()
+        .arg("check")
+        .args(TINY)
+        .args(["--batch-size", "2", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let trial = json_of(&output);
+    assert_eq!(trial["batch_size"], 2);
+    assert_eq!(trial["outcome"], "fits");
+    assert!(trial["peak_bytes"].as_u64().unwrap() > 0);
+}
+
+/// Runs the binary, expects exit code 2 and a single clear error line naming `needle`.
+fn fails_cleanly(args: &[&str], needle: &str) {
+    let output = maxbatch().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: no {needle:?} in {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    assert!(!stderr.contains("backtrace"), "{args:?}: {stderr}");
+    let lines = stderr.lines().filter(|l| !l.trim().is_empty()).count();
+    assert!(lines <= 2, "{args:?}: more than one message:\n{stderr}");
+    assert!(output.stdout.is_empty(), "{args:?}");
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_exit_2() {
+    fails_cleanly(
+        &["--model", "gpt-17", "--device", "cpu"],
+        "known models: mlp, transformer-tiny, transformer-small",
+    );
+    fails_cleanly(
+        &[
+            "check",
+            "--model",
+            "mlp",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "0",
+        ],
+        "--batch-size must be at least 1",
+    );
+    fails_cleanly(&["--model", "mlp", "--memory", "lots"], "is not a size");
+    fails_cleanly(
+        &["--model", "mlp", "--device", "cpu", "--memory", "1KiB"],
+        "raise --memory",
+    );
+    fails_cleanly(
+        &["--model", "mlp", "--device", "cpu", "--dataset-size", "0"],
+        "--dataset-size must be at least 1",
+    );
+    fails_cleanly(&["--model", "mlp", "--device", "tpu:0"], "invalid device");
+    fails_cleanly(
+        &[
+            "--model",
+            "transformer-tiny",
+            "--device",
+            "cpu",
+            "--seq-len",
+            "65",
+        ],
+        "context of 64 tokens",
+    );
+    fails_cleanly(
+        &["--model", "mlp", "--device", "cpu", "--margin", "1.5"],
+        "--margin",
+    );
+}
+
+#[test]
+fn a_budget_below_batch_one_says_what_it_needs() {
+    // Enough for the tiny model's weights and optimizer state, not for one batch.
+    fails_cleanly(
+        &[
+            "--model",
+            "transformer-tiny",
+            "--device",
+            "cpu",
+            "--memory",
+            "4MiB",
+        ],
+        "does not fit even at batch size 1: needs at least",
+    );
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_cuda_request_falls_back_with_one_warning_unless_refused() {
+    let output = maxbatch()
+        .args([
+            "--model",
+            "transformer-tiny",
+            "--device",
+            "cuda:0",
+            "--memory",
+            "64MiB",
+        ])
+        .args(["--seq-len", "8", "--max-batch", "2", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("running on the CPU"), "{stderr}");
+    let r = json_of(&output);
+    assert_eq!(r["device"]["kind"], "cpu");
+    assert!(r["device"]["fallback"]
+        .as_str()
+        .unwrap()
+        .contains("--features cuda"));
+
+    fails_cleanly(
+        &["--model", "mlp", "--device", "cuda:0", "--no-fallback"],
+        "drop --no-fallback",
+    );
+}
