@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! search::doubling(bounds, |b| probe::trial(step, b, meter)) ─► trials, max
-//!   ─► largest power of two (run if the search skipped it), recommended, schedule ─► Report
+//!   ─► largest power of two (run if the search skipped it)
+//!   ─► recommended (bisect between the sizes known within and beyond the margin)
+//!   ─► schedule ─► Report
 //! ```
 
 use crate::device::ResolvedDevice;
@@ -225,12 +227,7 @@ impl Finder {
         let max = found.max_batch_size;
 
         let power_of_two = runner.largest_power_of_two(max, &mut trials)?;
-        let fits: Vec<(usize, u64)> = trials
-            .iter()
-            .filter(|t| t.outcome == Outcome::Fits)
-            .filter_map(|t| Some((t.batch_size, t.peak_bytes?)))
-            .collect();
-        let recommended = search::recommended(&fits, capacity.bytes, self.margin);
+        let recommended = runner.recommended(capacity.bytes, self.margin, &mut trials)?;
 
         let schedule = self.schedule_rows(max, power_of_two, recommended);
         Ok(Report {
@@ -354,6 +351,26 @@ impl Runner<'_> {
         tracing::debug!(?trial, "trial finished");
         self.observer.trial_finished(&trial);
         Ok(trial)
+    }
+
+    /// The largest size whose peak leaves `margin` of `capacity` free, found exactly by
+    /// running the sizes between the last one known within the margin and the first one
+    /// known beyond it (usually none or a few: the search's own trials bracket it).
+    fn recommended(
+        &mut self,
+        capacity: u64,
+        margin: f64,
+        trials: &mut Vec<Trial>,
+    ) -> Result<Option<usize>, Error> {
+        let allowed = search::allowed_peak(capacity, margin);
+        let within =
+            |t: &Trial| t.outcome == Outcome::Fits && t.peak_bytes.is_some_and(|p| p <= allowed);
+        let ran: Vec<(usize, bool)> = trials.iter().map(|t| (t.batch_size, within(t))).collect();
+        let (good, bad) = search::margin_bracket(&ran);
+        let mut probe = |b: usize| self.run(b);
+        let found = search::bisect(good, bad, &mut probe, within, trials)
+            .map_err(|(batch_size, error)| error.at(batch_size))?;
+        Ok((found > 0).then_some(found))
     }
 
     /// The largest power of two ≤ `max` that ran and fit, running it when the search did

@@ -73,41 +73,35 @@ where
         return Err(SearchError::InvalidBounds(bounds));
     }
     let mut trials = Vec::new();
-    let mut run = |batch_size: usize, trials: &mut Vec<T>| -> Result<bool, (usize, E)> {
-        let trial = probe(batch_size).map_err(|error| (batch_size, error))?;
-        let fits = trial.fits();
-        trials.push(trial);
-        Ok(fits)
-    };
+    let fits = |t: &T| t.fits();
 
     // Invariant: `last_fit` fit (0: none yet), `first_oom` did not (None: none yet).
     let mut last_fit = 0;
     let mut first_oom = None;
     let mut batch_size = bounds.start;
     loop {
-        match run(batch_size, &mut trials) {
-            Ok(true) => last_fit = batch_size,
-            Ok(false) => {
-                first_oom = Some(batch_size);
-                break;
-            }
-            Err((batch_size, error)) => return Err(probe_error(batch_size, error, trials)),
+        let trial = match probe(batch_size) {
+            Ok(trial) => trial,
+            Err(error) => return Err(probe_error(batch_size, error, trials)),
+        };
+        let fit = trial.fits();
+        trials.push(trial);
+        if !fit {
+            first_oom = Some(batch_size);
+            break;
         }
+        last_fit = batch_size;
         if batch_size == bounds.max_batch {
             break;
         }
         batch_size = batch_size.saturating_mul(2).min(bounds.max_batch);
     }
 
-    if let Some(mut high) = first_oom {
-        while high - last_fit > 1 {
-            let mid = last_fit + (high - last_fit) / 2;
-            match run(mid, &mut trials) {
-                Ok(true) => last_fit = mid,
-                Ok(false) => high = mid,
-                Err((batch_size, error)) => return Err(probe_error(batch_size, error, trials)),
-            }
-        }
+    if let Some(oom) = first_oom {
+        last_fit = match bisect(last_fit, oom, &mut probe, fits, &mut trials) {
+            Ok(found) => found,
+            Err((batch_size, error)) => return Err(probe_error(batch_size, error, trials)),
+        };
     }
     if last_fit == 0 {
         return Err(SearchError::NothingFits { trials });
@@ -116,6 +110,35 @@ where
         trials,
         max_batch_size: last_fit,
     })
+}
+
+/// Binary search strictly between `good` (a size known to pass, 0 for none) and `bad` (a
+/// size known to fail) for the largest size whose trial passes `is_good`. Each trial run is
+/// pushed to `trials`; a probe error stops the search with its batch size.
+///
+/// With a monotone probe the answer is exact after ⌈log2(bad − good)⌉ trials.
+pub fn bisect<T, E, P, G>(
+    mut good: usize,
+    mut bad: usize,
+    probe: &mut P,
+    is_good: G,
+    trials: &mut Vec<T>,
+) -> Result<usize, (usize, E)>
+where
+    P: FnMut(usize) -> Result<T, E>,
+    G: Fn(&T) -> bool,
+{
+    while bad > good + 1 {
+        let mid = good + (bad - good) / 2;
+        let trial = probe(mid).map_err(|error| (mid, error))?;
+        if is_good(&trial) {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+        trials.push(trial);
+    }
+    Ok(good)
 }
 
 fn probe_error<T, E>(batch_size: usize, error: E, trials: Vec<T>) -> SearchError<T, E> {
@@ -134,14 +157,31 @@ pub fn largest_power_of_two_at_most(n: usize) -> usize {
     1 << (usize::BITS - 1 - n.leading_zeros())
 }
 
-/// The largest size among `(batch_size, peak_bytes)` fits whose peak leaves `margin`
-/// (a fraction of `capacity`, 0 ≤ margin < 1) free.
-pub fn recommended(fits: &[(usize, u64)], capacity: u64, margin: f64) -> Option<usize> {
-    let allowed = capacity as f64 * (1.0 - margin);
-    fits.iter()
-        .filter(|(_, peak)| *peak as f64 <= allowed)
-        .map(|(batch_size, _)| *batch_size)
+/// Peak bytes that leave `margin` (a fraction, 0 ≤ margin < 1) of `capacity` free.
+pub fn allowed_peak(capacity: u64, margin: f64) -> u64 {
+    (capacity as f64 * (1.0 - margin)).floor() as u64
+}
+
+/// The bracket in which to [`bisect`] for the largest size that leaves a margin free.
+///
+/// `ran` holds `(batch_size, within)` for every trial run, `within` being "fit with a peak
+/// at most the allowed bytes". Returns `(good, bad)`: the largest size within (0: none)
+/// and the smallest size above it that was not (`good + 1` when none was, so that there is
+/// nothing left to search).
+pub fn margin_bracket(ran: &[(usize, bool)]) -> (usize, usize) {
+    let good = ran
+        .iter()
+        .filter(|(_, within)| *within)
+        .map(|(b, _)| *b)
         .max()
+        .unwrap_or(0);
+    let bad = ran
+        .iter()
+        .filter(|(b, within)| !*within && *b > good)
+        .map(|(b, _)| *b)
+        .min()
+        .unwrap_or(good + 1);
+    (good, bad)
 }
 
 #[cfg(test)]
@@ -324,6 +364,23 @@ mod tests {
     }
 
     #[test]
+    fn bisect_finds_the_largest_good_size_between_the_bounds() {
+        for good in 0..40 {
+            for bad in good + 1..60 {
+                for threshold in good..bad {
+                    let mut trials = Vec::new();
+                    let mut probe = |b: usize| Ok::<_, ()>((b, b <= threshold));
+                    let found = bisect(good, bad, &mut probe, |t| t.1, &mut trials).unwrap();
+                    assert_eq!(found, threshold, "({good}, {bad}) threshold {threshold}");
+                    assert!(trials.iter().all(|t| t.0 > good && t.0 < bad));
+                    let bound = usize::BITS - (bad - good - 1).leading_zeros();
+                    assert!(trials.len() as u32 <= bound, "{} trials", trials.len());
+                }
+            }
+        }
+    }
+
+    #[test]
     fn largest_power_of_two_matches_a_loop() {
         for n in 1..=5000usize {
             let mut p = 1;
@@ -339,14 +396,57 @@ mod tests {
     }
 
     #[test]
-    fn recommended_is_the_largest_fit_under_the_margin() {
-        let fits = [(1, 40), (2, 60), (4, 90), (3, 96)];
-        assert_eq!(recommended(&fits, 100, 0.05), Some(4));
-        assert_eq!(recommended(&fits, 100, 0.2), Some(2));
-        assert_eq!(recommended(&fits, 100, 0.0), Some(4));
-        assert_eq!(recommended(&fits, 95, 0.0), Some(4));
-        assert_eq!(recommended(&fits, 89, 0.0), Some(2));
-        assert_eq!(recommended(&fits, 100, 0.7), None);
-        assert_eq!(recommended(&[], 100, 0.05), None);
+    fn the_margin_bracket_spans_the_last_size_within_and_the_first_beyond() {
+        let ran = [
+            (1, true),
+            (2, true),
+            (4, true),
+            (8, false),
+            (6, true),
+            (7, false),
+        ];
+        assert_eq!(margin_bracket(&ran), (6, 7));
+        let ran = [
+            (1, true),
+            (2, true),
+            (4, false),
+            (3, false),
+            (64, false),
+            (32, false),
+        ];
+        assert_eq!(margin_bracket(&ran), (2, 3));
+        assert_eq!(margin_bracket(&[(1, false)]), (0, 1));
+        assert_eq!(margin_bracket(&[(5, true)]), (5, 6));
+        assert_eq!(margin_bracket(&[]), (0, 1));
+    }
+
+    #[test]
+    fn the_margin_bracket_and_bisect_find_the_exact_size_within_the_margin() {
+        // peak(b) = 1000 + 37·b against capacity 10,000: the largest size that leaves 5% free.
+        let peak = |b: usize| 1000 + 37 * b as u64;
+        let allowed = allowed_peak(10_000, 0.05);
+        let brute = (1..1000).filter(|&b| peak(b) <= allowed).max().unwrap();
+        for true_max in [brute, brute + 1, brute + 20, 243] {
+            let fits = |b: usize| b <= true_max;
+            let found = doubling(bounds(1, 4096), |b| Ok::<_, ()>((b, fits(b)))).unwrap();
+            let ran: Vec<(usize, bool)> = found
+                .trials
+                .iter()
+                .map(|t| (t.0, t.1 && peak(t.0) <= allowed))
+                .collect();
+            let (good, bad) = margin_bracket(&ran);
+            let mut extra = Vec::new();
+            let mut probe = |b: usize| Ok::<_, ()>((b, fits(b)));
+            let within = |t: &(usize, bool)| t.1 && peak(t.0) <= allowed;
+            let recommended = bisect(good, bad, &mut probe, within, &mut extra).unwrap();
+            assert_eq!(recommended, brute.min(true_max), "true max {true_max}");
+        }
+    }
+
+    #[test]
+    fn allowed_peak_leaves_the_fraction_free() {
+        assert_eq!(allowed_peak(1000, 0.05), 950);
+        assert_eq!(allowed_peak(1000, 0.0), 1000);
+        assert_eq!(allowed_peak(4 << 30, 0.5), 2 << 30);
     }
 }

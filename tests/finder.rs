@@ -1,0 +1,246 @@
+//! The library call: a caller's own training step, measured by the CPU meter or by a
+//! synthetic meter, through `Finder`.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Mutex;
+
+use maxbatch::device::{resolve, DeviceRequest, ResolvedDevice};
+use maxbatch::memory::{Capacity, CapacitySource};
+use maxbatch::models::ModelInfo;
+use maxbatch::{
+    CountingAllocator, CpuMeter, Error, Finder, MemoryMeter, Outcome, Phase, Silent, TrainStep,
+};
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Tests that measure the process heap must not overlap.
+static HEAP: Mutex<()> = Mutex::new(());
+
+const MIB: usize = 1 << 20;
+
+fn cpu() -> ResolvedDevice {
+    resolve(DeviceRequest::Cpu, false).unwrap()
+}
+
+fn model() -> ModelInfo {
+    ModelInfo {
+        name: "custom".into(),
+        parameters: 0,
+        input: "bytes".into(),
+        summary: "a step that allocates 1 MiB per sample".into(),
+    }
+}
+
+#[test]
+fn a_callers_closure_finds_the_exact_maximum_under_a_cpu_budget() {
+    let _heap = HEAP.lock().unwrap_or_else(|e| e.into_inner());
+    let mut step = |batch_size: usize| -> candle_core::Result<()> {
+        let activations = std::hint::black_box(vec![1u8; batch_size * MIB]);
+        drop(activations);
+        Ok(())
+    };
+    let budget = CountingAllocator::current_bytes() + 100 * MIB as u64 + MIB as u64 / 2;
+    let mut meter = CpuMeter::with_budget(budget).unwrap();
+    let report = Finder::new()
+        .dataset_size(10_000)
+        .find(&mut step, &mut meter, model(), &cpu(), &mut Silent)
+        .unwrap();
+    assert_eq!(report.max_batch_size, 100);
+    assert_eq!(report.largest_power_of_two, 64);
+    // The recommended size is exact too: it ran within 95% of the budget, and the size
+    // above it ran and was not.
+    let allowed = budget as f64 * 0.95;
+    let recommended = report.recommended_batch_size.unwrap();
+    let within = |b: usize| {
+        report.trials.iter().any(|t| {
+            t.batch_size == b
+                && t.outcome == Outcome::Fits
+                && t.peak_bytes.unwrap() as f64 <= allowed
+        })
+    };
+    let ran = |b: usize| report.trials.iter().any(|t| t.batch_size == b);
+    assert!(within(recommended), "{:?}", report.trials);
+    assert!(
+        ran(recommended + 1) && !within(recommended + 1),
+        "{:?}",
+        report.trials
+    );
+    assert!((90..=95).contains(&recommended), "{recommended}");
+    assert_eq!(report.schedule[0].steps_per_epoch, 100);
+}
+
+#[test]
+fn an_over_budget_trial_stops_after_the_phase_that_crossed_it() {
+    let _heap = HEAP.lock().unwrap_or_else(|e| e.into_inner());
+
+    struct Phased {
+        updates: Rc<Cell<usize>>,
+    }
+    impl TrainStep for Phased {
+        fn step(&mut self, batch_size: usize) -> candle_core::Result<()> {
+            self.step_with_boundaries(batch_size, &mut |_| Ok(()))
+        }
+        fn step_with_boundaries(
+            &mut self,
+            batch_size: usize,
+            boundary: &mut dyn FnMut(Phase) -> candle_core::Result<()>,
+        ) -> candle_core::Result<()> {
+            let activations = std::hint::black_box(vec![1u8; batch_size * MIB]);
+            boundary(Phase::Forward)?;
+            drop(activations);
+            boundary(Phase::Backward)?;
+            self.updates.set(self.updates.get() + 1);
+            boundary(Phase::Update)
+        }
+    }
+
+    let updates = Rc::new(Cell::new(0));
+    let mut step = Phased {
+        updates: updates.clone(),
+    };
+    let budget = CountingAllocator::current_bytes() + 10 * MIB as u64;
+    let mut meter = CpuMeter::with_budget(budget).unwrap();
+    let trial = Finder::new()
+        .steps_per_trial(3)
+        .check(&mut step, &mut meter, 64, &mut Silent)
+        .unwrap();
+    assert_eq!(trial.outcome, Outcome::Oom);
+    assert_eq!(trial.stopped_after, Some(Phase::Forward));
+    assert_eq!(trial.steps, 0);
+    assert_eq!(
+        updates.get(),
+        0,
+        "the update ran after the budget was crossed"
+    );
+    assert!(trial.peak_bytes.unwrap() > budget);
+
+    let trial = Finder::new()
+        .steps_per_trial(3)
+        .check(&mut step, &mut meter, 2, &mut Silent)
+        .unwrap();
+    assert_eq!((trial.outcome, trial.steps), (Outcome::Fits, 3));
+    assert_eq!(updates.get(), 3);
+}
+
+#[test]
+fn an_error_that_is_not_out_of_memory_stops_the_search() {
+    let _heap = HEAP.lock().unwrap_or_else(|e| e.into_inner());
+    let mut step = |batch_size: usize| -> candle_core::Result<()> {
+        if batch_size == 8 {
+            candle_core::bail!("shape mismatch in my model")
+        }
+        Ok(())
+    };
+    let mut meter = CpuMeter::with_budget(u64::MAX).unwrap();
+    let err = Finder::new()
+        .find(&mut step, &mut meter, model(), &cpu(), &mut Silent)
+        .unwrap_err();
+    match &err {
+        Error::Trial { batch_size, .. } => assert_eq!(*batch_size, 8),
+        other => panic!("expected a trial error, got {other}"),
+    }
+    assert!(
+        err.to_string().contains("shape mismatch in my model"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not out of memory"), "{err}");
+}
+
+/// A synthetic device: peak = fixed + per_sample × batch size, set by the step itself,
+/// with a hard limit beyond which trials must not start.
+struct LineMeter {
+    peak: Rc<Cell<u64>>,
+    capacity: u64,
+    hard_limit: Option<u64>,
+}
+
+impl MemoryMeter for LineMeter {
+    fn capacity(&self) -> Capacity {
+        Capacity {
+            bytes: self.capacity,
+            source: CapacitySource::Flag,
+            is_budget: true,
+        }
+    }
+    fn reset_peak(&mut self) -> candle_core::Result<()> {
+        self.peak.set(0);
+        Ok(())
+    }
+    fn peak_bytes(&mut self) -> candle_core::Result<u64> {
+        Ok(self.peak.get())
+    }
+    fn current_bytes(&mut self) -> candle_core::Result<u64> {
+        Ok(0)
+    }
+    fn hard_limit(&self) -> Option<u64> {
+        self.hard_limit
+    }
+}
+
+#[test]
+fn sizes_predicted_past_the_machine_are_not_run() {
+    let peak = Rc::new(Cell::new(0));
+    let ran = Rc::new(Cell::new(Vec::new()));
+    let (peak_in_step, ran_in_step) = (peak.clone(), ran.clone());
+    let mut step = move |batch_size: usize| -> candle_core::Result<()> {
+        peak_in_step.set(1000 + 100 * batch_size as u64);
+        let mut sizes = ran_in_step.take();
+        sizes.push(batch_size);
+        ran_in_step.set(sizes);
+        Ok(())
+    };
+    // The budget allows batch 40 (5,000 bytes); the machine only 3,500 (batch 25).
+    let mut meter = LineMeter {
+        peak,
+        capacity: 5_000,
+        hard_limit: Some(3_500),
+    };
+    let report = Finder::new()
+        .find(&mut step, &mut meter, model(), &cpu(), &mut Silent)
+        .unwrap();
+    assert_eq!(report.max_batch_size, 25);
+    let predicted: Vec<usize> = report
+        .trials
+        .iter()
+        .filter(|t| t.predicted)
+        .map(|t| t.batch_size)
+        .collect();
+    assert!(!predicted.is_empty());
+    let ran = ran.take();
+    for b in &predicted {
+        assert!(*b > 25 && !ran.contains(b), "{b} was predicted yet ran");
+    }
+    assert!(
+        ran.iter().all(|&b| 1000 + 100 * b as u64 <= 3_500),
+        "{ran:?}"
+    );
+    assert!(report
+        .trials
+        .iter()
+        .filter(|t| t.predicted)
+        .all(|t| t.outcome == Outcome::Oom && t.peak_bytes.is_none()));
+}
+
+#[test]
+fn the_power_of_two_is_run_when_the_search_skipped_it() {
+    let _heap = HEAP.lock().unwrap_or_else(|e| e.into_inner());
+    let mut step = |_: usize| -> candle_core::Result<()> { Ok(()) };
+    let mut meter = CpuMeter::with_budget(u64::MAX).unwrap();
+    let report = Finder::new()
+        .start(3)
+        .max_batch(40)
+        .find(&mut step, &mut meter, model(), &cpu(), &mut Silent)
+        .unwrap();
+    assert_eq!(report.max_batch_size, 40);
+    assert_eq!(report.largest_power_of_two, 32);
+    assert_eq!(
+        report
+            .trials
+            .iter()
+            .map(|t| t.batch_size)
+            .collect::<Vec<_>>(),
+        vec![3, 6, 12, 24, 40, 32]
+    );
+}
