@@ -101,9 +101,11 @@ pub struct TargetArgs {
     #[arg(long, short, required = true, value_name = "NAME")]
     pub model: Option<String>,
 
-    /// cpu, cuda, cuda:N, or auto (CUDA device 0 when there is one, else the CPU).
-    #[arg(long, short, default_value = "auto", value_parser = parse_device, value_name = "DEVICE")]
-    pub device: DeviceRequest,
+    /// cpu, cuda, cuda:N, auto (CUDA device 0 when there is one, else the CPU), or a
+    /// list of CUDA devices (cuda:0,cuda:1): each is searched, and the minimum is what a
+    /// data-parallel run with one replica per GPU can use.
+    #[arg(long, short, default_value = "auto", value_parser = parse_devices, value_name = "DEVICE")]
+    pub device: Devices,
 
     /// Refuse to fall back to the CPU when the CUDA device asked for cannot be used (exit 2).
     #[arg(long)]
@@ -132,8 +134,14 @@ pub struct TargetArgs {
     pub json: bool,
 }
 
-fn parse_device(text: &str) -> Result<DeviceRequest, String> {
-    text.parse().map_err(|e: maxbatch::Error| e.to_string())
+/// The devices of `--device`: one, or a list of CUDA devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Devices(pub Vec<DeviceRequest>);
+
+fn parse_devices(text: &str) -> Result<Devices, String> {
+    maxbatch::device::parse_list(text)
+        .map(Devices)
+        .map_err(|e| e.to_string())
 }
 
 impl TargetArgs {
@@ -195,7 +203,7 @@ mod tests {
         .unwrap();
         assert!(cli.command.is_none());
         assert_eq!(cli.find.target.memory, Some(4 << 30));
-        assert_eq!(cli.find.target.device, DeviceRequest::Auto);
+        assert_eq!(cli.find.target.device, Devices(vec![DeviceRequest::Auto]));
         assert_eq!(cli.find.dataset_size, Some(100));
     }
 
@@ -217,6 +225,7 @@ mod tests {
             vec!["maxbatch"],
             vec!["maxbatch", "--model", "mlp", "--memory", "lots"],
             vec!["maxbatch", "--model", "mlp", "--device", "tpu:0"],
+            vec!["maxbatch", "--model", "mlp", "--device", "cuda:0,cpu"],
             vec!["maxbatch", "--model", "mlp", "--optimizer", "lion"],
             vec!["maxbatch", "check", "--batch-size", "4"],
         ] {

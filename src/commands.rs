@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use maxbatch::device::{self, DeviceKind, ResolvedDevice};
+use maxbatch::device::{self, DeviceKind, DeviceRequest, ResolvedDevice};
 use maxbatch::format::{bytes, parameters};
 use maxbatch::models::{self, PRESETS};
 use maxbatch::report::{json, text};
-use maxbatch::{CpuMeter, Error, Finder, MemoryMeter, Outcome, Workload};
+use maxbatch::{CpuMeter, Error, Finder, MemoryMeter, Outcome, Trial, Workload};
 
 use crate::cli::{CheckArgs, Cli, Command, FindArgs, ModelsArgs, TargetArgs};
 use crate::progress::Progress;
@@ -51,21 +51,25 @@ fn list_models(args: &ModelsArgs) -> Result<ExitCode> {
 fn find(args: &FindArgs) -> Result<ExitCode> {
     let finder = args.finder();
     finder.bounds()?; // bad settings fail before the model is built
-    let mut setup = Setup::new(&args.target)?;
-    let mut progress = Progress::new(args.target.json);
-    let report = finder.find(
-        &mut setup.workload,
-        setup.meter.as_mut(),
-        setup.model,
-        &setup.device,
-        &mut progress,
-    )?;
-    drop(progress);
-    if args.target.json {
-        println!("{}", json::render(&report));
-    } else {
-        println!();
-        print!("{}", text::render(&report));
+    let mut reports = Vec::new();
+    for device in open_devices(&args.target)? {
+        let mut setup = Setup::new(&args.target, device)?;
+        let mut progress = Progress::new(args.target.json);
+        let report = finder.find(
+            &mut setup.workload,
+            setup.meter.as_mut(),
+            setup.model,
+            &setup.device,
+            &mut progress,
+        )?;
+        drop(progress);
+        reports.push(report);
+    }
+    match reports.as_slice() {
+        [one] if args.target.json => println!("{}", json::render(one)),
+        [one] => print!("\n{}", text::render(one)),
+        several if args.target.json => println!("{}", json::render_devices(several)),
+        several => print!("\n{}", text::render_devices(several)),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -78,38 +82,74 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
     if args.batch_size == 0 {
         return Err(Error::InvalidSetting("--batch-size must be at least 1".into()).into());
     }
-    let mut setup = Setup::new(&args.target)?;
-    let mut progress = Progress::new(args.target.json);
-    let trial = finder.check(
-        &mut setup.workload,
-        setup.meter.as_mut(),
-        args.batch_size,
-        &mut progress,
-    )?;
-    drop(progress);
-    let fits = trial.outcome == Outcome::Fits;
-    if args.target.json {
-        println!("{}", serde_json::to_string_pretty(&trial)?);
-    } else {
-        let capacity = setup.meter.capacity();
-        println!(
-            "batch size {} {} {} {} of {}",
+    let mut all_fit = true;
+    let mut trials: Vec<(String, Trial)> = Vec::new();
+    for device in open_devices(&args.target)? {
+        let mut setup = Setup::new(&args.target, device)?;
+        let mut progress = Progress::new(args.target.json);
+        let trial = finder.check(
+            &mut setup.workload,
+            setup.meter.as_mut(),
             args.batch_size,
-            if fits { "fits" } else { "does not fit" },
-            if fits { "within" } else { "in" },
-            if capacity.is_budget {
-                "the budget"
-            } else {
-                "the capacity"
-            },
-            bytes(capacity.bytes)
-        );
+            &mut progress,
+        )?;
+        drop(progress);
+        let fits = trial.outcome == Outcome::Fits;
+        all_fit &= fits;
+        if !args.target.json {
+            let capacity = setup.meter.capacity();
+            println!(
+                "batch size {} {} on {}: {} of {}",
+                args.batch_size,
+                if fits { "fits" } else { "does not fit" },
+                setup.device.name,
+                if capacity.is_budget {
+                    "budget"
+                } else {
+                    "capacity"
+                },
+                bytes(capacity.bytes)
+            );
+        }
+        trials.push((setup.device.name.clone(), trial));
     }
-    Ok(if fits {
+    if args.target.json {
+        match trials.as_slice() {
+            [(_, one)] => println!("{}", serde_json::to_string_pretty(one)?),
+            several => {
+                let by_device: serde_json::Map<String, serde_json::Value> = several
+                    .iter()
+                    .map(|(name, t)| Ok((name.clone(), serde_json::to_value(t)?)))
+                    .collect::<Result<_, serde_json::Error>>()?;
+                println!("{}", serde_json::to_string_pretty(&by_device)?);
+            }
+        }
+    }
+    Ok(if all_fit {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Opens the devices of `--device`. When a CUDA device cannot be used and falling back is
+/// allowed, the whole run moves to the CPU once, with one warning.
+fn open_devices(target: &TargetArgs) -> Result<Vec<ResolvedDevice>> {
+    let requests = &target.device.0;
+    let mut devices = Vec::new();
+    for &request in requests {
+        let device = device::resolve(request, !target.no_fallback)?;
+        if let Some(reason) = &device.fallback {
+            if request != DeviceRequest::Auto {
+                tracing::warn!("--device {request}: {reason}; running on the CPU");
+            } else {
+                tracing::info!("--device auto: {reason}; running on the CPU");
+            }
+            return Ok(vec![device]);
+        }
+        devices.push(device);
+    }
+    Ok(devices)
 }
 
 /// The device, meter, workload and model description the flags ask for.
@@ -121,22 +161,22 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(target: &TargetArgs) -> Result<Self> {
+    fn new(target: &TargetArgs, device: ResolvedDevice) -> Result<Self> {
         let name = target.model_name();
         let options = target.model_options();
-        let model = models::info(name, &options)?; // unknown names fail before the device opens
+        let model = models::info(name, &options)?;
         if target.steps_per_trial == 0 {
             return Err(
                 Error::InvalidSetting("--steps-per-trial must be at least 1".into()).into(),
             );
         }
-        let device = device::resolve(target.device, !target.no_fallback)?;
-        if let Some(reason) = &device.fallback {
-            tracing::warn!("--device {}: {reason}; running on the CPU", target.device);
+        if target.memory == Some(0) {
+            return Err(Error::InvalidSetting("--memory must be more than 0 bytes".into()).into());
         }
-        let meter = meter_for(&device, target.memory)?;
         tracing::info!(model = name, device = %device.name, "building the model");
         let workload = Workload::new(name, &options, target.optimizer, &device.device)?;
+        // The meter is made after the model, so a CUDA capacity counts the weights as held.
+        let meter = meter_for(&device, target.memory)?;
         Ok(Self {
             device,
             meter,
@@ -150,11 +190,6 @@ fn meter_for(device: &ResolvedDevice, memory: Option<u64>) -> Result<Box<dyn Mem
     match device.kind {
         DeviceKind::Cpu => {
             let meter = match memory {
-                Some(0) => {
-                    return Err(
-                        Error::InvalidSetting("--memory must be more than 0 bytes".into()).into(),
-                    )
-                }
                 Some(budget) => CpuMeter::with_budget(budget)?,
                 None => CpuMeter::from_available_memory()?,
             };
@@ -170,9 +205,23 @@ fn meter_for(device: &ResolvedDevice, memory: Option<u64>) -> Result<Box<dyn Mem
             }
             Ok(Box::new(meter))
         }
-        DeviceKind::Cuda => Err(Error::CudaUnavailable {
-            reason: "CUDA trials are not implemented in this build yet".into(),
-        }
-        .into()),
+        DeviceKind::Cuda => cuda_meter(device, memory),
     }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_meter(device: &ResolvedDevice, memory: Option<u64>) -> Result<Box<dyn MemoryMeter>> {
+    Ok(Box::new(maxbatch::memory::cuda::CudaMeter::new(
+        &device.device,
+        memory,
+    )?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_meter(device: &ResolvedDevice, _memory: Option<u64>) -> Result<Box<dyn MemoryMeter>> {
+    // `device::resolve` only opens CUDA devices in a CUDA build.
+    Err(Error::CudaUnavailable {
+        reason: format!("{} needs a build with `--features cuda`", device.name),
+    }
+    .into())
 }

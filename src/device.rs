@@ -34,7 +34,12 @@ impl FromStr for DeviceRequest {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceRequest::Cuda)
-                .ok_or_else(|| Error::InvalidDevice(text.to_string())),
+                .ok_or_else(|| {
+                    Error::InvalidDevice(format!(
+                        "{text:?}: expected cpu, cuda, cuda:N (e.g. cuda:0), auto, \
+                         or a list of CUDA devices (cuda:0,cuda:1)"
+                    ))
+                }),
         }
     }
 }
@@ -47,6 +52,35 @@ impl fmt::Display for DeviceRequest {
             DeviceRequest::Auto => write!(f, "auto"),
         }
     }
+}
+
+/// Parses one device (`cuda:1`) or a list of CUDA devices (`cuda:0,cuda:1`), each
+/// searched on its own: what a data-parallel run with one replica per GPU can use is the
+/// minimum of their answers.
+pub fn parse_list(text: &str) -> Result<Vec<DeviceRequest>, Error> {
+    let requests = text
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<DeviceRequest>, Error>>()?;
+    if requests.len() > 1 {
+        if let Some(other) = requests
+            .iter()
+            .find(|r| !matches!(r, DeviceRequest::Cuda(_)))
+        {
+            return Err(Error::InvalidDevice(format!(
+                "{text:?}: a list names CUDA devices only (e.g. cuda:0,cuda:1), not {other}"
+            )));
+        }
+        let mut seen = requests.clone();
+        seen.sort_by_key(|r| r.to_string());
+        seen.dedup();
+        if seen.len() != requests.len() {
+            return Err(Error::InvalidDevice(format!(
+                "{text:?}: a device is named twice"
+            )));
+        }
+    }
+    Ok(requests)
 }
 
 /// The kind of device trials ran on.
@@ -107,7 +141,12 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
                     (rebuild with `--features cuda`, see README)"
             .to_string());
     }
-    Device::new_cuda(ordinal).map_err(|e| format!("CUDA device {ordinal} cannot be opened ({e})"))
+    Device::new_cuda(ordinal).map_err(|e| {
+        format!(
+            "CUDA device {ordinal} cannot be opened ({})",
+            crate::format::candle_error(&e)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -132,6 +171,26 @@ mod tests {
         );
         for bad in ["", "tpu", "cuda:", "cuda:x", "cuda:-1", "cuda0", "cuda:1:2"] {
             assert!(bad.parse::<DeviceRequest>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn lists_name_distinct_cuda_devices() {
+        assert_eq!(
+            parse_list("cuda:0,cuda:1").unwrap(),
+            vec![DeviceRequest::Cuda(0), DeviceRequest::Cuda(1)]
+        );
+        assert_eq!(parse_list("cpu").unwrap(), vec![DeviceRequest::Cpu]);
+        assert_eq!(parse_list("auto").unwrap(), vec![DeviceRequest::Auto]);
+        for bad in [
+            "cuda:0,cuda:0",
+            "cuda:0,cpu",
+            "auto,cuda:1",
+            "cuda:0,",
+            ",",
+            "cuda:0;cuda:1",
+        ] {
+            assert!(parse_list(bad).is_err(), "{bad:?} parsed");
         }
     }
 

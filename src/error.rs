@@ -1,6 +1,6 @@
 //! The library's error type. Each message says what to do next.
 
-use crate::format::bytes;
+use crate::format::{bytes, candle_error};
 
 /// Everything that can stop maxbatch short of an answer.
 #[derive(Debug, thiserror::Error)]
@@ -46,12 +46,15 @@ pub enum Error {
     },
 
     /// A trial failed with something other than out-of-memory.
-    #[error("the trial at batch size {batch_size} failed (not out of memory): {source}")]
+    #[error(
+        "the trial at batch size {batch_size} failed (not out of memory): {}",
+        candle_error(error)
+    )]
     Trial {
         /// The batch size being tried.
         batch_size: usize,
         /// candle's error.
-        source: candle_core::Error,
+        error: candle_core::Error,
     },
 
     /// No built-in model has that name.
@@ -64,7 +67,7 @@ pub enum Error {
     },
 
     /// The device string did not parse.
-    #[error("invalid device {0:?}: expected cpu, cuda, cuda:N (e.g. cuda:0) or auto")]
+    #[error("invalid device {0}")]
     InvalidDevice(String),
 
     /// CUDA was asked for, cannot be had, and falling back to the CPU was refused.
@@ -79,6 +82,6 @@ pub enum Error {
     InvalidSetting(String),
 
     /// candle failed outside a trial (building the model, say).
-    #[error(transparent)]
+    #[error("{}", candle_error(.0))]
     Candle(#[from] candle_core::Error),
 }

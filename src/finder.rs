@@ -195,7 +195,10 @@ impl Finder {
                 capacity: capacity.bytes,
             });
         }
+        let overhead_bytes = warm_up(step, meter)?;
         let device = DeviceInfo {
+            total_bytes: meter.total_bytes(),
+            overhead_bytes,
             kind: device.kind,
             name: device.name.clone(),
             capacity_bytes: capacity.bytes,
@@ -264,6 +267,7 @@ impl Finder {
             ));
         }
         self.bounds()?;
+        warm_up(step, meter)?;
         let mut runner = Runner {
             step,
             meter,
@@ -303,6 +307,31 @@ impl Finder {
     }
 }
 
+/// Runs one step at batch size 1 when the meter asks for it, so that loading kernels and
+/// library workspaces does not inflate the first trial; returns the bytes then held outside
+/// the meter's count (the device's fixed overhead).
+fn warm_up(step: &mut dyn TrainStep, meter: &mut dyn MemoryMeter) -> Result<Option<u64>, Error> {
+    if !meter.needs_warmup() {
+        return Ok(None);
+    }
+    let baseline = meter.current_bytes()?;
+    tracing::info!("warm-up step at batch size 1");
+    match step.step(1) {
+        Ok(()) => {}
+        Err(error) if meter.is_out_of_memory(&error) => {
+            return Err(Error::NothingFits {
+                needs: None,
+                capacity: meter.capacity().bytes,
+                hint: "the warm-up step at batch size 1 ran out of memory; free the device or \
+                       choose a smaller model",
+            })
+        }
+        Err(error) => return Err(error.at(1)),
+    }
+    meter.recover(baseline)?;
+    Ok(meter.outside_bytes()?)
+}
+
 /// A trial failure tagged with its batch size.
 trait AtBatch {
     fn at(self, batch_size: usize) -> Error;
@@ -312,7 +341,7 @@ impl AtBatch for candle_core::Error {
     fn at(self, batch_size: usize) -> Error {
         Error::Trial {
             batch_size,
-            source: self,
+            error: self,
         }
     }
 }

@@ -16,6 +16,18 @@ pub fn parameters(n: u64) -> String {
     }
 }
 
+/// A candle error as one message, without the backtraces candle attaches when
+/// `RUST_BACKTRACE` is set: the user needs what failed, not where in candle.
+pub fn candle_error(error: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match error {
+        E::WithBacktrace { inner, .. } => candle_error(inner),
+        E::Context { inner, context } => format!("{context}: {}", candle_error(inner)),
+        E::WithPath { inner, path } => format!("{}: {}", path.display(), candle_error(inner)),
+        other => other.to_string(),
+    }
+}
+
 /// Parses a human byte size: "512MiB", "4GiB", "4G" (decimal: 4×10⁹), "1500000".
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let size: ByteSize = text.trim().parse().map_err(|_| {
@@ -47,6 +59,16 @@ mod tests {
         assert_eq!(bytes(4 << 30), "4.0 GiB");
         assert_eq!(bytes(1536 << 20), "1.5 GiB");
         assert_eq!(bytes(512), "512 B");
+    }
+
+    #[test]
+    fn candle_errors_lose_their_backtraces() {
+        let plain = candle_core::Error::Msg("shape mismatch".into());
+        let wrapped = candle_core::Error::WithBacktrace {
+            inner: Box::new(plain.context("in the attention")),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert_eq!(candle_error(&wrapped), "in the attention: shape mismatch");
     }
 
     #[test]

@@ -42,6 +42,13 @@ pub struct Trial {
     /// True when the trial was not run because its predicted peak would exhaust the
     /// machine; it counts as out of memory.
     pub predicted: bool,
+    /// True when `peak_bytes` was sampled, not counted (a device without memory pools).
+    pub peak_is_approximate: bool,
+    /// The most bytes the device's allocator reserved (CUDA pools; `None` elsewhere).
+    pub reserved_bytes: Option<u64>,
+    /// Bytes still in use after the trial above what was in use before it: 0 after a clean
+    /// recovery (CUDA; `None` where the meter cannot tell).
+    pub leaked_bytes: Option<u64>,
     /// What happened, in words, when it is not a plain fit.
     pub detail: Option<String>,
 }
@@ -64,6 +71,9 @@ impl Trial {
             steps: 0,
             stopped_after: None,
             predicted: true,
+            peak_is_approximate: false,
+            reserved_bytes: None,
+            leaked_bytes: None,
             detail: Some(format!(
                 "not run: predicted peak {} exceeds the machine's {}",
                 crate::format::bytes(predicted),
@@ -85,6 +95,7 @@ pub fn trial(
     meter: &mut dyn MemoryMeter,
 ) -> candle_core::Result<Trial> {
     let capacity = meter.capacity().bytes;
+    let baseline = meter.current_bytes()?;
     meter.reset_peak()?;
     let started = Instant::now();
     let mut completed = 0;
@@ -113,6 +124,16 @@ pub fn trial(
         }
     }
     let peak = meter.peak_bytes()?;
+    let reserved_bytes = meter.reserved_peak_bytes()?;
+    let leaked_bytes = meter.recover(baseline)?;
+    if let Some(leaked) = leaked_bytes.filter(|&l| l > 0) {
+        tracing::warn!(
+            batch_size,
+            "{} still in use after the trial at batch size {batch_size}; later trials may \
+             be measured against less memory than the device has",
+            crate::format::bytes(leaked)
+        );
+    }
     if over_capacity.is_none() && device_oom.is_none() && peak > capacity {
         over_capacity = Some(Phase::Update);
     }
@@ -134,6 +155,9 @@ pub fn trial(
         steps: completed,
         stopped_after: over_capacity.filter(|_| completed < steps),
         predicted: false,
+        peak_is_approximate: !meter.peak_is_exact(),
+        reserved_bytes,
+        leaked_bytes,
         detail,
     })
 }

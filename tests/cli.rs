@@ -313,3 +313,38 @@ fn a_cuda_request_falls_back_with_one_warning_unless_refused() {
         "drop --no-fallback",
     );
 }
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_list_of_cuda_devices_falls_back_to_one_cpu_search() {
+    let output = maxbatch()
+        .args(["--model", "transformer-tiny", "--device", "cuda:0,cuda:1"])
+        .args([
+            "--memory",
+            "64MiB",
+            "--seq-len",
+            "8",
+            "--max-batch",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("WARN")).count(),
+        1,
+        "{stderr}"
+    );
+    let r = json_of(&output);
+    assert_eq!(
+        r["device"]["kind"], "cpu",
+        "one CPU report, not a list: {r}"
+    );
+    assert_eq!(r["max_batch_size"], 2);
+    fails_cleanly(
+        &["--model", "mlp", "--device", "cuda:0,cuda:0"],
+        "a device is named twice",
+    );
+}

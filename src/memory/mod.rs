@@ -4,6 +4,8 @@
 //! its last reset. Devices differ only here: the search and the probe see a meter.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod predict;
 
 use serde::Serialize;
@@ -70,5 +72,40 @@ pub trait MemoryMeter {
     /// True when `error` is this device running out of memory (not any other failure).
     fn is_out_of_memory(&self, _error: &candle_core::Error) -> bool {
         false
+    }
+
+    /// The most bytes the device's allocator reserved since the last reset, where it
+    /// reserves more than it hands out (a CUDA memory pool). `None` elsewhere.
+    fn reserved_peak_bytes(&mut self) -> candle_core::Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// False when the peak is sampled rather than counted, so it may miss a short spike.
+    fn peak_is_exact(&self) -> bool {
+        true
+    }
+
+    /// After a trial: gives back what the device's allocator can release and returns the
+    /// bytes still in use above `baseline` (the bytes in use before the trial), which a
+    /// clean recovery leaves at 0. `None` where the meter cannot tell.
+    fn recover(&mut self, _baseline: u64) -> candle_core::Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// True when the first step on the device loads code and workspaces that would inflate
+    /// the first trial, so one warm-up step should run before the search.
+    fn needs_warmup(&self) -> bool {
+        false
+    }
+
+    /// Bytes the device holds outside what the meter counts (driver context, library
+    /// workspaces, kernels, other processes). `None` where unknown.
+    fn outside_bytes(&mut self) -> candle_core::Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// The device's total memory, where it has one of its own.
+    fn total_bytes(&self) -> Option<u64> {
+        None
     }
 }

@@ -27,6 +27,11 @@ pub struct DeviceInfo {
     pub capacity_is_budget: bool,
     /// Bytes held before the first trial (weights, optimizer state, runtime).
     pub baseline_bytes: u64,
+    /// The device's total memory (CUDA; `None` on the CPU).
+    pub total_bytes: Option<u64>,
+    /// Bytes the device holds outside the measured allocator after the warm-up step:
+    /// driver context, cuBLAS workspace, kernels, other processes (CUDA; `None` on the CPU).
+    pub overhead_bytes: Option<u64>,
     /// Why the CPU was used instead of the CUDA device asked for.
     pub fallback: Option<String>,
 }
@@ -104,5 +109,215 @@ impl Report {
             .iter()
             .rev()
             .find(|t| t.batch_size == batch_size && t.outcome == crate::probe::Outcome::Fits)
+    }
+}
+
+/// Several devices searched one by one, and what a data-parallel run with one replica per
+/// device can use: the minimum of each size over the devices.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataParallel<'a> {
+    /// Each device's report.
+    pub devices: &'a [Report],
+    /// Replicas: one per device.
+    pub world_size: usize,
+    /// The smallest maximum over the devices: the per-device batch size every replica fits.
+    pub max_batch_size: usize,
+    /// The largest power of two ≤ `max_batch_size` (it ran on every device).
+    pub largest_power_of_two: usize,
+    /// The smallest recommended size (`None` when a device has none).
+    pub recommended_batch_size: Option<usize>,
+    /// The schedule at the global batch (per-device size × world size).
+    pub schedule: Vec<ScheduleRow>,
+}
+
+impl<'a> DataParallel<'a> {
+    /// Combines the reports of one search per device (at least one).
+    pub fn new(devices: &'a [Report]) -> Self {
+        let min = |f: fn(&Report) -> usize| devices.iter().map(f).min().unwrap_or(0);
+        let max_batch_size = min(|r| r.max_batch_size);
+        let largest_power_of_two = min(|r| r.largest_power_of_two);
+        let recommended_batch_size = devices
+            .iter()
+            .map(|r| r.recommended_batch_size)
+            .collect::<Option<Vec<usize>>>()
+            .and_then(|sizes| sizes.into_iter().min());
+        let world_size = devices.len();
+        let schedule = devices
+            .first()
+            .and_then(|r| r.dataset.as_ref())
+            .map(|d| {
+                let last = if d.drop_last {
+                    crate::schedule::LastBatch::Drop
+                } else {
+                    crate::schedule::LastBatch::Keep
+                };
+                [
+                    ("max", Some(max_batch_size)),
+                    ("largest_power_of_two", Some(largest_power_of_two)),
+                    ("recommended", recommended_batch_size),
+                ]
+                .into_iter()
+                .filter_map(|(label, b)| {
+                    let global = (b? * world_size) as u64;
+                    let s = crate::schedule::schedule(d.size, global, d.epochs, last);
+                    Some(ScheduleRow {
+                        label,
+                        batch_size: s.batch_size,
+                        steps_per_epoch: s.steps_per_epoch,
+                        total_steps: s.total_steps,
+                    })
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            devices,
+            world_size,
+            max_batch_size,
+            largest_power_of_two,
+            recommended_batch_size,
+            schedule,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::probe::Outcome;
+
+    fn trial(batch_size: usize, fits: bool, peak: u64) -> Trial {
+        Trial {
+            batch_size,
+            outcome: if fits { Outcome::Fits } else { Outcome::Oom },
+            peak_bytes: Some(peak),
+            step_seconds: fits.then_some(0.5),
+            steps: if fits { 2 } else { 0 },
+            stopped_after: None,
+            predicted: false,
+            peak_is_approximate: false,
+            reserved_bytes: None,
+            leaked_bytes: None,
+            detail: None,
+        }
+    }
+
+    /// A fixed report: max 6, power of two 4, recommended `recommended`.
+    pub(crate) fn fixture(name: &str, max: usize, recommended: Option<usize>) -> Report {
+        Report {
+            model: ModelInfo {
+                name: "transformer-tiny".into(),
+                parameters: 168_192,
+                input: "64 tokens".into(),
+                summary: "GPT".into(),
+            },
+            device: DeviceInfo {
+                kind: DeviceKind::Cuda,
+                name: name.into(),
+                capacity_bytes: 1 << 30,
+                capacity_source: CapacitySource::Device,
+                capacity_is_budget: false,
+                baseline_bytes: 1 << 20,
+                total_bytes: Some(2 << 30),
+                overhead_bytes: Some(500 << 20),
+                fallback: None,
+            },
+            settings: Settings {
+                optimizer: Some(OptimizerKind::AdamW),
+                steps_per_trial: 2,
+                margin: 0.05,
+                start: 1,
+                max_batch: 1000,
+            },
+            trials: (1..=max)
+                .map(|b| trial(b, true, b as u64 * (100 << 20)))
+                .chain([trial(max + 1, false, 2 << 30)])
+                .collect(),
+            max_batch_size: max,
+            max_is_cap: false,
+            largest_power_of_two: crate::search::largest_power_of_two_at_most(max),
+            recommended_batch_size: recommended,
+            dataset: Some(Dataset {
+                size: 1000,
+                epochs: 2,
+                drop_last: false,
+            }),
+            schedule: vec![],
+        }
+    }
+
+    #[test]
+    fn data_parallel_takes_the_minimum_and_the_global_batch() {
+        let reports = [fixture("cuda:0", 9, Some(8)), fixture("cuda:1", 6, Some(5))];
+        let dp = DataParallel::new(&reports);
+        assert_eq!(dp.world_size, 2);
+        assert_eq!(dp.max_batch_size, 6);
+        assert_eq!(dp.largest_power_of_two, 4);
+        assert_eq!(dp.recommended_batch_size, Some(5));
+        let max_row = &dp.schedule[0];
+        // Global batch 12: ceil(1000 / 12) = 84 steps per epoch, 2 epochs.
+        assert_eq!(
+            (
+                max_row.batch_size,
+                max_row.steps_per_epoch,
+                max_row.total_steps
+            ),
+            (12, 84, 168)
+        );
+
+        let reports = [fixture("cuda:0", 9, None), fixture("cuda:1", 6, Some(5))];
+        assert_eq!(DataParallel::new(&reports).recommended_batch_size, None);
+    }
+
+    #[test]
+    fn the_text_report_names_every_figure() {
+        let mut report = fixture("cuda:0", 6, Some(5));
+        report.trials[2].leaked_bytes = Some(3 << 20);
+        report.trials[3].reserved_bytes = Some(600 << 20);
+        let text = super::text::render(&report);
+        for needle in [
+            "transformer-tiny (168.2K parameters, 64 tokens per sample, adamw, 2 steps per trial)",
+            "cuda:0, capacity 1.0 GiB from the device's total memory",
+            "device total 2.0 GiB",
+            "500.0 MiB held outside the pool after the warm-up step",
+            "LEAKED 3.0 MiB after the trial",
+            "pool reserved 600.0 MiB",
+            "max batch size                 6",
+            "largest power of two           4",
+            "recommended (5% margin)        5",
+        ] {
+            assert!(text.contains(needle), "no {needle:?} in\n{text}");
+        }
+        assert!(!text.contains("not a hardware limit"), "{text}");
+
+        let several = super::text::render_devices(&[report.clone(), fixture("cuda:1", 9, Some(8))]);
+        assert!(several.contains("=== cuda:1 ==="), "{several}");
+        assert!(several.contains("data parallel: 2 replicas"), "{several}");
+    }
+
+    #[test]
+    fn the_json_report_keeps_its_documented_keys() {
+        let value: serde_json::Value =
+            serde_json::from_str(&super::json::render(&fixture("cuda:0", 6, Some(5)))).unwrap();
+        for pointer in [
+            "/model/name",
+            "/model/parameters",
+            "/device/kind",
+            "/device/capacity_bytes",
+            "/trials/0/batch_size",
+            "/trials/0/outcome",
+            "/trials/0/peak_bytes",
+            "/trials/0/step_seconds",
+            "/trials/0/reserved_bytes",
+            "/trials/0/leaked_bytes",
+            "/max_batch_size",
+            "/largest_power_of_two",
+            "/recommended_batch_size",
+            "/schedule",
+        ] {
+            assert!(value.pointer(pointer).is_some(), "no {pointer} in {value}");
+        }
+        assert_eq!(value["device"]["kind"], "cuda");
+        assert_eq!(value["trials"][6]["outcome"], "oom");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::Report;
+use super::{DataParallel, Report, ScheduleRow};
 use crate::format::{bytes, parameters};
 use crate::probe::{Outcome, Trial};
 
@@ -17,6 +17,43 @@ pub fn render(report: &Report) -> String {
     if !report.schedule.is_empty() {
         out.push('\n');
         schedule(&mut out, report);
+        schedule_rows(&mut out, &report.schedule);
+    }
+    out
+}
+
+/// Each device's report, then what a data-parallel run with one replica per device can
+/// use.
+pub fn render_devices(reports: &[Report]) -> String {
+    let mut out = String::new();
+    for r in reports {
+        let _ = writeln!(out, "=== {} ===", r.device.name);
+        out.push_str(&render(r));
+        out.push('\n');
+    }
+    let dp = DataParallel::new(reports);
+    let _ = writeln!(
+        out,
+        "=== data parallel: {} replicas, one per device (the minimum over devices) ===",
+        dp.world_size
+    );
+    let _ = writeln!(out, "{:<26}{:>6}", "max batch size", dp.max_batch_size);
+    let _ = writeln!(
+        out,
+        "{:<26}{:>6}",
+        "largest power of two", dp.largest_power_of_two
+    );
+    let recommended = dp
+        .recommended_batch_size
+        .map_or_else(|| "none".to_string(), |b| b.to_string());
+    let _ = writeln!(out, "{:<26}{recommended:>6}", "recommended");
+    if !dp.schedule.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nschedule at the global batch (per-device size × {}):",
+            dp.world_size
+        );
+        schedule_rows(&mut out, &dp.schedule);
     }
     out
 }
@@ -55,11 +92,21 @@ fn header(out: &mut String, r: &Report) {
             "          a budget maxbatch enforces on the heap it counts, not a hardware limit"
         );
     }
+    if let Some(total) = d.total_bytes {
+        let _ = writeln!(out, "          device total {}", bytes(total));
+    }
     let _ = writeln!(
         out,
         "          {} held before the first trial (weights, optimizer state)",
         bytes(d.baseline_bytes)
     );
+    if let Some(overhead) = d.overhead_bytes {
+        let _ = writeln!(
+            out,
+            "          {} held outside the pool after the warm-up step (CUDA context, cuBLAS workspace, kernels, other processes)",
+            bytes(overhead)
+        );
+    }
     if let Some(reason) = &d.fallback {
         let _ = writeln!(out, "          CPU fallback: {reason}");
     }
@@ -91,10 +138,20 @@ pub fn trial_line(t: &Trial) -> String {
     let seconds = t
         .step_seconds
         .map_or_else(|| "-".to_string(), |s| format!("{s:.3}"));
+    let mut notes: Vec<String> = t.detail.iter().cloned().collect();
+    if t.peak_is_approximate {
+        notes.push("peak sampled, approximate".into());
+    }
+    if let Some(reserved) = t.reserved_bytes {
+        notes.push(format!("pool reserved {}", bytes(reserved)));
+    }
+    if let Some(leaked) = t.leaked_bytes.filter(|&l| l > 0) {
+        notes.push(format!("LEAKED {} after the trial", bytes(leaked)));
+    }
     format!(
         "{:>6}  {outcome:<13}  {peak:>12}  {seconds:>8}  {}",
         t.batch_size,
-        t.detail.as_deref().unwrap_or("")
+        notes.join("; ")
     )
 }
 
@@ -164,12 +221,15 @@ fn schedule(out: &mut String, r: &Report) {
             if d.epochs == 1 { "" } else { "s" }
         );
     }
+}
+
+fn schedule_rows(out: &mut String, rows: &[ScheduleRow]) {
     let _ = writeln!(
         out,
         "{:<26}{:>6}  {:>12}  {:>12}",
         "", "batch", "steps/epoch", "total steps"
     );
-    for row in &r.schedule {
+    for row in rows {
         let label = match row.label {
             "largest_power_of_two" => "largest power of two",
             other => other,

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# GPU acceptance check for a CUDA build of maxbatch, on a machine with an NVIDIA GPU.
+#
+#   scripts/gpu-check.sh [BINARY]        (default: target-cuda/release/maxbatch)
+#
+# For `mlp` and `transformer-small` on cuda:0 it runs the finder and checks that:
+#   1. `check --batch-size MAX` fits (exit 0) and `check --batch-size MAX+1` does not (exit 1);
+#   2. every trial reports leaked_bytes == 0 (clean recovery after out-of-memory);
+#   3. every fitting trial's peak is below the capacity;
+#   4. the recommended size survives 200 consecutive training steps.
+# It prints a table, writes the JSON reports into $OUT (or ./gpu-check-out), and exits
+# non-zero on any failure. Needs python3 (for reading the JSON) and the CUDA 13 runtime
+# libraries (cudart, cublas, cublasLt, curand): from /usr/local/cuda or PyTorch's
+# nvidia-* wheels, which this script adds to LD_LIBRARY_PATH when it finds them.
+set -uo pipefail
+
+BIN=${1:-target-cuda/release/maxbatch}
+OUT_DIR=${OUT:-gpu-check-out}
+mkdir -p "$OUT_DIR"
+[ -x "$BIN" ] || { echo "no executable at $BIN: build it with scripts/build-cuda.sh" >&2; exit 2; }
+
+libs=$(python3 - <<'PY' 2>/dev/null
+import os
+try:
+    import nvidia
+    print(":".join(p for base in nvidia.__path__ for p in (os.path.join(base, "cu13", "lib"),) if os.path.isdir(p)))
+except Exception:
+    pass
+PY
+)
+[ -n "$libs" ] && export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+if ldd "$BIN" | grep -q 'not found'; then
+  echo "missing CUDA libraries:" >&2; ldd "$BIN" | grep 'not found' >&2; exit 2
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT_DIR/gpu.txt"
+
+failures=0
+rows=()
+record() { # model, check, verdict, detail
+  rows+=("$(printf '%-18s %-34s %-5s %s' "$1" "$2" "$3" "$4")")
+  [ "$3" = ok ] || failures=$((failures + 1))
+}
+
+run_model() {
+  local model=$1; shift
+  local json="$OUT_DIR/find-$model.json"
+  local start=$SECONDS
+  if ! "$BIN" --model "$model" --device cuda:0 --no-fallback --json "$@" >"$json" 2>"$OUT_DIR/find-$model.log"; then
+    record "$model" "search" FAIL "exit $?: $(tail -1 "$OUT_DIR/find-$model.log")"; return
+  fi
+  record "$model" "search" ok "$((SECONDS - start)) s"
+  read -r max rec cap leaks over n < <(python3 - "$json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+cap = r["device"]["capacity_bytes"]
+t = r["trials"]
+leaks = sum(1 for x in t if x.get("leaked_bytes") not in (0, None))
+missing = sum(1 for x in t if x.get("leaked_bytes") is None and not x.get("predicted"))
+over = sum(1 for x in t if x["outcome"] == "fits" and x["peak_bytes"] >= cap)
+print(r["max_batch_size"], r["recommended_batch_size"], cap, leaks + missing, over, len(t))
+PY
+)
+  record "$model" "max $max, recommended $rec ($n trials)" ok "capacity $cap bytes"
+  if [ "$leaks" = 0 ]; then record "$model" "leaked_bytes == 0, every trial" ok ""
+  else record "$model" "leaked_bytes == 0, every trial" FAIL "$leaks trials leaked or unmeasured"; fi
+  if [ "$over" = 0 ]; then record "$model" "fitting peaks below capacity" ok ""
+  else record "$model" "fitting peaks below capacity" FAIL "$over trials at or over"; fi
+
+  "$BIN" check --model "$model" --device cuda:0 --no-fallback --batch-size "$max" "$@" >/dev/null 2>&1
+  local code=$?
+  [ $code = 0 ] && record "$model" "check MAX=$max fits" ok "" || record "$model" "check MAX=$max fits" FAIL "exit $code"
+  "$BIN" check --model "$model" --device cuda:0 --no-fallback --batch-size "$((max + 1))" "$@" >/dev/null 2>&1
+  code=$?
+  [ $code = 1 ] && record "$model" "check MAX+1=$((max + 1)) does not" ok "" || record "$model" "check MAX+1=$((max + 1)) does not" FAIL "exit $code"
+  start=$SECONDS
+  "$BIN" check --model "$model" --device cuda:0 --no-fallback --batch-size "$rec" --steps-per-trial 200 "$@" >/dev/null 2>"$OUT_DIR/steps200-$model.log"
+  code=$?
+  [ $code = 0 ] && record "$model" "recommended $rec: 200 steps" ok "$((SECONDS - start)) s" \
+               || record "$model" "recommended $rec: 200 steps" FAIL "exit $code"
+}
+
+# The mlp's maximum is in the millions on a large card: lift the default cap of 65536.
+run_model mlp --max-batch 16777216
+run_model transformer-small
+
+printf '\n%-18s %-34s %-5s %s\n' model check ok detail | tee "$OUT_DIR/table.txt"
+printf '%s\n' "${rows[@]}" | tee -a "$OUT_DIR/table.txt"
+echo "failures: $failures" | tee -a "$OUT_DIR/table.txt"
+[ "$failures" = 0 ]

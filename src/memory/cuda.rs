@@ -1,0 +1,332 @@
+//! The CUDA meter: peak memory from the device's memory pool high-water marks.
+//!
+//! candle allocates every CUDA tensor with `cuMemAllocAsync` from the device's current
+//! memory pool (no caching allocator of its own), so the pool's attributes are the exact
+//! account of what a training step holds: `CU_MEMPOOL_ATTR_USED_MEM_HIGH` is the peak of
+//! bytes in use since it was last set to 0, `RESERVED_MEM_HIGH` the peak the pool took from
+//! the device. Both are read after a stream synchronisation. A device without memory pools
+//! falls back to sampling `cuMemGetInfo` at each phase boundary: an approximate peak.
+//!
+//! Out of memory on CUDA is an error, not an abort, so a trial can really run out; this
+//! module also recognises that error ([`is_cuda_out_of_memory`]) among all others.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{result, sys, CudaStream, DriverError};
+use candle_core::cuda_backend::CudaError;
+use candle_core::Device;
+
+use super::{Capacity, CapacitySource, MemoryMeter};
+use crate::error::Error;
+
+/// Measures CUDA trials with the device's memory pool.
+pub struct CudaMeter {
+    stream: Arc<CudaStream>,
+    pool: Option<sys::CUmemoryPool>,
+    capacity: Capacity,
+    total_bytes: u64,
+    free_at_start: u64,
+    sampled_peak: u64,
+}
+
+impl std::fmt::Debug for CudaMeter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaMeter")
+            .field("ordinal", &self.stream.context().ordinal())
+            .field("pool", &self.pool.is_some())
+            .field("capacity", &self.capacity)
+            .field("total_bytes", &self.total_bytes)
+            .finish()
+    }
+}
+
+fn driver(error: DriverError) -> candle_core::Error {
+    candle_core::Error::Cuda(Box::new(CudaError::Cuda(error)))
+}
+
+impl CudaMeter {
+    /// A meter for `device` (a CUDA device). The capacity is what this process can use:
+    /// the device's free memory plus what its pool already holds, or `budget` when that
+    /// is smaller.
+    pub fn new(device: &Device, budget: Option<u64>) -> Result<Self, Error> {
+        let Device::Cuda(cuda) = device else {
+            return Err(Error::InvalidSetting(
+                "the CUDA meter needs a CUDA device".into(),
+            ));
+        };
+        let stream = cuda.cuda_stream();
+        let context = stream.context().clone();
+        context.bind_to_thread().map_err(driver)?;
+        stream.synchronize().map_err(driver)?;
+        let (free, total) = context.mem_get_info().map_err(driver)?;
+        let pool = if context.has_async_alloc() {
+            // SAFETY: the device handle is the context's own and stays valid while the
+            // context (held by `stream`) lives.
+            unsafe { result::device::get_mem_pool(context.cu_device()) }.ok()
+        } else {
+            None
+        };
+        let mut meter = Self {
+            stream,
+            pool,
+            capacity: Capacity {
+                bytes: 0,
+                source: CapacitySource::Device,
+                is_budget: false,
+            },
+            total_bytes: total as u64,
+            free_at_start: free as u64,
+            sampled_peak: 0,
+        };
+        let reserved = meter
+            .pool_attribute(PoolFigure::ReservedCurrent)?
+            .unwrap_or(0);
+        let available = free as u64 + reserved;
+        meter.capacity = match budget {
+            Some(b) if b < available => Capacity {
+                bytes: b,
+                source: CapacitySource::Flag,
+                is_budget: true,
+            },
+            _ => Capacity {
+                bytes: available,
+                source: CapacitySource::Device,
+                is_budget: false,
+            },
+        };
+        Ok(meter)
+    }
+
+    /// The device's total memory.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// The device's free memory when the meter was made.
+    pub fn free_at_start(&self) -> u64 {
+        self.free_at_start
+    }
+
+    fn device_used(&self) -> candle_core::Result<u64> {
+        let (free, total) = self.stream.context().mem_get_info().map_err(driver)?;
+        Ok(total.saturating_sub(free) as u64)
+    }
+
+    fn pool_attribute(&self, figure: PoolFigure) -> candle_core::Result<Option<u64>> {
+        let Some(pool) = self.pool else {
+            return Ok(None);
+        };
+        let mut value: u64 = 0;
+        // SAFETY: the pool is the device's current pool; these attributes are cuuint64_t.
+        unsafe {
+            result::mem_pool::get_attribute(
+                pool,
+                figure.attribute(),
+                (&mut value as *mut u64).cast::<c_void>(),
+            )
+        }
+        .map_err(driver)?;
+        Ok(Some(value))
+    }
+
+    fn reset_high_marks(&self, pool: sys::CUmemoryPool) -> candle_core::Result<()> {
+        for figure in [PoolFigure::UsedHigh, PoolFigure::ReservedHigh] {
+            let mut zero: u64 = 0;
+            // SAFETY: as in `pool_attribute`; the high marks may only be set to 0.
+            unsafe {
+                result::mem_pool::set_attribute(
+                    pool,
+                    figure.attribute(),
+                    (&mut zero as *mut u64).cast::<c_void>(),
+                )
+            }
+            .map_err(driver)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PoolFigure {
+    UsedCurrent,
+    UsedHigh,
+    ReservedCurrent,
+    ReservedHigh,
+}
+
+impl PoolFigure {
+    fn attribute(self) -> sys::CUmemPool_attribute {
+        use sys::CUmemPool_attribute as A;
+        match self {
+            PoolFigure::UsedCurrent => A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+            PoolFigure::UsedHigh => A::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            PoolFigure::ReservedCurrent => A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+            PoolFigure::ReservedHigh => A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+        }
+    }
+}
+
+impl MemoryMeter for CudaMeter {
+    fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    fn reset_peak(&mut self) -> candle_core::Result<()> {
+        self.stream.synchronize().map_err(driver)?;
+        match self.pool {
+            Some(pool) => self.reset_high_marks(pool),
+            None => {
+                self.sampled_peak = self.device_used()?;
+                Ok(())
+            }
+        }
+    }
+
+    fn peak_bytes(&mut self) -> candle_core::Result<u64> {
+        self.stream.synchronize().map_err(driver)?;
+        match self.pool_attribute(PoolFigure::UsedHigh)? {
+            Some(peak) => Ok(peak),
+            None => {
+                self.sampled_peak = self.sampled_peak.max(self.device_used()?);
+                Ok(self.sampled_peak)
+            }
+        }
+    }
+
+    fn current_bytes(&mut self) -> candle_core::Result<u64> {
+        self.stream.synchronize().map_err(driver)?;
+        match self.pool_attribute(PoolFigure::UsedCurrent)? {
+            Some(used) => Ok(used),
+            None => self.device_used(),
+        }
+    }
+
+    fn reserved_peak_bytes(&mut self) -> candle_core::Result<Option<u64>> {
+        self.stream.synchronize().map_err(driver)?;
+        self.pool_attribute(PoolFigure::ReservedHigh)
+    }
+
+    fn peak_is_exact(&self) -> bool {
+        self.pool.is_some()
+    }
+
+    fn recover(&mut self, baseline: u64) -> candle_core::Result<Option<u64>> {
+        self.stream.synchronize().map_err(driver)?;
+        if let Some(pool) = self.pool {
+            // SAFETY: the device's current pool; trimming frees only unused reservations.
+            unsafe { result::mem_pool::trim_to(pool, 0) }.map_err(driver)?;
+        }
+        let now = self.current_bytes()?;
+        Ok(Some(now.saturating_sub(baseline)))
+    }
+
+    fn needs_warmup(&self) -> bool {
+        true
+    }
+
+    fn outside_bytes(&mut self) -> candle_core::Result<Option<u64>> {
+        self.stream.synchronize().map_err(driver)?;
+        let reserved = self
+            .pool_attribute(PoolFigure::ReservedCurrent)?
+            .unwrap_or(0);
+        Ok(Some(self.device_used()?.saturating_sub(reserved)))
+    }
+
+    fn total_bytes(&self) -> Option<u64> {
+        Some(self.total_bytes)
+    }
+
+    fn is_out_of_memory(&self, error: &candle_core::Error) -> bool {
+        is_cuda_out_of_memory(error)
+    }
+}
+
+/// True when `error` is CUDA running out of memory: the driver's
+/// `CUDA_ERROR_OUT_OF_MEMORY`, cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED` or cuRAND's
+/// `CURAND_STATUS_ALLOCATION_FAILED`, inside any of candle's wrappers (`WithBacktrace`,
+/// `Context`, `WithPath`). Every other error, CUDA or not, is not out of memory.
+pub fn is_cuda_out_of_memory(error: &candle_core::Error) -> bool {
+    use candle_core::Error as E;
+    match error {
+        E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => {
+            is_cuda_out_of_memory(inner)
+        }
+        E::Cuda(source) => {
+            if let Some(cuda) = source.downcast_ref::<CudaError>() {
+                is_out_of_memory_status(cuda)
+            } else {
+                source
+                    .downcast_ref::<DriverError>()
+                    .is_some_and(|d| d.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)
+            }
+        }
+        _ => false,
+    }
+}
+
+fn is_out_of_memory_status(error: &CudaError) -> bool {
+    use candle_core::cuda_backend::cudarc::{cublas, curand};
+    match error {
+        CudaError::Cuda(d) => d.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+        CudaError::Cublas(c) => c.0 == cublas::sys::cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED,
+        CudaError::Curand(r) => r.0 == curand::sys::curandStatus_t::CURAND_STATUS_ALLOCATION_FAILED,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::cuda_backend::cudarc::{cublas, curand};
+
+    fn wrap(error: CudaError) -> candle_core::Error {
+        candle_core::Error::Cuda(Box::new(error))
+    }
+
+    fn driver_oom() -> candle_core::Error {
+        wrap(CudaError::Cuda(DriverError(
+            sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+        )))
+    }
+
+    #[test]
+    fn out_of_memory_is_recognised_in_every_wrapper() {
+        assert!(is_cuda_out_of_memory(&driver_oom()));
+        assert!(is_cuda_out_of_memory(&driver_oom().bt()));
+        assert!(is_cuda_out_of_memory(&driver_oom().context("in matmul")));
+        assert!(is_cuda_out_of_memory(
+            &driver_oom().context("in matmul").bt()
+        ));
+        assert!(is_cuda_out_of_memory(&driver_oom().with_path("model.bin")));
+        assert!(is_cuda_out_of_memory(&wrap(CudaError::Cublas(
+            cublas::result::CublasError(cublas::sys::cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED)
+        ))));
+        assert!(is_cuda_out_of_memory(&wrap(CudaError::Curand(
+            curand::result::CurandError(
+                curand::sys::curandStatus_t::CURAND_STATUS_ALLOCATION_FAILED
+            )
+        ))));
+        assert!(is_cuda_out_of_memory(&candle_core::Error::Cuda(Box::new(
+            DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)
+        ))));
+    }
+
+    #[test]
+    fn other_errors_are_not_out_of_memory() {
+        let others = [
+            wrap(CudaError::Cuda(DriverError(
+                sys::CUresult::CUDA_ERROR_ILLEGAL_ADDRESS,
+            ))),
+            wrap(CudaError::Cublas(cublas::result::CublasError(
+                cublas::sys::cublasStatus_t::CUBLAS_STATUS_EXECUTION_FAILED,
+            ))),
+            wrap(CudaError::InternalError("out of memory, says the message")),
+            candle_core::Error::Msg("CUDA_ERROR_OUT_OF_MEMORY".into()),
+            candle_core::Error::Msg("out of memory".into()).bt(),
+        ];
+        for error in &others {
+            assert!(!is_cuda_out_of_memory(error), "{error}");
+        }
+    }
+}
