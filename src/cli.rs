@@ -2,9 +2,10 @@
 
 use clap::{Args, Parser, Subcommand};
 
+use candle_core::DType;
 use maxbatch::device::DeviceRequest;
 use maxbatch::format::parse_bytes;
-use maxbatch::models::ModelOptions;
+use maxbatch::models::{parse_dtype, ModelOptions, ModelSource};
 use maxbatch::{Finder, OptimizerKind};
 
 /// Find the largest training batch size that fits a model in a device's memory, by
@@ -44,9 +45,14 @@ pub enum Command {
 /// Flags of `maxbatch models`.
 #[derive(Debug, Args)]
 pub struct ModelsArgs {
-    /// Print a JSON array instead of a table.
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// Describe the architecture of this Hugging Face config.json instead (its parameter
+    /// count from the shapes alone; nothing is allocated).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// Flags of `maxbatch check`.
@@ -98,8 +104,24 @@ pub struct FindArgs {
 #[derive(Debug, Args)]
 pub struct TargetArgs {
     /// The built-in model to train (see `maxbatch models`).
-    #[arg(long, short, required = true, value_name = "NAME")]
+    #[arg(
+        long,
+        short,
+        required_unless_present = "config",
+        conflicts_with = "config",
+        value_name = "NAME"
+    )]
     pub model: Option<String>,
+
+    /// A Hugging Face config.json (model_type llama, mistral, qwen2 or gpt2) to build with
+    /// random weights, instead of --model.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Weights, activations and optimizer state in f32, bf16 or f16 (all in that dtype:
+    /// not mixed precision with f32 master weights; the loss is computed in f32).
+    #[arg(long, default_value = "f32", value_parser = parse_dtype, value_name = "DTYPE")]
+    pub dtype: DType,
 
     /// cpu, cuda, cuda:N, auto (CUDA device 0 when there is one, else the CPU), or a
     /// list of CUDA devices (cuda:0,cuda:1): each is searched, and the minimum is what a
@@ -121,9 +143,14 @@ pub struct TargetArgs {
     pub optimizer: OptimizerKind,
 
     /// Tokens per sample for transformers: the worst-case (padded) length your training
-    /// meets. [default: the model's context length]
+    /// meets, since batches are padded to their longest sequence. [default: the model's
+    /// context length; at most 2048 for a --config]
     #[arg(long, value_name = "TOKENS")]
     pub seq_len: Option<usize>,
+
+    /// Image side in pixels for `cnn`: the largest images your training meets. [default: 32]
+    #[arg(long, value_name = "PIXELS")]
+    pub image_size: Option<usize>,
 
     /// Full training steps (forward, loss, backward, optimizer update) per trial.
     #[arg(long, default_value_t = 2, value_name = "N")]
@@ -145,15 +172,20 @@ fn parse_devices(text: &str) -> Result<Devices, String> {
 }
 
 impl TargetArgs {
-    /// The model's name (clap enforces that it is given).
-    pub fn model_name(&self) -> &str {
-        self.model.as_deref().unwrap_or_default()
+    /// Where the model comes from: --model or --config (clap enforces exactly one).
+    pub fn model_source(&self) -> ModelSource {
+        match (&self.config, &self.model) {
+            (Some(path), _) => ModelSource::Config(path.clone()),
+            (None, name) => ModelSource::Preset(name.clone().unwrap_or_default()),
+        }
     }
 
-    /// The input-shape options of the model.
+    /// The input-shape and dtype options of the model.
     pub fn model_options(&self) -> ModelOptions {
         ModelOptions {
             seq_len: self.seq_len,
+            image_size: self.image_size,
+            dtype: self.dtype,
         }
     }
 }
@@ -212,7 +244,7 @@ mod tests {
         let cli = Cli::try_parse_from(["maxbatch", "models", "--json"]).unwrap();
         assert!(matches!(
             cli.command,
-            Some(Command::Models(ModelsArgs { json: true }))
+            Some(Command::Models(ModelsArgs { json: true, .. }))
         ));
         let cli = Cli::try_parse_from(["maxbatch", "check", "--model", "mlp", "--batch-size", "8"])
             .unwrap();
@@ -228,6 +260,8 @@ mod tests {
             vec!["maxbatch", "--model", "mlp", "--device", "cuda:0,cpu"],
             vec!["maxbatch", "--model", "mlp", "--optimizer", "lion"],
             vec!["maxbatch", "check", "--batch-size", "4"],
+            vec!["maxbatch", "--model", "mlp", "--config", "c.json"],
+            vec!["maxbatch", "--model", "mlp", "--dtype", "int4"],
         ] {
             assert!(Cli::try_parse_from(&args).is_err(), "{args:?} parsed");
         }

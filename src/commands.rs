@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use maxbatch::device::{self, DeviceKind, DeviceRequest, ResolvedDevice};
 use maxbatch::format::{bytes, parameters};
-use maxbatch::models::{self, PRESETS};
+use maxbatch::models::{self, ModelSource, ModelSpec, PRESETS};
 use maxbatch::report::{json, text};
 use maxbatch::{CpuMeter, Error, Finder, MemoryMeter, Outcome, Trial, Workload};
 
@@ -24,20 +24,35 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn list_models(args: &ModelsArgs) -> Result<ExitCode> {
     let defaults = models::ModelOptions::default();
+    if let Some(path) = &args.config {
+        let info = ModelSpec::load(&ModelSource::Config(path.clone()))?.info(&defaults)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        } else {
+            println!(
+                "{}: {} parameters ({}), {}",
+                info.name,
+                parameters(info.parameters),
+                info.parameters,
+                info.summary
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let infos = PRESETS
         .iter()
-        .map(|(name, _)| models::info(name, &defaults))
+        .map(|(name, _)| ModelSpec::preset(name)?.info(&defaults))
         .collect::<Result<Vec<_>, Error>>()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&infos)?);
     } else {
         println!(
-            "{:<20}{:>12}  {:<14}  architecture",
+            "{:<20}{:>12}  {:<16}  architecture",
             "model", "parameters", "input"
         );
         for m in &infos {
             println!(
-                "{:<20}{:>12}  {:<14}  {}",
+                "{:<20}{:>12}  {:<16}  {}",
                 m.name,
                 parameters(m.parameters),
                 m.input,
@@ -162,9 +177,9 @@ struct Setup {
 
 impl Setup {
     fn new(target: &TargetArgs, device: ResolvedDevice) -> Result<Self> {
-        let name = target.model_name();
+        let spec = ModelSpec::load(&target.model_source())?;
         let options = target.model_options();
-        let model = models::info(name, &options)?;
+        let model = spec.info(&options)?;
         if target.steps_per_trial == 0 {
             return Err(
                 Error::InvalidSetting("--steps-per-trial must be at least 1".into()).into(),
@@ -173,10 +188,20 @@ impl Setup {
         if target.memory == Some(0) {
             return Err(Error::InvalidSetting("--memory must be more than 0 bytes".into()).into());
         }
-        tracing::info!(model = name, device = %device.name, "building the model");
-        let workload = Workload::new(name, &options, target.optimizer, &device.device)?;
-        // The meter is made after the model, so a CUDA capacity counts the weights as held.
         let meter = meter_for(&device, target.memory)?;
+        // Building weights that cannot fit would abort the process on the CPU: refuse first.
+        let weight_bytes = model.parameters * options.dtype.size_in_bytes() as u64;
+        let needs = weight_bytes * (1 + target.optimizer.state_copies());
+        let capacity = meter.capacity().bytes;
+        if needs > capacity {
+            return Err(Error::ModelExceedsCapacity {
+                held: needs,
+                capacity,
+            }
+            .into());
+        }
+        tracing::info!(model = %model.name, device = %device.name, "building the model");
+        let workload = Workload::new(&spec, &options, target.optimizer, &device.device)?;
         Ok(Self {
             device,
             meter,

@@ -34,8 +34,8 @@ pub enum Error {
 
     /// The model and optimizer state alone are over the capacity.
     #[error(
-        "the model alone (weights and optimizer state) holds {}, more than the capacity {}; \
-         raise --memory, or choose a smaller model or --optimizer sgd",
+        "the model alone (weights and optimizer state) needs {}, more than the capacity {}; \
+         raise --memory, or choose a smaller model, --dtype bf16 or --optimizer sgd",
         bytes(*held), bytes(*capacity)
     )]
     ModelExceedsCapacity {
@@ -47,8 +47,9 @@ pub enum Error {
 
     /// A trial failed with something other than out-of-memory.
     #[error(
-        "the trial at batch size {batch_size} failed (not out of memory): {}",
-        candle_error(error)
+        "the trial at batch size {batch_size} failed (not out of memory): {}{}",
+        candle_error(error),
+        dtype_hint(error)
     )]
     Trial {
         /// The batch size being tried.
@@ -64,6 +65,15 @@ pub enum Error {
         name: String,
         /// The known names, comma-separated.
         known: String,
+    },
+
+    /// A `config.json` could not be turned into a model.
+    #[error("{}: {problem}", path.display())]
+    Config {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
     },
 
     /// The device string did not parse.
@@ -84,4 +94,19 @@ pub enum Error {
     /// candle failed outside a trial (building the model, say).
     #[error("{}", candle_error(.0))]
     Candle(#[from] candle_core::Error),
+}
+
+/// A next step for errors that come from the dtype rather than the model.
+fn dtype_hint(error: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match error {
+        E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => {
+            dtype_hint(inner)
+        }
+        E::UnsupportedDTypeForOp(dtype, op) => format!(
+            "; this device cannot train {op} in {}, use --dtype f32",
+            crate::models::dtype_name(*dtype)
+        ),
+        _ => String::new(),
+    }
 }

@@ -12,20 +12,21 @@
 //! # Example
 //! ```no_run
 //! use maxbatch::{device, CpuMeter, Finder, Silent, Workload, OptimizerKind};
-//! use maxbatch::models::{self, ModelOptions};
+//! use maxbatch::models::{ModelOptions, ModelSpec};
 //!
 //! #[global_allocator]
 //! static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator;
 //!
 //! # fn main() -> Result<(), maxbatch::Error> {
 //! let device = device::resolve(device::DeviceRequest::Cpu, true)?;
-//! let options = ModelOptions { seq_len: Some(128) };
-//! let mut workload = Workload::new("transformer-tiny", &options, OptimizerKind::AdamW, &device.device)?;
+//! let options = ModelOptions { seq_len: Some(128), ..ModelOptions::default() };
+//! let spec = ModelSpec::preset("transformer-tiny")?;
+//! let mut workload = Workload::new(&spec, &options, OptimizerKind::AdamW, &device.device)?;
 //! let mut meter = CpuMeter::with_budget(512 << 20)?;
 //! let report = Finder::new().dataset_size(50_000).epochs(3).find(
 //!     &mut workload,
 //!     &mut meter,
-//!     models::info("transformer-tiny", &options)?,
+//!     spec.info(&options)?,
 //!     &device,
 //!     &mut Silent,
 //! )?;

@@ -5,11 +5,11 @@ use std::fmt;
 use std::str::FromStr;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, VarBuilder, VarMap, SGD};
 use serde::Serialize;
 
-use crate::models::{self, Model, ModelOptions};
+use crate::models::{Model, ModelOptions, ModelSpec};
 
 /// A point inside one training step where a trial may be stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,6 +72,16 @@ pub enum OptimizerKind {
     Sgd,
 }
 
+impl OptimizerKind {
+    /// Copies of the weights the optimizer keeps: AdamW's two moments, SGD's none.
+    pub fn state_copies(self) -> u64 {
+        match self {
+            OptimizerKind::AdamW => 2,
+            OptimizerKind::Sgd => 0,
+        }
+    }
+}
+
 impl FromStr for OptimizerKind {
     type Err = String;
 
@@ -124,16 +134,17 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Builds the named model on `device` with random weights and the optimizer's state.
+    /// Builds `spec` on `device` with random weights in `options.dtype`, and the
+    /// optimizer's state.
     pub fn new(
-        name: &str,
+        spec: &ModelSpec,
         options: &ModelOptions,
         optimizer: OptimizerKind,
         device: &Device,
     ) -> std::result::Result<Self, crate::Error> {
         let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-        let model = models::build(name, options, vb)?;
+        let vb = VarBuilder::from_varmap(&varmap, options.dtype, device);
+        let model = spec.build(options, vb)?;
         let optimizer = Optimizer::new(optimizer, &varmap)?;
         Ok(Self {
             model,

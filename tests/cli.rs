@@ -178,8 +178,19 @@ fn models_lists_every_preset_with_its_parameters() {
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["mlp", "transformer-tiny", "transformer-small"]);
+    assert_eq!(
+        names,
+        [
+            "mlp",
+            "transformer-tiny",
+            "transformer-small",
+            "transformer-base",
+            "transformer-large",
+            "cnn"
+        ]
+    );
     assert_eq!(list[2]["parameters"], 35_561_472);
+    assert_eq!(list[3]["parameters"], 124_439_808);
 
     let text = maxbatch().arg("models").output().unwrap();
     let text = String::from_utf8(text.stdout).unwrap();
@@ -224,7 +235,7 @@ fn fails_cleanly(args: &[&str], needle: &str) {
 fn bad_input_is_one_clear_line_and_exit_2() {
     fails_cleanly(
         &["--model", "gpt-17", "--device", "cpu"],
-        "known models: mlp, transformer-tiny, transformer-small",
+        "known models: mlp, transformer-tiny, transformer-small, transformer-base",
     );
     fails_cleanly(
         &[
@@ -347,4 +358,92 @@ fn a_list_of_cuda_devices_falls_back_to_one_cpu_search() {
         &["--model", "mlp", "--device", "cuda:0,cuda:0"],
         "a device is named twice",
     );
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn models_counts_a_config_without_allocating_it() {
+    // A 7B model answers at once: its weights would not even fit this machine's memory.
+    let output = maxbatch()
+        .args([
+            "models",
+            "--json",
+            "--config",
+            &fixture("mistral-7b-v0.1.json"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let info = json_of(&output);
+    assert_eq!(info["parameters"], 7_241_732_096u64);
+    assert_eq!(info["name"], "mistral-7b-v0.1");
+}
+
+#[test]
+fn broken_configs_are_one_line_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("maxbatch-configs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let unknown = write("bert.json", r#"{"model_type": "bert", "hidden_size": 768}"#);
+    let missing = write(
+        "partial.json",
+        r#"{"model_type": "llama", "hidden_size": 64}"#,
+    );
+    fails_cleanly(
+        &["models", "--config", &unknown],
+        "bert.json: has model_type \"bert\"",
+    );
+    fails_cleanly(
+        &["models", "--config", &missing],
+        "partial.json: has no \"num_attention_heads\"",
+    );
+    fails_cleanly(
+        &["--config", &fixture("not-json.json"), "--device", "cpu"],
+        "not-json.json: is not JSON",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_config_too_large_for_the_budget_is_refused_before_it_is_built() {
+    fails_cleanly(
+        &[
+            "--config",
+            &fixture("llama-2-7b.json"),
+            "--device",
+            "cpu",
+            "--memory",
+            "8GiB",
+        ],
+        "the model alone (weights and optimizer state) needs",
+    );
+}
+
+#[test]
+fn a_config_model_searches_on_the_cpu() {
+    let output = maxbatch()
+        .args(["--config", &fixture("tiny-llama.json"), "--device", "cpu"])
+        .args([
+            "--memory",
+            "96MiB",
+            "--seq-len",
+            "32",
+            "--json",
+            "--dtype",
+            "bf16",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let r = json_of(&output);
+    assert_eq!(r["model"]["name"], "tiny-llama");
+    assert_eq!(r["model"]["dtype"], "bf16");
+    assert!(r["max_batch_size"].as_u64().unwrap() >= 1);
 }

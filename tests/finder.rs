@@ -30,6 +30,7 @@ fn model() -> ModelInfo {
         parameters: 0,
         input: "bytes".into(),
         summary: "a step that allocates 1 MiB per sample".into(),
+        dtype: "u8".into(),
     }
 }
 

@@ -6,7 +6,7 @@
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
-use super::{random_ids, Batch, Model};
+use super::{cross_entropy, random_ids, Batch, Model};
 
 /// The shape of an MLP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,8 @@ impl Mlp {
 impl Model for Mlp {
     fn batch(&self, batch_size: usize, device: &Device) -> Result<Batch> {
         Ok(Batch {
-            inputs: Tensor::randn(0f32, 1.0, (batch_size, self.config.inputs), device)?,
+            inputs: Tensor::randn(0f32, 1.0, (batch_size, self.config.inputs), device)?
+                .to_dtype(self.layers[0].weight().dtype())?,
             targets: random_ids(self.config.classes, batch_size, device)?,
         })
     }
@@ -95,6 +96,6 @@ impl Model for Mlp {
                 xs = xs.relu()?;
             }
         }
-        candle_nn::loss::cross_entropy(&xs, &batch.targets)
+        cross_entropy(&xs, &batch.targets)
     }
 }

@@ -1,14 +1,20 @@
-//! Built-in architectures, one file each, and the registry of named presets.
+//! Built-in architectures, one file each, the registry of named presets, and Hugging Face
+//! `config.json` files ([`hf_config`]).
 //!
 //! Every model is trainable end to end: its forward pass uses only differentiable candle
-//! ops (never the fast `softmax_last_dim` or `layer_norm` kernels, which have no backward
-//! and would hide both gradients and memory; see DESIGN.md). Inputs are synthetic batches
-//! of the worst-case shape.
+//! ops (never the fast `softmax_last_dim`, `layer_norm`, `rms_norm` or `rope` kernels,
+//! which have no backward and would hide both gradients and memory; see DESIGN.md). Inputs
+//! are synthetic batches of the worst-case shape.
 
+pub mod hf_config;
+pub mod llama;
 pub mod mlp;
+pub mod resnet;
 pub mod transformer;
 
-use candle_core::{Device, Result, Tensor};
+use std::path::Path;
+
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
 
@@ -17,7 +23,7 @@ use crate::error::Error;
 /// One synthetic batch: inputs and the targets of the loss.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    /// Token ids or features.
+    /// Token ids, features or images.
     pub inputs: Tensor,
     /// Class or next-token ids.
     pub targets: Tensor,
@@ -32,17 +38,31 @@ pub trait Model {
     fn loss(&self, batch: &Batch) -> Result<Tensor>;
 }
 
-/// Choices that change a built-in model's input shape.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Choices that change a built-in model's input shape or precision.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelOptions {
-    /// Tokens per sample for the transformers (default: the preset's context length).
+    /// Tokens per sample for the transformers (default: the model's context length).
     pub seq_len: Option<usize>,
+    /// Image side in pixels for `cnn` (default 32).
+    pub image_size: Option<usize>,
+    /// The dtype of weights, activations and optimizer state (default f32).
+    pub dtype: DType,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self {
+            seq_len: None,
+            image_size: None,
+            dtype: DType::F32,
+        }
+    }
 }
 
 /// What the report says about a model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModelInfo {
-    /// The preset's name, e.g. "transformer-small".
+    /// The preset's name, e.g. "transformer-small", or the config file's.
     pub name: String,
     /// Trainable parameters.
     pub parameters: u64,
@@ -50,81 +70,209 @@ pub struct ModelInfo {
     pub input: String,
     /// A one-line description of the architecture.
     pub summary: String,
+    /// The dtype of weights, activations and optimizer state, e.g. "f32".
+    pub dtype: String,
 }
 
-/// A named architecture with a fixed shape.
-#[derive(Debug, Clone, Copy)]
-pub enum Preset {
+/// An architecture with a fixed shape.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Architecture {
     /// A multi-layer perceptron on flat features.
     Mlp(mlp::MlpConfig),
-    /// A decoder-only GPT-style transformer.
-    Transformer(transformer::GptConfig),
+    /// A GPT-2-style decoder (learned positions, LayerNorm, GELU).
+    Gpt(transformer::GptConfig),
+    /// A Llama-family decoder; the string names the family ("llama", "mistral", "qwen2").
+    Llama(llama::LlamaConfig, String),
+    /// A CIFAR-style ResNet.
+    ResNet(resnet::ResNetConfig),
 }
 
 /// The built-in presets, in the order `maxbatch models` lists them.
-pub const PRESETS: &[(&str, Preset)] = &[
-    ("mlp", Preset::Mlp(mlp::MlpConfig::DEFAULT)),
+pub const PRESETS: &[(&str, Architecture)] = &[
+    ("mlp", Architecture::Mlp(mlp::MlpConfig::DEFAULT)),
     (
         "transformer-tiny",
-        Preset::Transformer(transformer::GptConfig::TINY),
+        Architecture::Gpt(transformer::GptConfig::TINY),
     ),
     (
         "transformer-small",
-        Preset::Transformer(transformer::GptConfig::SMALL),
+        Architecture::Gpt(transformer::GptConfig::SMALL),
     ),
+    (
+        "transformer-base",
+        Architecture::Gpt(transformer::GptConfig::GPT2_SMALL),
+    ),
+    (
+        "transformer-large",
+        Architecture::Gpt(transformer::GptConfig::GPT2_MEDIUM),
+    ),
+    ("cnn", Architecture::ResNet(resnet::ResNetConfig::RESNET18)),
 ];
 
-/// The preset called `name`.
-pub fn preset(name: &str) -> std::result::Result<Preset, Error> {
-    PRESETS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, p)| *p)
-        .ok_or_else(|| Error::UnknownModel {
-            name: name.to_string(),
-            known: PRESETS
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", "),
+/// Where a model comes from: a preset's name or a Hugging Face `config.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A built-in preset.
+    Preset(String),
+    /// A `config.json` describing the architecture (shapes only; no weights are read).
+    Config(std::path::PathBuf),
+}
+
+/// A model to build: its name for reports and its architecture.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// The preset's name, or the config's model name.
+    pub name: String,
+    /// The shape.
+    pub architecture: Architecture,
+}
+
+impl ModelSpec {
+    /// The spec of a preset or a config file.
+    pub fn load(source: &ModelSource) -> std::result::Result<Self, Error> {
+        match source {
+            ModelSource::Preset(name) => Self::preset(name),
+            ModelSource::Config(path) => hf_config::load(Path::new(path)),
+        }
+    }
+
+    /// The preset called `name`.
+    pub fn preset(name: &str) -> std::result::Result<Self, Error> {
+        PRESETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(n, a)| ModelSpec {
+                name: n.to_string(),
+                architecture: a.clone(),
+            })
+            .ok_or_else(|| Error::UnknownModel {
+                name: name.to_string(),
+                known: PRESETS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// Trainable parameters, from the shapes alone (nothing is allocated).
+    pub fn parameter_count(&self) -> u64 {
+        match &self.architecture {
+            Architecture::Mlp(c) => c.parameter_count(),
+            Architecture::Gpt(c) => c.parameter_count(),
+            Architecture::Llama(c, _) => c.parameter_count(),
+            Architecture::ResNet(c) => c.parameter_count(),
+        }
+    }
+
+    /// What the report says about this model with `options`; allocates nothing.
+    pub fn info(&self, options: &ModelOptions) -> std::result::Result<ModelInfo, Error> {
+        let (input, summary) = match &self.architecture {
+            Architecture::Mlp(c) => (c.input(), c.summary()),
+            Architecture::Gpt(c) => (format!("{} tokens", c.seq_len(options)?), c.summary()),
+            Architecture::Llama(c, family) => (
+                format!("{} tokens", llama_seq_len(c, options)?),
+                c.summary(family),
+            ),
+            Architecture::ResNet(c) => {
+                let s = image_size(options)?;
+                (format!("3×{s}×{s} image"), c.summary())
+            }
+        };
+        Ok(ModelInfo {
+            name: self.name.clone(),
+            parameters: self.parameter_count(),
+            input,
+            summary,
+            dtype: dtype_name(options.dtype).to_string(),
         })
+    }
+
+    /// Builds the model with random weights from `vb`.
+    pub fn build(
+        &self,
+        options: &ModelOptions,
+        vb: VarBuilder,
+    ) -> std::result::Result<Box<dyn Model>, Error> {
+        Ok(match &self.architecture {
+            Architecture::Mlp(c) => Box::new(mlp::Mlp::new(*c, vb)?),
+            Architecture::Gpt(c) => Box::new(transformer::Gpt::new(*c, c.seq_len(options)?, vb)?),
+            Architecture::Llama(c, _) => {
+                Box::new(llama::Llama::new(*c, llama_seq_len(c, options)?, vb)?)
+            }
+            Architecture::ResNet(c) => {
+                let config = resnet::ResNetConfig {
+                    image_size: image_size(options)?,
+                    ..*c
+                };
+                Box::new(resnet::ResNet::new(config, vb)?)
+            }
+        })
+    }
 }
 
-/// What the report says about preset `name` with `options`; allocates nothing.
-pub fn info(name: &str, options: &ModelOptions) -> std::result::Result<ModelInfo, Error> {
-    let preset = preset(name)?;
-    let (parameters, input, summary) = match preset {
-        Preset::Mlp(c) => (c.parameter_count(), c.input(), c.summary()),
-        Preset::Transformer(c) => {
-            let seq_len = c.seq_len(options)?;
-            (
-                c.parameter_count(),
-                format!("{seq_len} tokens"),
-                c.summary(),
-            )
-        }
-    };
-    Ok(ModelInfo {
-        name: name.to_string(),
-        parameters,
-        input,
-        summary,
-    })
-}
-
-/// Builds preset `name` with random weights from `vb`.
-pub fn build(
-    name: &str,
+fn llama_seq_len(
+    c: &llama::LlamaConfig,
     options: &ModelOptions,
-    vb: VarBuilder,
-) -> std::result::Result<Box<dyn Model>, Error> {
-    Ok(match preset(name)? {
-        Preset::Mlp(c) => Box::new(mlp::Mlp::new(c, vb)?),
-        Preset::Transformer(c) => {
-            let seq_len = c.seq_len(options)?;
-            Box::new(transformer::Gpt::new(c, seq_len, vb)?)
-        }
-    })
+) -> std::result::Result<usize, Error> {
+    bounded_seq_len(
+        options.seq_len,
+        c.max_positions.min(2048),
+        c.max_positions,
+        false,
+    )
+}
+
+/// The trials' sequence length: `--seq-len`, or `default`; never above `limit` when the
+/// positions are learned (`strict`).
+pub(crate) fn bounded_seq_len(
+    requested: Option<usize>,
+    default: usize,
+    limit: usize,
+    strict: bool,
+) -> std::result::Result<usize, Error> {
+    match requested {
+        None => Ok(default),
+        Some(0) => Err(Error::InvalidSetting(
+            "--seq-len must be at least 1".to_string(),
+        )),
+        Some(n) if strict && n > limit => Err(Error::InvalidSetting(format!(
+            "--seq-len {n} is longer than this model's context of {limit} tokens \
+             (learned positions); use at most {limit}"
+        ))),
+        Some(n) => Ok(n),
+    }
+}
+
+fn image_size(options: &ModelOptions) -> std::result::Result<usize, Error> {
+    match options.image_size {
+        None => Ok(32),
+        Some(s) if s >= 8 => Ok(s),
+        Some(s) => Err(Error::InvalidSetting(format!(
+            "--image-size {s} is too small: the ResNet halves it three times; use at least 8"
+        ))),
+    }
+}
+
+/// The dtype's name as the `--dtype` flag spells it.
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        DType::F64 => "f64",
+        _ => "other",
+    }
+}
+
+/// Parses `--dtype`: f32, bf16 or f16.
+pub fn parse_dtype(text: &str) -> std::result::Result<DType, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        _ => Err(format!("unknown dtype {text:?}; use f32, bf16 or f16")),
+    }
 }
 
 /// Random class ids in `0..classes` of the given shape.
@@ -135,6 +283,51 @@ pub(crate) fn random_ids(
 ) -> Result<Tensor> {
     // Uniform in [0, classes) then truncated: every id is a valid class.
     let ids = Tensor::rand(0f32, classes as f32, shape, device)?;
-    ids.clamp(0f32, (classes - 1) as f32)?
-        .to_dtype(candle_core::DType::U32)
+    ids.clamp(0f32, (classes - 1) as f32)?.to_dtype(DType::U32)
+}
+
+/// Cross-entropy of `logits` `[..., classes]` against `targets` `[...]`, computed in f32
+/// whatever the model's dtype (as mixed-precision training computes its loss).
+pub(crate) fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let classes = logits.dim(candle_core::D::Minus1)?;
+    let logits = logits.reshape(((), classes))?.to_dtype(DType::F32)?;
+    candle_nn::loss::cross_entropy(&logits, &targets.flatten_all()?)
+}
+
+/// `[T, T]` (f32): 0 where a token may attend (itself and earlier), −∞ elsewhere.
+pub(crate) fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(mask, (t, t), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mask_lets_each_token_see_itself_and_the_past() {
+        let mask = causal_mask(3, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(
+            mask,
+            vec![
+                vec![0.0, inf, inf],
+                vec![0.0, 0.0, inf],
+                vec![0.0, 0.0, 0.0]
+            ]
+        );
+    }
+
+    #[test]
+    fn dtypes_parse_and_print() {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            assert_eq!(parse_dtype(dtype_name(dtype)), Ok(dtype));
+        }
+        assert!(parse_dtype("int8").is_err());
+    }
 }

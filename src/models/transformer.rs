@@ -7,10 +7,10 @@
 //!
 //! Only differentiable ops: `layer_norm_slow`, `ops::softmax`, plain matmuls.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{linear, Embedding, Linear, VarBuilder};
 
-use super::{random_ids, Batch, Model, ModelOptions};
+use super::{bounded_seq_len, causal_mask, cross_entropy, random_ids, Batch, Model, ModelOptions};
 use crate::error::Error;
 
 /// The shape of a GPT-style transformer.
@@ -53,6 +53,28 @@ impl GptConfig {
         ffn: 2048,
     };
 
+    /// `transformer-base`: GPT-2 small's exact shape: 12 layers, width 768, 12 heads, FFN
+    /// 3072, vocab 50,257, context 1024 (124,439,808 parameters).
+    pub const GPT2_SMALL: GptConfig = GptConfig {
+        vocab: 50_257,
+        context: 1024,
+        width: 768,
+        layers: 12,
+        heads: 12,
+        ffn: 3072,
+    };
+
+    /// `transformer-large`: GPT-2 medium's exact shape: 24 layers, width 1024, 16 heads,
+    /// FFN 4096, vocab 50,257, context 1024 (354,823,168 parameters).
+    pub const GPT2_MEDIUM: GptConfig = GptConfig {
+        vocab: 50_257,
+        context: 1024,
+        width: 1024,
+        layers: 24,
+        heads: 16,
+        ffn: 4096,
+    };
+
     /// Trainable parameters, from the shape alone.
     pub fn parameter_count(&self) -> u64 {
         let (c, f) = (self.width as u64, self.ffn as u64);
@@ -66,18 +88,7 @@ impl GptConfig {
 
     /// The sequence length of the trials: `--seq-len`, or the context length.
     pub fn seq_len(&self, options: &ModelOptions) -> std::result::Result<usize, Error> {
-        match options.seq_len {
-            None => Ok(self.context),
-            Some(0) => Err(Error::InvalidSetting(
-                "--seq-len must be at least 1".to_string(),
-            )),
-            Some(n) if n > self.context => Err(Error::InvalidSetting(format!(
-                "--seq-len {n} is longer than this model's context of {} tokens \
-                 (learned positions); use at most {}",
-                self.context, self.context
-            ))),
-            Some(n) => Ok(n),
-        }
+        bounded_seq_len(options.seq_len, self.context, self.context, true)
     }
 
     /// One line on the architecture.
@@ -208,14 +219,6 @@ fn gpt2_embedding(rows: usize, width: usize, vb: VarBuilder) -> Result<Embedding
     Ok(Embedding::new(weight, width))
 }
 
-/// `[T, T]`: 0 where a token may attend (itself and earlier), −∞ elsewhere.
-fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Tensor::from_vec(mask, (t, t), device)
-}
-
 impl Model for Gpt {
     fn batch(&self, batch_size: usize, device: &Device) -> Result<Batch> {
         let shape = (batch_size, self.seq_len);
@@ -226,22 +229,20 @@ impl Model for Gpt {
     }
 
     fn loss(&self, batch: &Batch) -> Result<Tensor> {
-        let (b, t) = batch.inputs.dims2()?;
+        let (_, t) = batch.inputs.dims2()?;
         let device = batch.inputs.device();
         let positions = Tensor::arange(0u32, t as u32, device)?;
         let mut xs = self
             .tokens
             .forward(&batch.inputs)?
             .broadcast_add(&self.positions.forward(&positions)?)?;
-        let mask = causal_mask(t, device)?;
+        let mask = causal_mask(t, device)?.to_dtype(xs.dtype())?;
         for block in &self.blocks {
             xs = block.forward(&xs, &mask)?;
         }
         let xs = self.norm.forward(&xs)?;
         let logits = xs.broadcast_matmul(&self.tokens.embeddings().t()?)?; // tied head
-        let logits = logits.reshape((b * t, self.config.vocab))?;
-        let targets = batch.targets.reshape(b * t)?;
-        candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &targets)
+        cross_entropy(&logits, &batch.targets)
     }
 }
 
@@ -256,27 +257,20 @@ mod tests {
     }
 
     #[test]
-    fn the_mask_lets_each_token_see_itself_and_the_past() {
-        let mask = causal_mask(3, &Device::Cpu)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        let inf = f32::NEG_INFINITY;
-        assert_eq!(
-            mask,
-            vec![
-                vec![0.0, inf, inf],
-                vec![0.0, 0.0, inf],
-                vec![0.0, 0.0, 0.0]
-            ]
-        );
+    fn gpt2_presets_have_the_published_parameter_counts() {
+        // Hugging Face's gpt2 and gpt2-medium: 124,439,808 and 354,823,168 parameters.
+        assert_eq!(GptConfig::GPT2_SMALL.parameter_count(), 124_439_808);
+        assert_eq!(GptConfig::GPT2_MEDIUM.parameter_count(), 354_823_168);
     }
 
     #[test]
     fn seq_len_is_bounded_by_the_context() {
         let c = GptConfig::TINY;
         assert_eq!(c.seq_len(&ModelOptions::default()).unwrap(), 64);
-        let at = |n| ModelOptions { seq_len: Some(n) };
+        let at = |n| ModelOptions {
+            seq_len: Some(n),
+            ..ModelOptions::default()
+        };
         assert_eq!(c.seq_len(&at(16)).unwrap(), 16);
         assert!(c.seq_len(&at(65)).is_err());
         assert!(c.seq_len(&at(0)).is_err());

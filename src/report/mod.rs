@@ -210,6 +210,7 @@ pub(crate) mod tests {
                 parameters: 168_192,
                 input: "64 tokens".into(),
                 summary: "GPT".into(),
+                dtype: "f32".into(),
             },
             device: DeviceInfo {
                 kind: DeviceKind::Cuda,
@@ -276,7 +277,7 @@ pub(crate) mod tests {
         report.trials[3].reserved_bytes = Some(600 << 20);
         let text = super::text::render(&report);
         for needle in [
-            "transformer-tiny (168.2K parameters, 64 tokens per sample, adamw, 2 steps per trial)",
+            "transformer-tiny (168.2K parameters, 64 tokens per sample, f32, adamw, 2 steps per trial)",
             "cuda:0, capacity 1.0 GiB from the device's total memory",
             "device total 2.0 GiB",
             "500.0 MiB held outside the pool after the warm-up step",

@@ -67,10 +67,11 @@ fn header(out: &mut String, r: &Report) {
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "model:    {} ({} parameters, {} per sample{optimizer}, {} steps per trial)",
+        "model:    {} ({} parameters, {} per sample, {}{optimizer}, {} steps per trial)",
         m.name,
         parameters(m.parameters),
         m.input,
+        m.dtype,
         r.settings.steps_per_trial
     );
     let d = &r.device;

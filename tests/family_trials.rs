@@ -1,0 +1,57 @@
+//! One CPU trial at batch size 1 per model family, under a budget, through the finder's
+//! pre-flight check. Its own test binary: the CPU meter counts the whole process's heap,
+//! so nothing else may allocate while it measures.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use maxbatch::models::{ModelOptions, ModelSource, ModelSpec};
+use maxbatch::{CountingAllocator, CpuMeter, Finder, OptimizerKind, Outcome, Silent, Workload};
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+#[test]
+fn one_trial_per_family_fits_a_budget_and_is_measured() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let specs = [
+        ModelSpec::preset("mlp").unwrap(),
+        ModelSpec::preset("transformer-tiny").unwrap(),
+        ModelSpec::preset("cnn").unwrap(),
+        ModelSpec::load(&ModelSource::Config(fixtures.join("tiny-qwen2.json"))).unwrap(),
+        ModelSpec::load(&ModelSource::Config(fixtures.join("tiny-llama.json"))).unwrap(),
+        ModelSpec::load(&ModelSource::Config(fixtures.join("tiny-gpt2.json"))).unwrap(),
+    ];
+    let options = ModelOptions {
+        seq_len: Some(16),
+        image_size: Some(16),
+        dtype: DType::F32,
+    };
+    for spec in specs {
+        let mut workload =
+            Workload::new(&spec, &options, OptimizerKind::AdamW, &Device::Cpu).unwrap();
+        let held = CountingAllocator::current_bytes();
+        // The weights and AdamW's moments are held already; AdamW's step needs a transient
+        // of about 14 times the largest variable on top (DESIGN.md).
+        let budget = held + (1 << 30);
+        let mut meter = CpuMeter::with_budget(budget).unwrap();
+        let trial = Finder::new()
+            .check(&mut workload, &mut meter, 1, &mut Silent)
+            .unwrap();
+        assert_eq!(trial.outcome, Outcome::Fits, "{}: {trial:?}", spec.name);
+        let peak = trial.peak_bytes.unwrap();
+        assert!(
+            peak > held && peak <= budget,
+            "{}: peak {peak}, held {held}",
+            spec.name
+        );
+        assert_eq!(trial.steps, 2);
+
+        // The same step under a budget below its measured peak is out of memory.
+        let mut tight = CpuMeter::with_budget(held + (peak - held) / 2).unwrap();
+        let trial = Finder::new()
+            .check(&mut workload, &mut tight, 1, &mut Silent)
+            .unwrap();
+        assert_eq!(trial.outcome, Outcome::Oom, "{}: {trial:?}", spec.name);
+    }
+}
