@@ -1,8 +1,11 @@
 //! The command line: clap types, and the checks that turn them into library settings.
 
+use std::ffi::OsString;
+
 use clap::{Args, Parser, Subcommand};
 
 use candle_core::DType;
+use maxbatch::cache::Cache;
 use maxbatch::device::DeviceRequest;
 use maxbatch::format::parse_bytes;
 use maxbatch::models::{parse_dtype, ModelOptions, ModelSource};
@@ -40,6 +43,10 @@ pub enum Command {
     /// Pre-flight check: run one trial at --batch-size; exit 0 if it fits, 1 if not, 2 on
     /// error.
     Check(CheckArgs),
+    /// Internal (--isolate): run one trial and print it as JSON; exit 0 whatever its
+    /// outcome.
+    #[command(hide = true)]
+    Trial(CheckArgs),
 }
 
 /// Flags of `maxbatch models`.
@@ -98,6 +105,11 @@ pub struct FindArgs {
     /// Drop each epoch's last partial batch (steps per epoch rounds down, not up).
     #[arg(long)]
     pub drop_last: bool,
+
+    /// Run each trial in a child process: a trial that aborts or is killed counts as out
+    /// of memory instead of ending the search.
+    #[arg(long)]
+    pub isolate: bool,
 }
 
 /// The model, the device and how a trial trains: shared by the search and `check`.
@@ -159,6 +171,15 @@ pub struct TargetArgs {
     /// Print JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+
+    /// Measure again instead of answering from the result cache ($MAXBATCH_CACHE, or the
+    /// user's cache folder: ~/.cache/maxbatch on Linux).
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Testing aid: a trial at this batch size or above aborts its process.
+    #[arg(long, hide = true, value_name = "B")]
+    pub debug_abort_from: Option<usize>,
 }
 
 /// The devices of `--device`: one, or a list of CUDA devices.
@@ -177,6 +198,49 @@ impl TargetArgs {
         match (&self.config, &self.model) {
             (Some(path), _) => ModelSource::Config(path.clone()),
             (None, name) => ModelSource::Preset(name.clone().unwrap_or_default()),
+        }
+    }
+
+    /// The arguments of a `trial` child process measuring what these flags describe on
+    /// `device` against `capacity` bytes (the parent's, so that every child agrees).
+    pub fn child_args(&self, device: &str, capacity: u64) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["trial".into()];
+        let mut flag = |name: &str, value: String| {
+            args.push(name.into());
+            args.push(value.into());
+        };
+        match (&self.config, &self.model) {
+            (Some(path), _) => flag("--config", path.display().to_string()),
+            (None, Some(name)) => flag("--model", name.clone()),
+            (None, None) => {}
+        }
+        flag("--device", device.to_string());
+        flag("--memory", capacity.to_string());
+        flag("--optimizer", self.optimizer.to_string());
+        flag(
+            "--dtype",
+            maxbatch::models::dtype_name(self.dtype).to_string(),
+        );
+        flag("--steps-per-trial", self.steps_per_trial.to_string());
+        if let Some(n) = self.seq_len {
+            flag("--seq-len", n.to_string());
+        }
+        if let Some(n) = self.image_size {
+            flag("--image-size", n.to_string());
+        }
+        if let Some(n) = self.debug_abort_from {
+            flag("--debug-abort-from", n.to_string());
+        }
+        args.extend(["--no-fallback".into(), "--no-cache".into(), "--json".into()]);
+        args
+    }
+
+    /// The result cache, unless --no-cache.
+    pub fn cache(&self) -> Option<Cache> {
+        if self.no_cache {
+            None
+        } else {
+            Cache::default_location()
         }
     }
 
@@ -265,6 +329,35 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(&args).is_err(), "{args:?} parsed");
         }
+    }
+
+    #[test]
+    fn a_child_gets_the_same_model_and_the_parents_capacity() {
+        let cli = Cli::try_parse_from([
+            "maxbatch",
+            "--model",
+            "mlp",
+            "--seq-len",
+            "7",
+            "--dtype",
+            "bf16",
+            "--isolate",
+        ])
+        .unwrap();
+        let args = cli.find.target.child_args("cpu", 12345);
+        let mut child = vec![std::ffi::OsString::from("maxbatch")];
+        child.extend(args);
+        child.extend(["--batch-size".into(), "3".into()]);
+        let parsed = Cli::try_parse_from(child).unwrap();
+        let Some(Command::Trial(trial)) = parsed.command else {
+            panic!("not a trial command")
+        };
+        assert_eq!(trial.batch_size, 3);
+        assert_eq!(trial.target.memory, Some(12345));
+        assert_eq!(trial.target.model.as_deref(), Some("mlp"));
+        assert_eq!(trial.target.seq_len, Some(7));
+        assert_eq!(trial.target.dtype, DType::BF16);
+        assert!(trial.target.no_fallback && trial.target.no_cache && trial.target.json);
     }
 
     #[test]

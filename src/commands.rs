@@ -2,13 +2,18 @@
 //! calls the library, and prints the answer. The only place that prints results.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Result;
-use maxbatch::device::{self, DeviceKind, DeviceRequest, ResolvedDevice};
+use maxbatch::cache::{Cache, CacheKey};
+use maxbatch::device::{self, DeviceRequest, ResolvedDevice};
 use maxbatch::format::{bytes, parameters};
+use maxbatch::isolate::ChildTrials;
 use maxbatch::models::{self, ModelSource, ModelSpec, PRESETS};
+use maxbatch::report::DeviceInfo;
 use maxbatch::report::{json, text};
-use maxbatch::{CpuMeter, Error, Finder, MemoryMeter, Outcome, Trial, Workload};
+use maxbatch::{Error, Finder, MemoryMeter, OptimizerKind, Outcome, Silent, Trial, Workload};
 
 use crate::cli::{CheckArgs, Cli, Command, FindArgs, ModelsArgs, TargetArgs};
 use crate::progress::Progress;
@@ -18,6 +23,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Some(Command::Models(args)) => list_models(&args),
         Some(Command::Check(args)) => check(&args),
+        Some(Command::Trial(args)) => trial(&args),
         None => find(&cli.find),
     }
 }
@@ -64,21 +70,48 @@ fn list_models(args: &ModelsArgs) -> Result<ExitCode> {
 }
 
 fn find(args: &FindArgs) -> Result<ExitCode> {
-    let finder = args.finder();
+    let mut finder = args.finder();
     finder.bounds()?; // bad settings fail before the model is built
+    finder.stop_when(stop_on_ctrl_c());
     let mut reports = Vec::new();
+    let cache = args.target.cache();
     for device in open_devices(&args.target)? {
         let mut setup = Setup::new(&args.target, device)?;
-        let mut progress = Progress::new(args.target.json);
-        let report = finder.find(
-            &mut setup.workload,
-            setup.meter.as_mut(),
-            setup.model,
-            &setup.device,
-            &mut progress,
-        )?;
-        drop(progress);
-        reports.push(report);
+        let key = setup.cache_key("search".into(), finder.settings_key());
+        let result = cached(cache.as_ref(), &key, || {
+            let mut progress = Progress::new(args.target.json);
+            if args.isolate {
+                let mut children = ChildTrials::new(
+                    std::env::current_exe()?,
+                    args.target
+                        .child_args(&setup.device.name, setup.meter.capacity().bytes),
+                    setup.meter.hard_limit(),
+                );
+                let device = setup.device_info();
+                return Ok(finder.search(
+                    &mut children,
+                    setup.model.clone(),
+                    device,
+                    &mut progress,
+                )?);
+            }
+            let mut workload = setup.build()?;
+            Ok(finder.find_with(
+                &mut workload,
+                setup.meter.as_mut(),
+                setup.model.clone(),
+                &setup.device,
+                &mut progress,
+            )?)
+        });
+        match result {
+            Ok(report) => reports.push(report),
+            Err(error) => match error.downcast::<Error>() {
+                Ok(Error::Interrupted(partial)) => return interrupted(&partial, args.target.json),
+                Ok(error) => return Err(error.into()),
+                Err(error) => return Err(error),
+            },
+        }
     }
     match reports.as_slice() {
         [one] if args.target.json => println!("{}", json::render(one)),
@@ -87,6 +120,62 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
         several => print!("\n{}", text::render_devices(several)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One trial for an `--isolate` parent: the trial as JSON on stdout, exit 0 whatever its
+/// outcome (2 on an error, as everywhere).
+fn trial(args: &CheckArgs) -> Result<ExitCode> {
+    if args
+        .target
+        .debug_abort_from
+        .is_some_and(|from| args.batch_size >= from)
+    {
+        std::process::abort();
+    }
+    let mut finder = Finder::new();
+    finder.steps_per_trial(args.target.steps_per_trial);
+    let device = device::resolve(args.target.device.0[0], false)?;
+    let mut setup = Setup::new(&args.target, device)?;
+    let mut workload = setup.build()?;
+    let trial = finder.check_with(
+        &mut workload,
+        setup.meter.as_mut(),
+        args.batch_size,
+        &mut Silent,
+    )?;
+    println!("{}", serde_json::to_string(&trial)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A flag set by the first Ctrl-C (the search then stops after the running trial); a
+/// second Ctrl-C quits at once.
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    let installed = ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("stopping after the running trial (Ctrl-C again to quit now)");
+    });
+    if let Err(error) = installed {
+        tracing::warn!("Ctrl-C will quit without a report: {error}");
+    }
+    flag
+}
+
+/// Prints what an interrupted search measured and exits 130, as a shell does for SIGINT.
+fn interrupted(partial: &maxbatch::Report, json: bool) -> Result<ExitCode> {
+    if json {
+        println!("{}", json::render(partial));
+    } else {
+        print!("\n{}", text::render(partial));
+    }
+    eprintln!(
+        "interrupted: {}",
+        Error::Interrupted(Box::new(partial.clone()))
+    );
+    Ok(ExitCode::from(130))
 }
 
 fn check(args: &CheckArgs) -> Result<ExitCode> {
@@ -99,16 +188,20 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
     }
     let mut all_fit = true;
     let mut trials: Vec<(String, Trial)> = Vec::new();
+    let cache = args.target.cache();
     for device in open_devices(&args.target)? {
         let mut setup = Setup::new(&args.target, device)?;
-        let mut progress = Progress::new(args.target.json);
-        let trial = finder.check(
-            &mut setup.workload,
-            setup.meter.as_mut(),
-            args.batch_size,
-            &mut progress,
-        )?;
-        drop(progress);
+        let key = setup.cache_key(format!("check {}", args.batch_size), finder.settings_key());
+        let trial: Trial = cached(cache.as_ref(), &key, || {
+            let mut workload = setup.build()?;
+            let mut progress = Progress::new(args.target.json);
+            Ok(finder.check_with(
+                &mut workload,
+                setup.meter.as_mut(),
+                args.batch_size,
+                &mut progress,
+            )?)
+        })?;
         let fits = trial.outcome == Outcome::Fits;
         all_fit &= fits;
         if !args.target.json {
@@ -167,12 +260,14 @@ fn open_devices(target: &TargetArgs) -> Result<Vec<ResolvedDevice>> {
     Ok(devices)
 }
 
-/// The device, meter, workload and model description the flags ask for.
+/// The model, device and meter the flags ask for, before the model is built.
 struct Setup {
+    spec: ModelSpec,
+    options: models::ModelOptions,
+    model: models::ModelInfo,
     device: ResolvedDevice,
     meter: Box<dyn MemoryMeter>,
-    workload: Workload,
-    model: models::ModelInfo,
+    optimizer: OptimizerKind,
 }
 
 impl Setup {
@@ -185,14 +280,23 @@ impl Setup {
                 Error::InvalidSetting("--steps-per-trial must be at least 1".into()).into(),
             );
         }
-        if target.memory == Some(0) {
-            return Err(Error::InvalidSetting("--memory must be more than 0 bytes".into()).into());
-        }
-        let meter = meter_for(&device, target.memory)?;
-        // Building weights that cannot fit would abort the process on the CPU: refuse first.
-        let weight_bytes = model.parameters * options.dtype.size_in_bytes() as u64;
-        let needs = weight_bytes * (1 + target.optimizer.state_copies());
-        let capacity = meter.capacity().bytes;
+        let meter = maxbatch::memory::meter_for(&device.device, target.memory)?;
+        Ok(Self {
+            spec,
+            options,
+            model,
+            device,
+            meter,
+            optimizer: target.optimizer,
+        })
+    }
+
+    /// Builds the model with random weights, after checking that its weights and
+    /// optimizer state fit: building ones that cannot would abort the process on the CPU.
+    fn build(&self) -> Result<Workload> {
+        let weight_bytes = self.model.parameters * self.options.dtype.size_in_bytes() as u64;
+        let needs = weight_bytes * (1 + self.optimizer.state_copies());
+        let capacity = self.meter.capacity().bytes;
         if needs > capacity {
             return Err(Error::ModelExceedsCapacity {
                 held: needs,
@@ -200,53 +304,68 @@ impl Setup {
             }
             .into());
         }
-        tracing::info!(model = %model.name, device = %device.name, "building the model");
-        let workload = Workload::new(&spec, &options, target.optimizer, &device.device)?;
-        Ok(Self {
-            device,
-            meter,
-            workload,
-            model,
-        })
+        tracing::info!(model = %self.model.name, device = %self.device.name, "building the model");
+        Ok(Workload::new(
+            &self.spec,
+            &self.options,
+            self.optimizer,
+            &self.device.device,
+        )?)
     }
-}
 
-fn meter_for(device: &ResolvedDevice, memory: Option<u64>) -> Result<Box<dyn MemoryMeter>> {
-    match device.kind {
-        DeviceKind::Cpu => {
-            let meter = match memory {
-                Some(budget) => CpuMeter::with_budget(budget)?,
-                None => CpuMeter::from_available_memory()?,
-            };
-            if let (Some(budget), Some(limit)) = (memory, meter.machine_limit()) {
-                if budget > limit {
-                    tracing::warn!(
-                        "--memory {} is more than this machine can give ({}); sizes predicted \
-                         beyond that are reported out of memory without running",
-                        bytes(budget),
-                        bytes(limit)
-                    );
-                }
-            }
-            Ok(Box::new(meter))
+    /// The device block of a report whose trials run in child processes (which hold the
+    /// weights: the parent measures no baseline).
+    fn device_info(&self) -> DeviceInfo {
+        let capacity = self.meter.capacity();
+        DeviceInfo {
+            kind: self.device.kind,
+            name: self.device.name.clone(),
+            capacity_bytes: capacity.bytes,
+            capacity_source: capacity.source,
+            capacity_is_budget: capacity.is_budget,
+            baseline_bytes: None,
+            total_bytes: self.meter.total_bytes(),
+            overhead_bytes: None,
+            fallback: self.device.fallback.clone(),
         }
-        DeviceKind::Cuda => cuda_meter(device, memory),
+    }
+
+    /// The cache key of a `kind` ("search", "check N") answer under `settings`.
+    fn cache_key(&self, kind: String, settings: String) -> CacheKey {
+        CacheKey {
+            kind,
+            model: format!("{:?}", self.spec.architecture),
+            dtype: self.model.dtype.clone(),
+            input: self.model.input.clone(),
+            optimizer: self.optimizer.to_string(),
+            device: self.device.name.clone(),
+            memory_bytes: self
+                .meter
+                .total_bytes()
+                .unwrap_or(self.meter.capacity().bytes),
+            settings,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
     }
 }
 
-#[cfg(feature = "cuda")]
-fn cuda_meter(device: &ResolvedDevice, memory: Option<u64>) -> Result<Box<dyn MemoryMeter>> {
-    Ok(Box::new(maxbatch::memory::cuda::CudaMeter::new(
-        &device.device,
-        memory,
-    )?))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_meter(device: &ResolvedDevice, _memory: Option<u64>) -> Result<Box<dyn MemoryMeter>> {
-    // `device::resolve` only opens CUDA devices in a CUDA build.
-    Err(Error::CudaUnavailable {
-        reason: format!("{} needs a build with `--features cuda`", device.name),
+/// The answer for `key` from the cache, or `run`'s, which is then stored.
+fn cached<T>(cache: Option<&Cache>, key: &CacheKey, run: impl FnOnce() -> Result<T>) -> Result<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    if let Some(cache) = cache {
+        if let Some(value) = cache.load(key) {
+            eprintln!(
+                "cached result ({}); --no-cache measures again",
+                cache.path(key).display()
+            );
+            return Ok(value);
+        }
     }
-    .into())
+    let value = run()?;
+    if let Some(cache) = cache {
+        cache.store(key, &value);
+    }
+    Ok(value)
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use candle_core::Device;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
@@ -84,7 +84,7 @@ pub fn parse_list(text: &str) -> Result<Vec<DeviceRequest>, Error> {
 }
 
 /// The kind of device trials ran on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     /// The CPU, measured against a budget.
@@ -104,6 +104,21 @@ pub struct ResolvedDevice {
     pub name: String,
     /// Why the CPU is used instead of the CUDA device asked for (None: no fallback).
     pub fallback: Option<String>,
+}
+
+impl ResolvedDevice {
+    /// Describes a device the caller opened itself.
+    pub fn from_device(device: &Device) -> Self {
+        match device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => ResolvedDevice {
+                device: device.clone(),
+                kind: DeviceKind::Cuda,
+                name: format!("cuda:{gpu_id}"),
+                fallback: None,
+            },
+            _ => cpu(None),
+        }
+    }
 }
 
 /// Opens the requested device. A CUDA request that cannot be met falls back to the CPU,

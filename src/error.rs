@@ -87,6 +87,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// The search was stopped (Ctrl-C) before it finished; the report holds the trials
+    /// that ran and the sizes they verified.
+    #[error(
+        "interrupted after {} trials; the largest size verified to fit is {}",
+        .0.trials.len(),
+        .0.max_batch_size
+    )]
+    Interrupted(Box<crate::report::Report>),
+
     /// A setting is out of range.
     #[error("{0}")]
     InvalidSetting(String),

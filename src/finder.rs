@@ -7,6 +7,9 @@
 //!   ─► schedule ─► Report
 //! ```
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use crate::device::ResolvedDevice;
 use crate::error::Error;
 use crate::memory::predict::predicted_peak;
@@ -33,8 +36,40 @@ pub struct Silent;
 
 impl Observer for Silent {}
 
+/// Runs one trial at a batch size: in this process ([`InProcess`]) or in a child process
+/// (`--isolate`).
+pub trait Trials {
+    /// Runs the trial at `batch_size`. Out of memory is an `Ok` trial; any other failure
+    /// is an `Err` that stops the search.
+    fn trial(&mut self, batch_size: usize) -> candle_core::Result<Trial>;
+
+    /// Bytes beyond which a trial must not even be started (see
+    /// [`MemoryMeter::hard_limit`]).
+    fn hard_limit(&self) -> Option<u64>;
+}
+
+/// Trials of a training step in this process, measured by a meter.
+pub struct InProcess<'a> {
+    /// The training step.
+    pub step: &'a mut dyn TrainStep,
+    /// The device's meter.
+    pub meter: &'a mut dyn MemoryMeter,
+    /// Full training steps per trial.
+    pub steps: usize,
+}
+
+impl Trials for InProcess<'_> {
+    fn trial(&mut self, batch_size: usize) -> candle_core::Result<Trial> {
+        probe::trial(self.step, batch_size, self.steps, self.meter)
+    }
+
+    fn hard_limit(&self) -> Option<u64> {
+        self.meter.hard_limit()
+    }
+}
+
 /// The search's settings, built with setters; each states its default.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Finder {
     start: usize,
     max_batch: Option<usize>,
@@ -44,6 +79,16 @@ pub struct Finder {
     epochs: u64,
     last_batch: LastBatch,
     optimizer: Option<OptimizerKind>,
+    stop: Option<Arc<AtomicBool>>,
+    device: Option<candle_core::Device>,
+    budget: Option<u64>,
+    model: Option<ModelInfo>,
+}
+
+impl PartialEq for Finder {
+    fn eq(&self, other: &Self) -> bool {
+        format!("{self:?}") == format!("{other:?}")
+    }
 }
 
 impl Default for Finder {
@@ -57,6 +102,10 @@ impl Default for Finder {
             epochs: 1,
             last_batch: LastBatch::Keep,
             optimizer: None,
+            stop: None,
+            device: None,
+            budget: None,
+            model: None,
         }
     }
 }
@@ -68,6 +117,90 @@ impl Finder {
     /// A finder with the defaults: start 1, 2 steps per trial, 5% margin, no dataset.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A finder for trials on `device`, for [`find`](Self::find) and
+    /// [`check`](Self::check): the CPU is measured by the counting allocator (which the
+    /// program must install as its global allocator), a CUDA device by its memory pool.
+    pub fn on(device: &candle_core::Device) -> Self {
+        Self {
+            device: Some(device.clone()),
+            ..Self::default()
+        }
+    }
+
+    /// A memory budget in bytes (default: the CPU's available memory, or the CUDA
+    /// device's free memory). On the CPU a budget is what keeps an oversized trial from
+    /// aborting the process.
+    pub fn budget(&mut self, bytes: u64) -> &mut Self {
+        self.budget = Some(bytes);
+        self
+    }
+
+    /// What the report says about the model (default: "custom", 0 parameters).
+    pub fn model(&mut self, info: ModelInfo) -> &mut Self {
+        self.model = Some(info);
+        self
+    }
+
+    /// Finds the largest batch size `step` can train at on the finder's device.
+    ///
+    /// `step` runs one full training step (forward, loss, backward, optimizer update) at
+    /// the batch size it is given; any `FnMut(usize) -> candle_core::Result<()>` will do.
+    ///
+    /// ```no_run
+    /// use candle_core::Device;
+    /// use maxbatch::Finder;
+    ///
+    /// #[global_allocator]
+    /// static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator;
+    ///
+    /// # fn train_step(b: usize) -> candle_core::Result<()> { Ok(()) }
+    /// let report = Finder::on(&Device::Cpu)
+    ///     .budget(2 << 30)
+    ///     .dataset_size(60_000)
+    ///     .find(&mut |b| train_step(b))?;
+    /// println!("train at {:?}", report.recommended_batch_size);
+    /// # Ok::<(), maxbatch::Error>(())
+    /// ```
+    pub fn find<S: TrainStep>(&self, step: &mut S) -> Result<Report, Error> {
+        let (device, mut meter) = self.device_and_meter()?;
+        self.find_with(
+            step,
+            meter.as_mut(),
+            self.model_info(),
+            &device,
+            &mut Silent,
+        )
+    }
+
+    /// Runs one trial of `step` at `batch_size` on the finder's device: the pre-flight
+    /// check. The trial's outcome says whether it fits.
+    pub fn check<S: TrainStep>(&self, step: &mut S, batch_size: usize) -> Result<Trial, Error> {
+        let (_, mut meter) = self.device_and_meter()?;
+        self.check_with(step, meter.as_mut(), batch_size, &mut Silent)
+    }
+
+    fn device_and_meter(&self) -> Result<(ResolvedDevice, Box<dyn MemoryMeter>), Error> {
+        let device = self.device.as_ref().ok_or_else(|| {
+            Error::InvalidSetting(
+                "this finder has no device: make it with Finder::on(&device)".into(),
+            )
+        })?;
+        Ok((
+            ResolvedDevice::from_device(device),
+            crate::memory::meter_for(device, self.budget)?,
+        ))
+    }
+
+    fn model_info(&self) -> ModelInfo {
+        self.model.clone().unwrap_or_else(|| ModelInfo {
+            name: "custom".into(),
+            parameters: 0,
+            input: "your batches".into(),
+            summary: "the caller's training step".into(),
+            dtype: String::new(),
+        })
     }
 
     /// The first batch size tried (default 1).
@@ -134,6 +267,26 @@ impl Finder {
         self
     }
 
+    /// A flag that, once set (by a Ctrl-C handler, say), stops the search after the trial
+    /// that is running; `find` then returns [`Error::Interrupted`] with what was measured.
+    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) -> &mut Self {
+        self.stop = Some(flag);
+        self
+    }
+
+    /// The settings that decide a search's answer, as text for a cache key.
+    pub fn settings_key(&self) -> String {
+        format!(
+            "start {} max {:?} steps {} margin {} dataset {:?} last {:?}",
+            self.start,
+            self.bounds().map(|b| b.max_batch).ok(),
+            self.steps_per_trial,
+            self.margin,
+            self.dataset,
+            self.last_batch
+        )
+    }
+
     /// The batch size bounds of the search, after checking every setting.
     pub fn bounds(&self) -> Result<Bounds, Error> {
         let invalid = |m: String| Err(Error::InvalidSetting(m));
@@ -178,7 +331,7 @@ impl Finder {
     /// Runs the search with `step` measured by `meter` and reports the result.
     ///
     /// `model` and `device` name what is measured, for the report.
-    pub fn find(
+    pub fn find_with(
         &self,
         step: &mut dyn TrainStep,
         meter: &mut dyn MemoryMeter,
@@ -186,7 +339,7 @@ impl Finder {
         device: &ResolvedDevice,
         observer: &mut dyn Observer,
     ) -> Result<Report, Error> {
-        let bounds = self.bounds()?;
+        self.bounds()?;
         let capacity = meter.capacity();
         let baseline = meter.current_bytes()?;
         if baseline > capacity.bytes {
@@ -204,36 +357,36 @@ impl Finder {
             capacity_bytes: capacity.bytes,
             capacity_source: capacity.source,
             capacity_is_budget: capacity.is_budget,
-            baseline_bytes: baseline,
+            baseline_bytes: Some(baseline),
             fallback: device.fallback.clone(),
         };
-
-        let mut runner = Runner {
+        let mut trials = InProcess {
             step,
             meter,
-            observer,
             steps: self.steps_per_trial,
-            measured: Vec::new(),
         };
-        let found = search::doubling(bounds, |b| runner.run(b)).map_err(|e| match e {
-            SearchError::InvalidBounds(b) => Error::InvalidSetting(format!("invalid bounds {b:?}")),
-            SearchError::NothingFits { trials } => Error::NothingFits {
-                needs: trials.last().and_then(|t| t.peak_bytes),
-                capacity: capacity.bytes,
-                hint: "raise --memory, shorten --seq-len, or train with --optimizer sgd",
-            },
-            SearchError::Probe {
-                batch_size, error, ..
-            } => error.at(batch_size),
-        })?;
-        let mut trials = found.trials;
-        let max = found.max_batch_size;
+        self.search(&mut trials, model, device, observer)
+    }
 
-        let power_of_two = runner.largest_power_of_two(max, &mut trials)?;
-        let recommended = runner.recommended(capacity.bytes, self.margin, &mut trials)?;
-
-        let schedule = self.schedule_rows(max, power_of_two, recommended);
-        Ok(Report {
+    /// Runs the search with `trials` (in this process or in child processes) against the
+    /// capacity in `device`, and reports the result.
+    pub fn search(
+        &self,
+        trials: &mut dyn Trials,
+        model: ModelInfo,
+        device: DeviceInfo,
+        observer: &mut dyn Observer,
+    ) -> Result<Report, Error> {
+        let bounds = self.bounds()?;
+        let capacity = device.capacity_bytes;
+        let mut runner = Runner {
+            trials,
+            observer,
+            measured: Vec::new(),
+            stop: self.stop.clone(),
+            interrupted: false,
+        };
+        let mut report = Report {
             model,
             device,
             settings: Settings {
@@ -243,18 +396,97 @@ impl Finder {
                 start: bounds.start,
                 max_batch: bounds.max_batch,
             },
-            trials,
-            max_batch_size: max,
-            max_is_cap: max == bounds.max_batch,
-            largest_power_of_two: power_of_two,
-            recommended_batch_size: recommended,
+            trials: Vec::new(),
+            max_batch_size: 0,
+            max_is_cap: false,
+            largest_power_of_two: 0,
+            recommended_batch_size: None,
             dataset: self.dataset.clone(),
-            schedule,
-        })
+            schedule: Vec::new(),
+            interrupted: false,
+        };
+        let interrupted = |runner: &Runner, report: &mut Report, trials: Vec<Trial>| {
+            runner.interrupted.then(|| {
+                report.trials = trials;
+                self.summarize_partial(report);
+                Error::Interrupted(Box::new(report.clone()))
+            })
+        };
+
+        let found = match search::doubling(bounds, |b| runner.run(b)) {
+            Ok(found) => found,
+            Err(SearchError::Probe {
+                batch_size,
+                error,
+                trials,
+            }) => {
+                return Err(interrupted(&runner, &mut report, trials)
+                    .unwrap_or_else(|| error.at(batch_size)))
+            }
+            Err(SearchError::NothingFits { trials }) => {
+                return Err(Error::NothingFits {
+                    needs: trials.last().and_then(|t| t.peak_bytes),
+                    capacity,
+                    hint: "raise --memory, shorten --seq-len, or train with --optimizer sgd",
+                })
+            }
+            Err(SearchError::InvalidBounds(b)) => {
+                return Err(Error::InvalidSetting(format!("invalid bounds {b:?}")))
+            }
+        };
+        let mut trials = found.trials;
+        let max = found.max_batch_size;
+        let finish = runner
+            .largest_power_of_two(max, &mut trials)
+            .and_then(|pow2| {
+                Ok((
+                    pow2,
+                    runner.recommended(capacity, self.margin, &mut trials)?,
+                ))
+            });
+        let (power_of_two, recommended) = match finish {
+            Ok(sizes) => sizes,
+            Err(error) => return Err(interrupted(&runner, &mut report, trials).unwrap_or(error)),
+        };
+
+        report.schedule = self.schedule_rows(max, power_of_two, recommended);
+        report.trials = trials;
+        report.max_batch_size = max;
+        report.max_is_cap = max == bounds.max_batch;
+        report.largest_power_of_two = power_of_two;
+        report.recommended_batch_size = recommended;
+        Ok(report)
+    }
+
+    /// Fills an interrupted report's sizes from the trials that ran: the largest that fit,
+    /// the largest power of two that fit, the largest that left the margin free (0 or
+    /// `None` where none did).
+    fn summarize_partial(&self, report: &mut Report) {
+        let fits: Vec<&Trial> = report
+            .trials
+            .iter()
+            .filter(|t| t.outcome == Outcome::Fits)
+            .collect();
+        let largest = |keep: &dyn Fn(&Trial) -> bool| {
+            fits.iter().filter(|t| keep(t)).map(|t| t.batch_size).max()
+        };
+        let allowed = search::allowed_peak(report.device.capacity_bytes, self.margin);
+        report.max_batch_size = largest(&|_| true).unwrap_or(0);
+        report.largest_power_of_two = largest(&|t| t.batch_size.is_power_of_two()).unwrap_or(0);
+        report.recommended_batch_size = largest(&|t| t.peak_bytes.is_some_and(|p| p <= allowed));
+        report.max_is_cap = false;
+        report.interrupted = true;
+        if report.max_batch_size > 0 {
+            report.schedule = self.schedule_rows(
+                report.max_batch_size,
+                report.largest_power_of_two.max(1),
+                report.recommended_batch_size,
+            );
+        }
     }
 
     /// Runs one trial at `batch_size` (the pre-flight check).
-    pub fn check(
+    pub fn check_with(
         &self,
         step: &mut dyn TrainStep,
         meter: &mut dyn MemoryMeter,
@@ -268,12 +500,17 @@ impl Finder {
         }
         self.bounds()?;
         warm_up(step, meter)?;
-        let mut runner = Runner {
+        let mut trials = InProcess {
             step,
             meter,
-            observer,
             steps: self.steps_per_trial,
+        };
+        let mut runner = Runner {
+            trials: &mut trials,
+            observer,
             measured: Vec::new(),
+            stop: None,
+            interrupted: false,
         };
         runner.run(batch_size).map_err(|e| e.at(batch_size))
     }
@@ -297,7 +534,7 @@ impl Finder {
             .filter_map(|(label, b)| {
                 let s = schedule(d.size, b? as u64, d.epochs, self.last_batch);
                 Some(ScheduleRow {
-                    label,
+                    label: label.to_string(),
                     batch_size: s.batch_size,
                     steps_per_epoch: s.steps_per_epoch,
                     total_steps: s.total_steps,
@@ -346,18 +583,23 @@ impl AtBatch for candle_core::Error {
     }
 }
 
-/// Runs trials one after another, remembering the measured fits for predictions.
+/// Runs trials one after another, remembering the measured fits for predictions, and
+/// refusing to start one once the stop flag is set.
 struct Runner<'a> {
-    step: &'a mut dyn TrainStep,
-    meter: &'a mut dyn MemoryMeter,
+    trials: &'a mut dyn Trials,
     observer: &'a mut dyn Observer,
-    steps: usize,
     measured: Vec<(usize, u64)>,
+    stop: Option<Arc<AtomicBool>>,
+    interrupted: bool,
 }
 
 impl Runner<'_> {
     fn run(&mut self, batch_size: usize) -> candle_core::Result<Trial> {
-        if let Some(limit) = self.meter.hard_limit() {
+        if self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+            self.interrupted = true;
+            candle_core::bail!("interrupted before the trial at batch size {batch_size}");
+        }
+        if let Some(limit) = self.trials.hard_limit() {
             if let Some(predicted) = predicted_peak(&self.measured, batch_size) {
                 if predicted > limit {
                     let trial = Trial::predicted_oom(batch_size, predicted, limit);
@@ -373,7 +615,7 @@ impl Runner<'_> {
             }
         }
         self.observer.trial_started(batch_size);
-        let trial = probe::trial(self.step, batch_size, self.steps, self.meter)?;
+        let trial = self.trials.trial(batch_size)?;
         if let (Outcome::Fits, Some(peak)) = (trial.outcome, trial.peak_bytes) {
             self.measured.push((batch_size, peak));
         }

@@ -8,6 +8,7 @@
 //!   through [`CountingAllocator`] against a budget.
 //! - [`Finder`]: runs the search (doubling, then binary search) and returns a [`Report`]:
 //!   the trials, the maximum, the largest power of two, the recommended size, the schedule.
+//!   `Finder::on(&device).find(&mut step)` is the whole library call.
 //!
 //! # Example
 //! ```no_run
@@ -23,7 +24,7 @@
 //! let spec = ModelSpec::preset("transformer-tiny")?;
 //! let mut workload = Workload::new(&spec, &options, OptimizerKind::AdamW, &device.device)?;
 //! let mut meter = CpuMeter::with_budget(512 << 20)?;
-//! let report = Finder::new().dataset_size(50_000).epochs(3).find(
+//! let report = Finder::new().dataset_size(50_000).epochs(3).find_with(
 //!     &mut workload,
 //!     &mut meter,
 //!     spec.info(&options)?,
@@ -36,10 +37,12 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod cache;
 pub mod device;
 pub mod error;
 pub mod finder;
 pub mod format;
+pub mod isolate;
 pub mod memory;
 pub mod models;
 pub mod probe;

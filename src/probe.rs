@@ -7,14 +7,14 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::memory::MemoryMeter;
 use crate::search::Fits;
 use crate::workload::{Phase, TrainStep};
 
 /// How a trial ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Every step ran within the capacity.
@@ -24,7 +24,7 @@ pub enum Outcome {
 }
 
 /// One batch size, tried.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
     /// Samples per step.
     pub batch_size: usize,
@@ -103,12 +103,26 @@ pub fn trial(
     let mut over_capacity: Option<Phase> = None;
     let mut device_oom: Option<String> = None;
     for _ in 0..steps {
-        let result = step.step_with_boundaries(batch_size, &mut |phase| {
+        let mut boundary = |phase: Phase| {
             if meter.peak_bytes()? > capacity {
                 over_capacity = Some(phase);
                 candle_core::bail!("over the memory capacity after the {phase} phase");
             }
             Ok(())
+        };
+        // A panicking step is a bug in the step, never an out-of-memory: it becomes an error.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            step.step_with_boundaries(batch_size, &mut boundary)
+        }))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_string());
+            Err(candle_core::Error::Msg(format!(
+                "the training step panicked: {message}"
+            )))
         });
         match result {
             Ok(()) => {

@@ -4,7 +4,7 @@
 //! on one batch. `steps_per_epoch = ceil(N / B)`, or `floor(N / B)` when the last partial
 //! batch is dropped. 10,000 samples at batch size 100 are 100 steps per epoch.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How the last, partial batch of an epoch is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,7 +25,7 @@ pub fn steps_per_epoch(dataset_size: u64, batch_size: u64, last: LastBatch) -> u
 }
 
 /// The schedule at one batch size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
     /// Samples in one step.
     pub batch_size: u64,

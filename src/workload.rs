@@ -7,12 +7,12 @@ use std::str::FromStr;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, VarBuilder, VarMap, SGD};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::models::{Model, ModelOptions, ModelSpec};
 
 /// A point inside one training step where a trial may be stopped early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// The forward pass and the loss are computed.
@@ -62,7 +62,7 @@ impl<F: FnMut(usize) -> Result<()>> TrainStep for F {
 }
 
 /// The optimizer a built-in workload trains with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// AdamW with candle's default parameters: two moments per variable.

@@ -3,9 +3,13 @@
 use assert_cmd::Command;
 use serde_json::Value;
 
+/// The binary, with a result cache of its own so that no test answers from another's.
 fn maxbatch() -> Command {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let cache = std::env::temp_dir().join(format!("maxbatch-cli-{}-{run}", std::process::id()));
     let mut cmd = Command::cargo_bin("maxbatch").unwrap();
-    cmd.env_remove("RUST_LOG");
+    cmd.env_remove("RUST_LOG").env("MAXBATCH_CACHE", cache);
     cmd
 }
 
@@ -446,4 +450,162 @@ fn a_config_model_searches_on_the_cpu() {
     assert_eq!(r["model"]["name"], "tiny-llama");
     assert_eq!(r["model"]["dtype"], "bf16");
     assert!(r["max_batch_size"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn a_repeated_search_answers_from_the_cache_and_survives_a_corrupt_file() {
+    let cache = std::env::temp_dir().join(format!("maxbatch-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let run = |extra: &[&str]| {
+        let output = maxbatch()
+            .env("MAXBATCH_CACHE", &cache)
+            .args(TINY)
+            .args(["--max-batch", "8", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        (
+            json_of(&output),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (first, stderr) = run(&[]);
+    assert!(!stderr.contains("cached result"), "{stderr}");
+    let (second, stderr) = run(&[]);
+    assert!(stderr.contains("cached result"), "{stderr}");
+    assert!(
+        !stderr.contains("trial "),
+        "a cached answer runs no trial: {stderr}"
+    );
+    assert_eq!(first, second);
+    let (_, stderr) = run(&["--no-cache"]);
+    assert!(
+        !stderr.contains("cached result") && stderr.contains("trial "),
+        "{stderr}"
+    );
+
+    // A different budget is a different question.
+    let output = maxbatch()
+        .env("MAXBATCH_CACHE", &cache)
+        .args([
+            "--model",
+            "transformer-tiny",
+            "--device",
+            "cpu",
+            "--memory",
+            "150MiB",
+        ])
+        .args(["--seq-len", "32", "--max-batch", "8", "--json"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("cached result"));
+
+    for file in std::fs::read_dir(&cache).unwrap() {
+        std::fs::write(file.unwrap().path(), "{ corrupt").unwrap();
+    }
+    let (third, stderr) = run(&[]);
+    assert!(
+        stderr.contains("ignoring the corrupt cache file"),
+        "{stderr}"
+    );
+    assert_eq!(third["max_batch_size"], first["max_batch_size"]);
+    let (_, stderr) = run(&[]);
+    assert!(
+        stderr.contains("cached result"),
+        "rewritten after the corrupt one: {stderr}"
+    );
+    std::fs::remove_dir_all(&cache).ok();
+}
+
+#[test]
+fn ctrl_c_stops_after_the_running_trial_with_the_sizes_so_far() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("maxbatch"))
+        .args([
+            "--model",
+            "transformer-tiny",
+            "--device",
+            "cpu",
+            "--memory",
+            "2GiB",
+            "--no-cache",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut trials = 0;
+    while trials < 4 {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "ended before 4 trials"
+        );
+        trials += usize::from(line.starts_with("trial"));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{rest}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("interrupted: the search stopped early"),
+        "{stdout}"
+    );
+    assert!(rest.contains("interrupted after"), "{rest}");
+    // The report holds every trial that ran, and nothing after the interrupt.
+    let ran = trials + rest.lines().filter(|l| l.starts_with("trial")).count();
+    let rows = stdout
+        .lines()
+        .filter(|l| l.contains("  fits  ") || l.contains("out of memory"))
+        .count();
+    assert_eq!(rows, ran, "{stdout}\n{rest}");
+    assert!(ran < 12, "the search ran on after Ctrl-C: {rest}");
+}
+
+#[test]
+fn isolated_trials_survive_an_aborting_trial_and_agree_with_in_process_ones() {
+    let isolated = search(&["--isolate", "--debug-abort-from", "8", "--max-batch", "64"]);
+    let sizes: Vec<(u64, &str)> = isolated["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["batch_size"].as_u64().unwrap(),
+                t["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        [
+            (1, "fits"),
+            (2, "fits"),
+            (4, "fits"),
+            (8, "oom"),
+            (6, "fits"),
+            (7, "fits")
+        ]
+    );
+    let aborted = &isolated["trials"][3];
+    assert!(
+        aborted["detail"].as_str().unwrap().contains("SIGABRT"),
+        "{aborted}"
+    );
+    assert_eq!(isolated["max_batch_size"], 7);
+
+    // Without the abort, children measure what the process itself measures.
+    let isolated = search(&["--isolate", "--max-batch", "64"]);
+    let in_process = search(&["--max-batch", "64"]);
+    assert_eq!(isolated["max_batch_size"], in_process["max_batch_size"]);
 }

@@ -36,7 +36,7 @@ fn one_trial_per_family_fits_a_budget_and_is_measured() {
         let budget = held + (1 << 30);
         let mut meter = CpuMeter::with_budget(budget).unwrap();
         let trial = Finder::new()
-            .check(&mut workload, &mut meter, 1, &mut Silent)
+            .check_with(&mut workload, &mut meter, 1, &mut Silent)
             .unwrap();
         assert_eq!(trial.outcome, Outcome::Fits, "{}: {trial:?}", spec.name);
         let peak = trial.peak_bytes.unwrap();
@@ -50,7 +50,7 @@ fn one_trial_per_family_fits_a_budget_and_is_measured() {
         // The same step under a budget below its measured peak is out of memory.
         let mut tight = CpuMeter::with_budget(held + (peak - held) / 2).unwrap();
         let trial = Finder::new()
-            .check(&mut workload, &mut tight, 1, &mut Silent)
+            .check_with(&mut workload, &mut tight, 1, &mut Silent)
             .unwrap();
         assert_eq!(trial.outcome, Outcome::Oom, "{}: {trial:?}", spec.name);
     }

@@ -46,7 +46,7 @@ fn a_callers_closure_finds_the_exact_maximum_under_a_cpu_budget() {
     let mut meter = CpuMeter::with_budget(budget).unwrap();
     let report = Finder::new()
         .dataset_size(10_000)
-        .find(&mut step, &mut meter, model(), &cpu(), &mut Silent)
+        .find_with(&mut step, &mut meter, model(), &cpu(), &mut Silent)
         .unwrap();
     assert_eq!(report.max_batch_size, 100);
     assert_eq!(report.largest_power_of_two, 64);
@@ -105,7 +105,7 @@ fn an_over_budget_trial_stops_after_the_phase_that_crossed_it() {
     let mut meter = CpuMeter::with_budget(budget).unwrap();
     let trial = Finder::new()
         .steps_per_trial(3)
-        .check(&mut step, &mut meter, 64, &mut Silent)
+        .check_with(&mut step, &mut meter, 64, &mut Silent)
         .unwrap();
     assert_eq!(trial.outcome, Outcome::Oom);
     assert_eq!(trial.stopped_after, Some(Phase::Forward));
@@ -119,7 +119,7 @@ fn an_over_budget_trial_stops_after_the_phase_that_crossed_it() {
 
     let trial = Finder::new()
         .steps_per_trial(3)
-        .check(&mut step, &mut meter, 2, &mut Silent)
+        .check_with(&mut step, &mut meter, 2, &mut Silent)
         .unwrap();
     assert_eq!((trial.outcome, trial.steps), (Outcome::Fits, 3));
     assert_eq!(updates.get(), 3);
@@ -136,7 +136,7 @@ fn an_error_that_is_not_out_of_memory_stops_the_search() {
     };
     let mut meter = CpuMeter::with_budget(u64::MAX).unwrap();
     let err = Finder::new()
-        .find(&mut step, &mut meter, model(), &cpu(), &mut Silent)
+        .find_with(&mut step, &mut meter, model(), &cpu(), &mut Silent)
         .unwrap_err();
     match &err {
         Error::Trial { batch_size, .. } => assert_eq!(*batch_size, 8),
@@ -199,7 +199,7 @@ fn sizes_predicted_past_the_machine_are_not_run() {
         hard_limit: Some(3_500),
     };
     let report = Finder::new()
-        .find(&mut step, &mut meter, model(), &cpu(), &mut Silent)
+        .find_with(&mut step, &mut meter, model(), &cpu(), &mut Silent)
         .unwrap();
     assert_eq!(report.max_batch_size, 25);
     let predicted: Vec<usize> = report
@@ -232,7 +232,7 @@ fn the_power_of_two_is_run_when_the_search_skipped_it() {
     let report = Finder::new()
         .start(3)
         .max_batch(40)
-        .find(&mut step, &mut meter, model(), &cpu(), &mut Silent)
+        .find_with(&mut step, &mut meter, model(), &cpu(), &mut Silent)
         .unwrap();
     assert_eq!(report.max_batch_size, 40);
     assert_eq!(report.largest_power_of_two, 32);
@@ -244,4 +244,62 @@ fn the_power_of_two_is_run_when_the_search_skipped_it() {
             .collect::<Vec<_>>(),
         vec![3, 6, 12, 24, 40, 32]
     );
+}
+
+#[test]
+fn a_panicking_step_is_an_error_not_out_of_memory() {
+    let _heap = HEAP.lock().unwrap_or_else(|e| e.into_inner());
+    let mut step = |batch_size: usize| -> candle_core::Result<()> {
+        if batch_size >= 4 {
+            panic!("index out of bounds in my data loader");
+        }
+        Ok(())
+    };
+    let err = Finder::on(&candle_core::Device::Cpu)
+        .budget(u64::MAX)
+        .find(&mut step)
+        .unwrap_err();
+    match &err {
+        Error::Trial { batch_size, .. } => assert_eq!(*batch_size, 4),
+        other => panic!("expected a trial error, got {other}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("panicked: index out of bounds in my data loader"),
+        "{text}"
+    );
+    assert!(text.contains("not out of memory"), "{text}");
+}
+
+#[test]
+fn the_device_level_call_takes_a_closure_and_reports_like_the_cli() {
+    let _heap = HEAP.lock().unwrap_or_else(|e| e.into_inner());
+    let mut step = |batch_size: usize| -> candle_core::Result<()> {
+        let activations = std::hint::black_box(vec![1u8; batch_size * MIB]);
+        drop(activations);
+        Ok(())
+    };
+    let budget = CountingAllocator::current_bytes() + 40 * MIB as u64 + MIB as u64 / 2;
+    let report = Finder::on(&candle_core::Device::Cpu)
+        .budget(budget)
+        .dataset_size(1_000)
+        .epochs(2)
+        .find(&mut step)
+        .unwrap();
+    assert_eq!(report.max_batch_size, 40);
+    assert_eq!(report.device.kind, maxbatch::device::DeviceKind::Cpu);
+    assert_eq!(report.model.name, "custom");
+    assert_eq!(report.schedule[0].total_steps, 2 * 25);
+    let trial = Finder::on(&candle_core::Device::Cpu)
+        .budget(budget)
+        .check(&mut step, 41)
+        .unwrap();
+    assert_eq!(trial.outcome, Outcome::Oom);
+}
+
+#[test]
+fn a_finder_without_a_device_says_how_to_make_one() {
+    let mut step = |_: usize| -> candle_core::Result<()> { Ok(()) };
+    let err = Finder::new().find(&mut step).unwrap_err();
+    assert!(err.to_string().contains("Finder::on(&device)"), "{err}");
 }

@@ -8,10 +8,12 @@ pub mod cpu;
 pub mod cuda;
 pub mod predict;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
 
 /// Where a capacity figure came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CapacitySource {
     /// The user's `--memory` flag (or the library's budget): a budget, not hardware.
@@ -34,7 +36,7 @@ impl CapacitySource {
 }
 
 /// The memory a trial may use, and where that figure came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
     /// Bytes a trial's peak may reach and still fit.
     pub bytes: u64,
@@ -108,4 +110,53 @@ pub trait MemoryMeter {
     fn total_bytes(&self) -> Option<u64> {
         None
     }
+}
+
+/// The meter for `device`: the CPU's counting allocator against `budget` (default: the
+/// machine's available memory), or the CUDA memory pool (capped at `budget` when given).
+pub fn meter_for(
+    device: &candle_core::Device,
+    budget: Option<u64>,
+) -> Result<Box<dyn MemoryMeter>, Error> {
+    if budget == Some(0) {
+        return Err(Error::InvalidSetting(
+            "--memory must be more than 0 bytes".into(),
+        ));
+    }
+    if device.is_cuda() {
+        return cuda_meter(device, budget);
+    }
+    let meter = match budget {
+        Some(bytes) => cpu::CpuMeter::with_budget(bytes)?,
+        None => cpu::CpuMeter::from_available_memory()?,
+    };
+    if let (Some(budget), Some(limit)) = (budget, meter.machine_limit()) {
+        if budget > limit {
+            tracing::warn!(
+                "--memory {} is more than this machine can give ({}); sizes predicted \
+                 beyond that are reported out of memory without running",
+                crate::format::bytes(budget),
+                crate::format::bytes(limit)
+            );
+        }
+    }
+    Ok(Box::new(meter))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_meter(
+    device: &candle_core::Device,
+    budget: Option<u64>,
+) -> Result<Box<dyn MemoryMeter>, Error> {
+    Ok(Box::new(cuda::CudaMeter::new(device, budget)?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_meter(
+    _device: &candle_core::Device,
+    _budget: Option<u64>,
+) -> Result<Box<dyn MemoryMeter>, Error> {
+    Err(Error::CudaUnavailable {
+        reason: "measuring a CUDA device needs a build with `--features cuda`".into(),
+    })
 }

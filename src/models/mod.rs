@@ -16,7 +16,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
@@ -60,7 +60,7 @@ impl Default for ModelOptions {
 }
 
 /// What the report says about a model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// The preset's name, e.g. "transformer-small", or the config file's.
     pub name: String,

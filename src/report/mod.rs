@@ -4,7 +4,7 @@
 pub mod json;
 pub mod text;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceKind;
 use crate::memory::CapacitySource;
@@ -13,7 +13,7 @@ use crate::probe::Trial;
 use crate::workload::OptimizerKind;
 
 /// The device a search ran on and the capacity it measured against.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceInfo {
     /// "cpu" or "cuda".
     pub kind: DeviceKind,
@@ -25,8 +25,9 @@ pub struct DeviceInfo {
     pub capacity_source: CapacitySource,
     /// True when the capacity is a budget maxbatch enforces (CPU), not the hardware's.
     pub capacity_is_budget: bool,
-    /// Bytes held before the first trial (weights, optimizer state, runtime).
-    pub baseline_bytes: u64,
+    /// Bytes held before the first trial (weights, optimizer state, runtime); `None` when
+    /// the trials ran in child processes.
+    pub baseline_bytes: Option<u64>,
     /// The device's total memory (CUDA; `None` on the CPU).
     pub total_bytes: Option<u64>,
     /// Bytes the device holds outside the measured allocator after the warm-up step:
@@ -37,7 +38,7 @@ pub struct DeviceInfo {
 }
 
 /// How the search was run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     /// The optimizer of a built-in workload (`None` for a caller's own step).
     pub optimizer: Option<OptimizerKind>,
@@ -52,10 +53,10 @@ pub struct Settings {
 }
 
 /// The schedule at one reported size.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleRow {
     /// "max", "largest_power_of_two" or "recommended".
-    pub label: &'static str,
+    pub label: String,
     /// Samples per step.
     pub batch_size: u64,
     /// Steps in one epoch.
@@ -65,7 +66,7 @@ pub struct ScheduleRow {
 }
 
 /// The dataset the schedule is for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dataset {
     /// Training samples.
     pub size: u64,
@@ -76,7 +77,7 @@ pub struct Dataset {
 }
 
 /// Everything one search found.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// The model trained.
     pub model: ModelInfo,
@@ -100,6 +101,9 @@ pub struct Report {
     pub dataset: Option<Dataset>,
     /// The schedule at the reported sizes (empty without a dataset).
     pub schedule: Vec<ScheduleRow>,
+    /// True when the search was stopped early: the sizes are those verified so far.
+    #[serde(default)]
+    pub interrupted: bool,
 }
 
 impl Report {
@@ -161,7 +165,7 @@ impl<'a> DataParallel<'a> {
                     let global = (b? * world_size) as u64;
                     let s = crate::schedule::schedule(d.size, global, d.epochs, last);
                     Some(ScheduleRow {
-                        label,
+                        label: label.to_string(),
                         batch_size: s.batch_size,
                         steps_per_epoch: s.steps_per_epoch,
                         total_steps: s.total_steps,
@@ -218,7 +222,7 @@ pub(crate) mod tests {
                 capacity_bytes: 1 << 30,
                 capacity_source: CapacitySource::Device,
                 capacity_is_budget: false,
-                baseline_bytes: 1 << 20,
+                baseline_bytes: Some(1 << 20),
                 total_bytes: Some(2 << 30),
                 overhead_bytes: Some(500 << 20),
                 fallback: None,
@@ -244,6 +248,7 @@ pub(crate) mod tests {
                 drop_last: false,
             }),
             schedule: vec![],
+            interrupted: false,
         }
     }
 

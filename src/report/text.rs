@@ -96,11 +96,13 @@ fn header(out: &mut String, r: &Report) {
     if let Some(total) = d.total_bytes {
         let _ = writeln!(out, "          device total {}", bytes(total));
     }
-    let _ = writeln!(
-        out,
-        "          {} held before the first trial (weights, optimizer state)",
-        bytes(d.baseline_bytes)
-    );
+    if let Some(baseline) = d.baseline_bytes {
+        let _ = writeln!(
+            out,
+            "          {} held before the first trial (weights, optimizer state)",
+            bytes(baseline)
+        );
+    }
     if let Some(overhead) = d.overhead_bytes {
         let _ = writeln!(
             out,
@@ -157,6 +159,12 @@ pub fn trial_line(t: &Trial) -> String {
 }
 
 fn results(out: &mut String, r: &Report) {
+    if r.interrupted {
+        let _ = writeln!(
+            out,
+            "interrupted: the search stopped early; these are the sizes verified so far"
+        );
+    }
     let capacity = r.device.capacity_bytes;
     let share = |batch: usize| {
         r.fitting_trial(batch)
@@ -231,7 +239,7 @@ fn schedule_rows(out: &mut String, rows: &[ScheduleRow]) {
         "", "batch", "steps/epoch", "total steps"
     );
     for row in rows {
-        let label = match row.label {
+        let label = match row.label.as_str() {
             "largest_power_of_two" => "largest power of two",
             other => other,
         };

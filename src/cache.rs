@@ -1,0 +1,177 @@
+//! The result cache: a finished search (or pre-flight check) is stored under the user's
+//! cache directory (or `$MAXBATCH_CACHE`), keyed by everything that decides its answer,
+//! so asking again costs nothing. A corrupt or foreign file is ignored with a warning and
+//! rewritten; the cache never makes a run fail.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Everything that decides a cached answer. Two runs with equal keys get the same answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheKey {
+    /// "search", or "check N" for a pre-flight check at batch size N.
+    pub kind: String,
+    /// The model: a preset's or config's full shape, or the caller's own key.
+    pub model: String,
+    /// Weights' dtype, e.g. "f32".
+    pub dtype: String,
+    /// One sample's input shape, e.g. "512 tokens".
+    pub input: String,
+    /// The optimizer, if built in.
+    pub optimizer: String,
+    /// The device, e.g. "cpu" or "cuda:0".
+    pub device: String,
+    /// The device's total memory (CUDA) or the CPU budget, in bytes.
+    pub memory_bytes: u64,
+    /// The search's settings (start, cap, margin, steps per trial, dataset).
+    pub settings: String,
+    /// maxbatch's version: a new version measures afresh.
+    pub version: String,
+}
+
+impl CacheKey {
+    fn file_name(&self) -> String {
+        let mut hasher = DefaultHasher::new();
+        serde_json::to_string(self)
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        format!("{:016x}.json", hasher.finish())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry<T> {
+    key: CacheKey,
+    value: T,
+}
+
+/// A folder of cached answers.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    /// The cache at `$MAXBATCH_CACHE`, else the user's cache directory's `maxbatch`
+    /// folder (`~/.cache/maxbatch` on Linux). `None` when there is neither.
+    pub fn default_location() -> Option<Self> {
+        std::env::var_os("MAXBATCH_CACHE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| dirs::cache_dir().map(|d| d.join("maxbatch")))
+            .map(Self::at)
+    }
+
+    /// The cache in `dir` (created when something is first stored).
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The file that holds the answer for `key`.
+    pub fn path(&self, key: &CacheKey) -> PathBuf {
+        self.dir.join(key.file_name())
+    }
+
+    /// The stored answer for `key`, if there is a readable one. A file that cannot be read
+    /// as an answer for exactly this key is ignored with a warning.
+    pub fn load<T: DeserializeOwned>(&self, key: &CacheKey) -> Option<T> {
+        let path = self.path(key);
+        let text = std::fs::read_to_string(&path).ok()?;
+        match serde_json::from_str::<Entry<T>>(&text) {
+            Ok(entry) if entry.key == *key => Some(entry.value),
+            Ok(_) => None, // another key with the same hash: a miss
+            Err(error) => {
+                tracing::warn!(
+                    "ignoring the corrupt cache file {} ({error}); it will be rewritten",
+                    path.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Stores `value` as the answer for `key`. Failing to write is a warning, not an error.
+    pub fn store<T: Serialize>(&self, key: &CacheKey, value: &T) {
+        let path = self.path(key);
+        if let Err(error) = write_atomically(&self.dir, &path, key, value) {
+            tracing::warn!("could not write the cache file {}: {error}", path.display());
+        }
+    }
+}
+
+fn write_atomically<T: Serialize>(
+    dir: &Path,
+    path: &Path,
+    key: &CacheKey,
+    value: &T,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let entry = Entry {
+        key: key.clone(),
+        value,
+    };
+    let text = serde_json::to_string_pretty(&entry).map_err(std::io::Error::other)?;
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temporary, text)?;
+    std::fs::rename(&temporary, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kind: &str) -> CacheKey {
+        CacheKey {
+            kind: kind.into(),
+            model: "Gpt(GptConfig { .. })".into(),
+            dtype: "f32".into(),
+            input: "64 tokens".into(),
+            optimizer: "adamw".into(),
+            device: "cpu".into(),
+            memory_bytes: 1 << 30,
+            settings: "start 1".into(),
+            version: "0.1.0".into(),
+        }
+    }
+
+    fn temporary_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("maxbatch-cache-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn an_answer_comes_back_for_its_key_only() {
+        let cache = Cache::at(temporary_dir("roundtrip"));
+        assert_eq!(cache.load::<u32>(&key("search")), None);
+        cache.store(&key("search"), &42u32);
+        assert_eq!(cache.load::<u32>(&key("search")), Some(42));
+        assert_eq!(cache.load::<u32>(&key("check 4")), None);
+        let mut other = key("search");
+        other.memory_bytes += 1;
+        assert_eq!(cache.load::<u32>(&other), None);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_a_miss_and_is_rewritten() {
+        let cache = Cache::at(temporary_dir("corrupt"));
+        cache.store(&key("search"), &1u32);
+        std::fs::write(cache.path(&key("search")), "{ not json").unwrap();
+        assert_eq!(cache.load::<u32>(&key("search")), None);
+        cache.store(&key("search"), &2u32);
+        assert_eq!(cache.load::<u32>(&key("search")), Some(2));
+    }
+
+    #[test]
+    fn an_unwritable_cache_is_only_a_warning() {
+        let file = temporary_dir("file");
+        std::fs::write(&file, "a file, not a folder").unwrap();
+        let cache = Cache::at(&file);
+        cache.store(&key("search"), &1u32); // must not panic
+        assert_eq!(cache.load::<u32>(&key("search")), None);
+    }
+}

@@ -1,0 +1,167 @@
+//! Isolated trials: each trial runs in a child process, so a trial that aborts (an
+//! allocation failure on the CPU aborts the process) or is killed (by the kernel's
+//! out-of-memory killer, say) costs the child, not the search. A child killed by a signal
+//! counts as out of memory, with the signal in the trial's detail; a child that reports an
+//! error stops the search with that error.
+//!
+//! The child is the maxbatch binary's hidden `trial` subcommand, which prints the
+//! [`Trial`] as JSON on stdout and exits 0.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::finder::Trials;
+use crate::probe::{Outcome, Trial};
+
+/// Trials run by a child process each.
+#[derive(Debug, Clone)]
+pub struct ChildTrials {
+    program: PathBuf,
+    args: Vec<OsString>,
+    hard_limit: Option<u64>,
+}
+
+impl ChildTrials {
+    /// Trials that run `program args… --batch-size B` for each batch size B; sizes
+    /// predicted past `hard_limit` are not started.
+    pub fn new(program: PathBuf, args: Vec<OsString>, hard_limit: Option<u64>) -> Self {
+        Self {
+            program,
+            args,
+            hard_limit,
+        }
+    }
+}
+
+impl Trials for ChildTrials {
+    fn trial(&mut self, batch_size: usize) -> candle_core::Result<Trial> {
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .arg("--batch-size")
+            .arg(batch_size.to_string())
+            .stdin(Stdio::null());
+        // Its own process group: a Ctrl-C at the terminal reaches the parent only, which
+        // then stops after this trial instead of losing it.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let output = command.output().map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "cannot start the trial process {}: {e}",
+                self.program.display()
+            ))
+        })?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() {
+            return serde_json::from_slice(&output.stdout).map_err(|e| {
+                candle_core::Error::Msg(format!(
+                    "the trial process printed no trial ({e}): {}",
+                    stderr.trim()
+                ))
+            });
+        }
+        if let Some(signal) = killed_by(&output.status) {
+            return Ok(killed(batch_size, signal));
+        }
+        let message = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message")
+            .trim_start_matches("error: ");
+        candle_core::bail!("the trial process failed ({}): {message}", output.status)
+    }
+
+    fn hard_limit(&self) -> Option<u64> {
+        self.hard_limit
+    }
+}
+
+#[cfg(unix)]
+fn killed_by(status: &std::process::ExitStatus) -> Option<i32> {
+    std::os::unix::process::ExitStatusExt::signal(status)
+}
+
+#[cfg(not(unix))]
+fn killed_by(_status: &std::process::ExitStatus) -> Option<i32> {
+    None
+}
+
+/// The trial of a child killed by `signal`: out of memory, with the reason.
+fn killed(batch_size: usize, signal: i32) -> Trial {
+    let name = match signal {
+        6 => " (SIGABRT: an allocation failure aborts)",
+        9 => " (SIGKILL: the kernel's out-of-memory killer, say)",
+        11 => " (SIGSEGV)",
+        _ => "",
+    };
+    Trial {
+        batch_size,
+        outcome: Outcome::Oom,
+        peak_bytes: None,
+        step_seconds: None,
+        steps: 0,
+        stopped_after: None,
+        predicted: false,
+        peak_is_approximate: false,
+        reserved_bytes: None,
+        leaked_bytes: None,
+        detail: Some(format!(
+            "trial process killed by signal {signal}{name}: counted as out of memory"
+        )),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    fn shell(script: &str) -> ChildTrials {
+        // `sh -c SCRIPT NAME --batch-size B`: the script sees the batch size as $2.
+        ChildTrials::new(
+            PathBuf::from("sh"),
+            vec!["-c".into(), script.into(), "trial".into()],
+            None,
+        )
+    }
+
+    #[test]
+    fn a_child_killed_by_a_signal_is_out_of_memory() {
+        let trial = shell("kill -ABRT $$").trial(8).unwrap();
+        assert_eq!((trial.batch_size, trial.outcome), (8, Outcome::Oom));
+        assert!(trial.detail.unwrap().contains("signal 6 (SIGABRT"));
+        let trial = shell("kill -KILL $$").trial(8).unwrap();
+        assert!(trial.detail.unwrap().contains("signal 9"));
+    }
+
+    #[test]
+    fn a_child_that_fails_stops_the_search_with_its_message() {
+        let err = shell("echo 'error: shape mismatch' >&2; exit 2")
+            .trial(4)
+            .unwrap_err();
+        assert!(err.to_string().contains("shape mismatch"), "{err}");
+        let err = shell("echo not json").trial(4).unwrap_err();
+        assert!(err.to_string().contains("printed no trial"), "{err}");
+    }
+
+    #[test]
+    fn a_childs_trial_comes_back_whole() {
+        let trial = Trial {
+            batch_size: 4,
+            outcome: Outcome::Fits,
+            peak_bytes: Some(1234),
+            step_seconds: Some(0.5),
+            steps: 2,
+            stopped_after: None,
+            predicted: false,
+            peak_is_approximate: false,
+            reserved_bytes: None,
+            leaked_bytes: None,
+            detail: None,
+        };
+        let json = serde_json::to_string(&trial).unwrap();
+        let got = shell(&format!("echo '{json}'")).trial(4).unwrap();
+        assert_eq!(got, trial);
+    }
+}
