@@ -175,3 +175,13 @@ mod tests {
         assert_eq!(cache.load::<u32>(&key("search")), None);
     }
 }
+#[cfg(test)]
+mod report_roundtrip {
+    #[test]
+    fn a_report_survives_the_cache() {
+        let report = crate::report::tests::fixture("cuda:0", 6, Some(5));
+        let text = serde_json::to_string(&report).unwrap();
+        let back: crate::report::Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, report);
+    }
+}

@@ -83,6 +83,7 @@ pub struct Finder {
     device: Option<candle_core::Device>,
     budget: Option<u64>,
     model: Option<ModelInfo>,
+    cache: Option<(String, crate::cache::Cache)>,
 }
 
 impl PartialEq for Finder {
@@ -106,6 +107,7 @@ impl Default for Finder {
             device: None,
             budget: None,
             model: None,
+            cache: None,
         }
     }
 }
@@ -143,6 +145,15 @@ impl Finder {
         self
     }
 
+    /// Caches answers under `key` (which names your model and its input shape: change it
+    /// when they change) in the user's cache folder or `$MAXBATCH_CACHE`, together with the
+    /// device, its memory, the settings and maxbatch's version, so that asking again costs
+    /// nothing (default: no cache).
+    pub fn cache_key(&mut self, key: impl Into<String>) -> &mut Self {
+        self.cache = crate::cache::Cache::default_location().map(|c| (key.into(), c));
+        self
+    }
+
     /// Finds the largest batch size `step` can train at on the finder's device.
     ///
     /// `step` runs one full training step (forward, loss, backward, optimizer update) at
@@ -165,20 +176,61 @@ impl Finder {
     /// ```
     pub fn find<S: TrainStep>(&self, step: &mut S) -> Result<Report, Error> {
         let (device, mut meter) = self.device_and_meter()?;
-        self.find_with(
-            step,
-            meter.as_mut(),
-            self.model_info(),
-            &device,
-            &mut Silent,
-        )
+        let key = self.library_cache_key("search".into(), &device, meter.as_ref());
+        if let Some(report) = self.cached(&key) {
+            return Ok(report);
+        }
+        let model = self.model_info();
+        let report = self.find_with(step, meter.as_mut(), model, &device, &mut Silent)?;
+        self.store(&key, &report);
+        Ok(report)
     }
 
     /// Runs one trial of `step` at `batch_size` on the finder's device: the pre-flight
     /// check. The trial's outcome says whether it fits.
     pub fn check<S: TrainStep>(&self, step: &mut S, batch_size: usize) -> Result<Trial, Error> {
-        let (_, mut meter) = self.device_and_meter()?;
-        self.check_with(step, meter.as_mut(), batch_size, &mut Silent)
+        let (device, mut meter) = self.device_and_meter()?;
+        let key = self.library_cache_key(format!("check {batch_size}"), &device, meter.as_ref());
+        if let Some(trial) = self.cached(&key) {
+            return Ok(trial);
+        }
+        let trial = self.check_with(step, meter.as_mut(), batch_size, &mut Silent)?;
+        self.store(&key, &trial);
+        Ok(trial)
+    }
+
+    fn library_cache_key(
+        &self,
+        kind: String,
+        device: &ResolvedDevice,
+        meter: &dyn MemoryMeter,
+    ) -> Option<crate::cache::CacheKey> {
+        let (key, _) = self.cache.as_ref()?;
+        Some(crate::cache::CacheKey {
+            kind,
+            model: key.clone(),
+            dtype: String::new(),
+            input: String::new(),
+            optimizer: String::new(),
+            device: device.name.clone(),
+            memory_bytes: meter.total_bytes().unwrap_or(meter.capacity().bytes),
+            settings: self.settings_key(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+    }
+
+    fn cached<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &Option<crate::cache::CacheKey>,
+    ) -> Option<T> {
+        let ((_, cache), key) = (self.cache.as_ref()?, key.as_ref()?);
+        cache.load(key)
+    }
+
+    fn store<T: serde::Serialize>(&self, key: &Option<crate::cache::CacheKey>, value: &T) {
+        if let (Some((_, cache)), Some(key)) = (self.cache.as_ref(), key) {
+            cache.store(key, value);
+        }
     }
 
     fn device_and_meter(&self) -> Result<(ResolvedDevice, Box<dyn MemoryMeter>), Error> {

@@ -303,3 +303,35 @@ fn a_finder_without_a_device_says_how_to_make_one() {
     let err = Finder::new().find(&mut step).unwrap_err();
     assert!(err.to_string().contains("Finder::on(&device)"), "{err}");
 }
+
+#[test]
+fn a_cache_key_makes_the_second_call_free() {
+    let _heap = HEAP.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("maxbatch-lib-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::env::set_var("MAXBATCH_CACHE", &dir);
+    let calls = Cell::new(0);
+    let mut step = |batch_size: usize| -> candle_core::Result<()> {
+        calls.set(calls.get() + 1);
+        let activations = std::hint::black_box(vec![1u8; batch_size * MIB]);
+        drop(activations);
+        Ok(())
+    };
+    let budget = CountingAllocator::current_bytes() + 20 * MIB as u64 + MIB as u64 / 2;
+    let finder = || {
+        let mut f = Finder::on(&candle_core::Device::Cpu);
+        f.budget(budget).cache_key("one MiB per sample, v1");
+        f
+    };
+    let first = finder().find(&mut step).unwrap();
+    let ran = calls.get();
+    assert!(ran > 0);
+    let files = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(files, 1, "one answer stored in {}", dir.display());
+    let second = finder().find(&mut step).unwrap();
+    assert_eq!(calls.get(), ran, "the second call ran trials");
+    assert_eq!(first, second);
+    assert_eq!(second.max_batch_size, 20);
+    std::env::remove_var("MAXBATCH_CACHE");
+    std::fs::remove_dir_all(&dir).ok();
+}
