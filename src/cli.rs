@@ -9,6 +9,7 @@ use maxbatch::cache::Cache;
 use maxbatch::device::DeviceRequest;
 use maxbatch::format::parse_bytes;
 use maxbatch::models::{parse_dtype, ModelOptions, ModelSource};
+use maxbatch::search::Strategy;
 use maxbatch::{Finder, OptimizerKind};
 
 /// Find the largest training batch size that fits a model in a device's memory, by
@@ -105,6 +106,11 @@ pub struct FindArgs {
     /// Drop each epoch's last partial batch (steps per epoch rounds down, not up).
     #[arg(long)]
     pub drop_last: bool,
+
+    /// How sizes are chosen: guided (fit the measured peaks, jump to the predicted
+    /// maximum, verify it and the next size) or doubling (double, then binary search).
+    #[arg(long, default_value = "doubling", value_name = "STRATEGY")]
+    pub strategy: Strategy,
 
     /// Run each trial in a child process: a trial that aborts or is killed counts as out
     /// of memory instead of ending the search.
@@ -264,6 +270,7 @@ impl FindArgs {
             .margin(self.margin)
             .epochs(self.epochs)
             .drop_last(self.drop_last)
+            .strategy(self.strategy)
             .optimizer(self.target.optimizer);
         if let Some(n) = self.dataset_size {
             finder.dataset_size(n);

@@ -18,7 +18,7 @@ use crate::models::ModelInfo;
 use crate::probe::{self, Outcome, Trial};
 use crate::report::{Dataset, DeviceInfo, Report, ScheduleRow, Settings};
 use crate::schedule::{schedule, LastBatch};
-use crate::search::{self, Bounds, SearchError};
+use crate::search::{self, Bounds, SearchError, Strategy};
 use crate::workload::{OptimizerKind, TrainStep};
 
 /// Hooks called around each trial, for progress display. Every method defaults to
@@ -79,6 +79,7 @@ pub struct Finder {
     epochs: u64,
     last_batch: LastBatch,
     optimizer: Option<OptimizerKind>,
+    strategy: Strategy,
     stop: Option<Arc<AtomicBool>>,
     device: Option<candle_core::Device>,
     budget: Option<u64>,
@@ -103,6 +104,7 @@ impl Default for Finder {
             epochs: 1,
             last_batch: LastBatch::Keep,
             optimizer: None,
+            strategy: Strategy::Doubling,
             stop: None,
             device: None,
             budget: None,
@@ -319,6 +321,12 @@ impl Finder {
         self
     }
 
+    /// How sizes are chosen (default: doubling then binary search).
+    pub fn strategy(&mut self, strategy: Strategy) -> &mut Self {
+        self.strategy = strategy;
+        self
+    }
+
     /// A flag that, once set (by a Ctrl-C handler, say), stops the search after the trial
     /// that is running; `find` then returns [`Error::Interrupted`] with what was measured.
     pub fn stop_when(&mut self, flag: Arc<AtomicBool>) -> &mut Self {
@@ -329,7 +337,8 @@ impl Finder {
     /// The settings that decide a search's answer, as text for a cache key.
     pub fn settings_key(&self) -> String {
         format!(
-            "start {} max {:?} steps {} margin {} dataset {:?} last {:?}",
+            "{} start {} max {:?} steps {} margin {} dataset {:?} last {:?}",
+            self.strategy,
             self.start,
             self.bounds().map(|b| b.max_batch).ok(),
             self.steps_per_trial,
@@ -445,6 +454,7 @@ impl Finder {
                 optimizer: self.optimizer,
                 steps_per_trial: self.steps_per_trial,
                 margin: self.margin,
+                strategy: self.strategy,
                 start: bounds.start,
                 max_batch: bounds.max_batch,
             },
@@ -465,7 +475,11 @@ impl Finder {
             })
         };
 
-        let found = match search::doubling(bounds, |b| runner.run(b)) {
+        let found = match self.strategy {
+            Strategy::Doubling => search::doubling(bounds, |b| runner.run(b)),
+            Strategy::Guided => search::guided(bounds, capacity, |b| runner.run(b)),
+        };
+        let found = match found {
             Ok(found) => found,
             Err(SearchError::Probe {
                 batch_size,
@@ -493,7 +507,7 @@ impl Finder {
             .and_then(|pow2| {
                 Ok((
                     pow2,
-                    runner.recommended(capacity, self.margin, &mut trials)?,
+                    runner.recommended(capacity, self.margin, self.strategy, &mut trials)?,
                 ))
             });
         let (power_of_two, recommended) = match finish {
@@ -683,6 +697,7 @@ impl Runner<'_> {
         &mut self,
         capacity: u64,
         margin: f64,
+        strategy: Strategy,
         trials: &mut Vec<Trial>,
     ) -> Result<Option<usize>, Error> {
         let allowed = search::allowed_peak(capacity, margin);
@@ -691,8 +706,13 @@ impl Runner<'_> {
         let ran: Vec<(usize, bool)> = trials.iter().map(|t| (t.batch_size, within(t))).collect();
         let (good, bad) = search::margin_bracket(&ran);
         let mut probe = |b: usize| self.run(b);
-        let found = search::bisect(good, bad, &mut probe, within, trials)
-            .map_err(|(batch_size, error)| error.at(batch_size))?;
+        let found = match strategy {
+            Strategy::Doubling => search::bisect(good, bad, &mut probe, within, trials),
+            Strategy::Guided => {
+                search::toward_threshold(good, Some(bad), bad, allowed, &mut probe, within, trials)
+            }
+        }
+        .map_err(|(batch_size, error)| error.at(batch_size))?;
         Ok((found > 0).then_some(found))
     }
 

@@ -59,6 +59,16 @@ impl Fits for Trial {
     }
 }
 
+impl crate::search::Measured for Trial {
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn peak(&self) -> Option<u64> {
+        self.peak_bytes.filter(|&p| p > 0)
+    }
+}
+
 impl Trial {
     /// A size not run because its predicted peak exceeds `limit`, the most the machine can
     /// give: it counts as out of memory.

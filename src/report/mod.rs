@@ -46,6 +46,9 @@ pub struct Settings {
     pub steps_per_trial: usize,
     /// Fraction of the capacity the recommended size leaves free.
     pub margin: f64,
+    /// How sizes were chosen.
+    #[serde(default)]
+    pub strategy: crate::search::Strategy,
     /// The first batch size tried.
     pub start: usize,
     /// The largest batch size that could be tried.
@@ -231,6 +234,7 @@ pub(crate) mod tests {
                 optimizer: Some(OptimizerKind::AdamW),
                 steps_per_trial: 2,
                 margin: 0.05,
+                strategy: crate::search::Strategy::Guided,
                 start: 1,
                 max_batch: 1000,
             },
