@@ -109,7 +109,7 @@ pub struct FindArgs {
 
     /// How sizes are chosen: guided (fit the measured peaks, jump to the predicted
     /// maximum, verify it and the next size) or doubling (double, then binary search).
-    #[arg(long, default_value = "doubling", value_name = "STRATEGY")]
+    #[arg(long, default_value = "guided", value_name = "STRATEGY")]
     pub strategy: Strategy,
 
     /// Run each trial in a child process: a trial that aborts or is killed counts as out

@@ -104,7 +104,7 @@ impl Default for Finder {
             epochs: 1,
             last_batch: LastBatch::Keep,
             optimizer: None,
-            strategy: Strategy::Doubling,
+            strategy: Strategy::Guided,
             stop: None,
             device: None,
             budget: None,
@@ -321,7 +321,7 @@ impl Finder {
         self
     }
 
-    /// How sizes are chosen (default: doubling then binary search).
+    /// How sizes are chosen (default: guided by the measured peaks).
     pub fn strategy(&mut self, strategy: Strategy) -> &mut Self {
         self.strategy = strategy;
         self

@@ -243,7 +243,9 @@ where
 /// the exact answer. A prediction that misses counts: after one that overshoots, the next
 /// size is the geometric midpoint of the bracket (a measurement far from the small sizes,
 /// whose fixed costs bend the line); after three misses the rest is binary search (after
-/// doubling to a failing size if none is known yet).
+/// doubling to a failing size if none is known yet). When the size after the answer failed
+/// although the line says it fits, it is tried once more: a transient failure (a flaky
+/// size) must not decide the answer.
 pub fn toward_threshold<T, E, P, G>(
     mut good: usize,
     mut bad: Option<usize>,
@@ -260,10 +262,27 @@ where
 {
     let mut misses = 0;
     let mut overshot = false;
+    let mut retried = false;
     loop {
         let upper = bad.unwrap_or(cap.saturating_add(1));
         if upper <= good + 1 {
-            return Ok(good);
+            // The answer's boundary failed although the measured line says it fits: a
+            // transient failure is worth one more trial before it decides the answer.
+            let suspicious = bad == Some(good + 1)
+                && predict_at(trials, &is_good, threshold).is_some_and(|p| p > good);
+            if retried || !suspicious {
+                return Ok(good);
+            }
+            retried = true;
+            let trial = probe(good + 1).map_err(|e| (good + 1, e))?;
+            let passed = is_good(&trial);
+            trials.push(trial);
+            if !passed {
+                return Ok(good);
+            }
+            good += 1;
+            bad = None;
+            continue;
         }
         if misses >= 3 {
             if let Some(bad) = bad {
@@ -704,6 +723,27 @@ mod tests {
                 true_max(&curve, capacity, 65536),
                 "{capacity}"
             );
+        }
+    }
+
+    #[test]
+    fn guided_retries_a_boundary_that_failed_against_the_line() {
+        let curve = |b: usize| 10_000 + 1_000 * b as u64;
+        for true_max in [4usize, 9, 37, 300, 4_999] {
+            let capacity = curve(true_max) + 500;
+            let mut flaked = false;
+            let mut probe = simulated(curve, capacity);
+            let found = guided(bounds(1, 65536), capacity, |b| {
+                let mut t = probe(b)?;
+                if !flaked && t.fits && b > true_max / 2 {
+                    flaked = true;
+                    t.fits = false;
+                    t.peak = None;
+                }
+                Ok::<_, String>(t)
+            })
+            .unwrap();
+            assert_eq!(found.max_batch_size, true_max, "{:?}", found.trials);
         }
     }
 

@@ -125,7 +125,7 @@ fn drop_last_rounds_steps_down() {
 
 #[test]
 fn the_cap_is_run_and_reported() {
-    let r = search(&["--max-batch", "5"]);
+    let r = search(&["--max-batch", "5", "--strategy", "doubling"]);
     assert_eq!(r["max_batch_size"], 5);
     assert_eq!(r["max_is_cap"], true);
     let sizes: Vec<u64> = r["trials"]
@@ -574,7 +574,15 @@ fn ctrl_c_stops_after_the_running_trial_with_the_sizes_so_far() {
 
 #[test]
 fn isolated_trials_survive_an_aborting_trial_and_agree_with_in_process_ones() {
-    let isolated = search(&["--isolate", "--debug-abort-from", "8", "--max-batch", "64"]);
+    let isolated = search(&[
+        "--isolate",
+        "--debug-abort-from",
+        "8",
+        "--max-batch",
+        "64",
+        "--strategy",
+        "doubling",
+    ]);
     let sizes: Vec<(u64, &str)> = isolated["trials"]
         .as_array()
         .unwrap()
@@ -608,4 +616,25 @@ fn isolated_trials_survive_an_aborting_trial_and_agree_with_in_process_ones() {
     let isolated = search(&["--isolate", "--max-batch", "64"]);
     let in_process = search(&["--max-batch", "64"]);
     assert_eq!(isolated["max_batch_size"], in_process["max_batch_size"]);
+}
+
+#[test]
+fn guided_and_doubling_report_the_same_sizes_and_guided_runs_fewer_trials() {
+    let guided = search(&["--strategy", "guided"]);
+    let doubling = search(&["--strategy", "doubling"]);
+    for key in [
+        "max_batch_size",
+        "largest_power_of_two",
+        "recommended_batch_size",
+    ] {
+        assert_eq!(guided[key], doubling[key], "{key}");
+    }
+    let trials = |r: &Value| r["trials"].as_array().unwrap().len();
+    assert!(
+        trials(&guided) < trials(&doubling),
+        "{} vs {}",
+        trials(&guided),
+        trials(&doubling)
+    );
+    assert_eq!(guided["settings"]["strategy"], "guided");
 }

@@ -136,6 +136,7 @@ fn an_error_that_is_not_out_of_memory_stops_the_search() {
     };
     let mut meter = CpuMeter::with_budget(u64::MAX).unwrap();
     let err = Finder::new()
+        .strategy(maxbatch::search::Strategy::Doubling)
         .find_with(&mut step, &mut meter, model(), &cpu(), &mut Silent)
         .unwrap_err();
     match &err {
@@ -230,6 +231,7 @@ fn the_power_of_two_is_run_when_the_search_skipped_it() {
     let mut step = |_: usize| -> candle_core::Result<()> { Ok(()) };
     let mut meter = CpuMeter::with_budget(u64::MAX).unwrap();
     let report = Finder::new()
+        .strategy(maxbatch::search::Strategy::Doubling)
         .start(3)
         .max_batch(40)
         .find_with(&mut step, &mut meter, model(), &cpu(), &mut Silent)
@@ -257,6 +259,7 @@ fn a_panicking_step_is_an_error_not_out_of_memory() {
     };
     let err = Finder::on(&candle_core::Device::Cpu)
         .budget(u64::MAX)
+        .strategy(maxbatch::search::Strategy::Doubling)
         .find(&mut step)
         .unwrap_err();
     match &err {

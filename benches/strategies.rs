@@ -1,0 +1,376 @@
+//! Search strategies side by side: ours (doubling, guided) against faithful
+//! re-implementations of PyTorch Lightning's batch-size finder (`power` and `binsearch`
+//! modes: init 2, 3 steps a trial, 5% margin on binsearch's answer, max 8192) and Hugging
+//! Face Accelerate's `find_executable_batch_size` (start 128, ×0.9 after each failure).
+//!
+//! Every strategy runs against the same probes: synthetic memory curves (linear with noise,
+//! a step in the curve, a flaky size) for true maxima from 3 to 5000, with modelled step
+//! times, and a real CPU model (transformer-tiny) under several budgets, timed for real.
+//! Per case and in total it prints trials, training steps, time, the time ratio to guided,
+//! and whether each answer was exact and was executed.
+//!
+//!     cargo bench --bench strategies
+//!
+//! Steps are counted as started: a trial that fits runs all its steps, one that runs out of
+//! memory fails in its first. A modelled step at batch size b takes 20 ms + 1 ms × b; a
+//! failing one half that.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::time::Instant;
+
+use candle_core::Device;
+use maxbatch::models::{ModelOptions, ModelSpec};
+use maxbatch::search::{self, Bounds, Fits, Measured};
+use maxbatch::{probe, CountingAllocator, CpuMeter, OptimizerKind, Workload};
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// One trial as every strategy sees it.
+#[derive(Debug, Clone)]
+struct Tried {
+    batch_size: usize,
+    fits: bool,
+    peak: Option<u64>,
+}
+
+impl Fits for Tried {
+    fn fits(&self) -> bool {
+        self.fits
+    }
+}
+
+impl Measured for Tried {
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+    fn peak(&self) -> Option<u64> {
+        self.peak
+    }
+}
+
+/// A probe that counts what it is asked: trials, steps started, seconds.
+struct Ledger<'a> {
+    run: Box<dyn FnMut(usize, usize) -> (Tried, f64) + 'a>,
+    trials: usize,
+    steps: usize,
+    seconds: f64,
+    fitted: HashSet<usize>,
+}
+
+impl<'a> Ledger<'a> {
+    fn new(run: impl FnMut(usize, usize) -> (Tried, f64) + 'a) -> Self {
+        Self {
+            run: Box::new(run),
+            trials: 0,
+            steps: 0,
+            seconds: 0.0,
+            fitted: HashSet::new(),
+        }
+    }
+
+    fn trial(&mut self, batch_size: usize, steps: usize) -> Tried {
+        let (tried, seconds) = (self.run)(batch_size, steps);
+        self.trials += 1;
+        self.steps += if tried.fits { steps } else { 1 };
+        self.seconds += seconds;
+        if tried.fits {
+            self.fitted.insert(batch_size);
+        }
+        tried
+    }
+}
+
+/// What one strategy answered.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    size: usize,
+    trials: usize,
+    steps: usize,
+    seconds: f64,
+    executed: bool,
+}
+
+const STRATEGIES: [&str; 5] = [
+    "guided",
+    "doubling",
+    "lightning-binsearch",
+    "lightning-power",
+    "accelerate",
+];
+
+fn run_strategy(name: &str, ledger: &mut Ledger, capacity: u64, cap: usize) -> Answer {
+    let size = match name {
+        "guided" | "doubling" => {
+            let bounds = Bounds {
+                start: 1,
+                max_batch: cap,
+            };
+            let cell = RefCell::new(&mut *ledger);
+            let probe = |b: usize| Ok::<_, ()>(cell.borrow_mut().trial(b, 2));
+            let found = if name == "guided" {
+                search::guided(bounds, capacity, probe)
+            } else {
+                search::doubling(bounds, probe)
+            };
+            found.map(|f| f.max_batch_size).unwrap_or(0)
+        }
+        "lightning-binsearch" => lightning(ledger, true),
+        "lightning-power" => lightning(ledger, false),
+        "accelerate" => accelerate(ledger),
+        _ => unreachable!(),
+    };
+    Answer {
+        size,
+        trials: ledger.trials,
+        steps: ledger.steps,
+        seconds: ledger.seconds,
+        executed: ledger.fitted.contains(&size),
+    }
+}
+
+/// Lightning's `scale_batch_size` (tuner/batch_size_scaling.py): init 2, 3 steps a trial,
+/// at most 25 trials, max 8192; binsearch returns its answer × (1 − 0.05).
+fn lightning(ledger: &mut Ledger, binsearch: bool) -> usize {
+    const STEPS: usize = 3;
+    const MAX_TRIALS: usize = 25;
+    const MAX_VAL: usize = 8192;
+    let mut size = 2;
+    if !binsearch {
+        let mut last_ok = 0;
+        for _ in 0..MAX_TRIALS {
+            if !ledger.trial(size, STEPS).fits {
+                break;
+            }
+            last_ok = size;
+            if size * 2 > MAX_VAL {
+                break;
+            }
+            size *= 2;
+        }
+        return last_ok;
+    }
+    let (mut low, mut high) = (1, None::<usize>);
+    let mut count = 0;
+    loop {
+        let fits = ledger.trial(size, STEPS).fits;
+        count += 1;
+        if fits {
+            low = size;
+            if count >= MAX_TRIALS {
+                break;
+            }
+            match high {
+                Some(h) if h - low <= 1 => break,
+                Some(h) => size = (h + low) / 2,
+                None if size * 2 > MAX_VAL => break,
+                None => size *= 2,
+            }
+        } else {
+            high = Some(size);
+            size = (size + low) / 2;
+            if size <= low || count >= MAX_TRIALS {
+                break;
+            }
+        }
+    }
+    ((low as f64) * (1.0 - 0.05)) as usize
+}
+
+/// Accelerate's `find_executable_batch_size`: start at 128, and after each failure retry
+/// at ×0.9 until the training function runs.
+fn accelerate(ledger: &mut Ledger) -> usize {
+    let mut size: usize = 128;
+    while size > 0 {
+        if ledger.trial(size, 1).fits {
+            return size;
+        }
+        size = (size as f64 * 0.9) as usize;
+    }
+    0
+}
+
+fn modelled_seconds(batch_size: usize, steps: usize, fits: bool) -> f64 {
+    let step = 0.020 + 0.001 * batch_size as f64;
+    if fits {
+        step * steps as f64
+    } else {
+        step / 2.0
+    }
+}
+
+/// A synthetic memory curve whose true maximum is `true_max` under the returned capacity.
+fn curve(kind: &str, true_max: usize) -> (Box<dyn Fn(usize) -> u64>, u64) {
+    let fixed = 2_000_000_000u64;
+    let slope = 40_000_000u64;
+    let noise = move |b: usize| ((b as u64 * 7919) % 97) * slope / 5000; // < 2% of a sample
+    let knee = (true_max / 2).max(1);
+    let peak: Box<dyn Fn(usize) -> u64> = match kind {
+        "step" => Box::new(move |b| {
+            let b = b as u64;
+            let knee = knee as u64;
+            if b <= knee {
+                fixed + slope * b
+            } else {
+                fixed + slope * knee + 3 * slope * (b - knee)
+            }
+        }),
+        _ => Box::new(move |b| fixed + slope * b as u64 + noise(b)),
+    };
+    let capacity = peak(true_max) + slope / 2;
+    (peak, capacity)
+}
+
+fn synthetic_case(kind: &str, true_max: usize) -> Vec<Answer> {
+    let (peak, capacity) = curve(kind, true_max);
+    STRATEGIES
+        .iter()
+        .map(|name| {
+            // The flaky size: the first trial in (true max / 2, true max] fails once.
+            let mut flaked = kind != "flaky";
+            let mut ledger = Ledger::new(|b, steps| {
+                let p = peak(b);
+                let mut fits = p <= capacity;
+                if !flaked && fits && b > true_max / 2 && true_max >= 4 {
+                    flaked = true;
+                    fits = false;
+                }
+                let tried = Tried {
+                    batch_size: b,
+                    fits,
+                    peak: fits.then_some(p),
+                };
+                (tried, modelled_seconds(b, steps, fits))
+            });
+            run_strategy(name, &mut ledger, capacity, 8192)
+        })
+        .collect()
+}
+
+fn real_case(budget_mib: u64) -> (usize, Vec<Answer>) {
+    let spec = ModelSpec::preset("transformer-tiny").expect("preset");
+    let options = ModelOptions {
+        seq_len: Some(32),
+        ..ModelOptions::default()
+    };
+    let build =
+        || Workload::new(&spec, &options, OptimizerKind::AdamW, &Device::Cpu).expect("workload");
+    // One absolute capacity for every strategy: the model held, plus the budget.
+    let capacity = {
+        let _held = build();
+        CountingAllocator::current_bytes() + (budget_mib << 20)
+    };
+    let answers: Vec<Answer> = STRATEGIES
+        .iter()
+        .map(|name| {
+            let mut workload = build();
+            let mut meter = CpuMeter::with_budget(capacity).expect("meter");
+            let mut ledger = Ledger::new(|b, steps| {
+                let started = Instant::now();
+                let trial = probe::trial(&mut workload, b, steps, &mut meter).expect("trial");
+                let tried = Tried {
+                    batch_size: b,
+                    fits: trial.outcome == maxbatch::Outcome::Fits,
+                    peak: trial.peak_bytes,
+                };
+                (tried, started.elapsed().as_secs_f64())
+            });
+            run_strategy(name, &mut ledger, capacity, 8192)
+        })
+        .collect();
+    (answers[1].size, answers) // doubling is exact on a monotone probe
+}
+
+fn print_case(label: &str, true_max: usize, answers: &[Answer], totals: &mut [Total]) {
+    let guided = answers[0].seconds.max(1e-9);
+    let mut row = format!("{label:<22}{true_max:>6}");
+    for (answer, total) in answers.iter().zip(totals.iter_mut()) {
+        let exact = answer.size == true_max;
+        row.push_str(&format!(
+            " | {:>5}{}{} {:>2}t {:>3}s {:>5.2}x",
+            answer.size,
+            if exact { "=" } else { "≠" },
+            if answer.executed { " " } else { "!" },
+            answer.trials,
+            answer.steps,
+            answer.seconds / guided
+        ));
+        total.add(answer, exact);
+    }
+    println!("{row}");
+}
+
+#[derive(Default)]
+struct Total {
+    cases: usize,
+    exact: usize,
+    executed: usize,
+    trials: usize,
+    steps: usize,
+    seconds: f64,
+}
+
+impl Total {
+    fn add(&mut self, a: &Answer, exact: bool) {
+        self.cases += 1;
+        self.exact += usize::from(exact);
+        self.executed += usize::from(a.executed);
+        self.trials += a.trials;
+        self.steps += a.steps;
+        self.seconds += a.seconds;
+    }
+}
+
+fn print_totals(title: &str, totals: &[Total]) {
+    println!("\n{title}");
+    println!("| strategy | exact | executed | mean trials | steps | time (s) | time / guided |");
+    println!("|---|---|---|---|---|---|---|");
+    let guided = totals[0].seconds.max(1e-9);
+    for (name, t) in STRATEGIES.iter().zip(totals) {
+        println!(
+            "| {name} | {}/{} | {}/{} | {:.1} | {} | {:.2} | {:.2} |",
+            t.exact,
+            t.cases,
+            t.executed,
+            t.cases,
+            t.trials as f64 / t.cases as f64,
+            t.steps,
+            t.seconds,
+            t.seconds / guided
+        );
+    }
+}
+
+fn header() {
+    let mut row = format!("{:<22}{:>6}", "case", "max");
+    for name in STRATEGIES {
+        row.push_str(&format!(" | {name:<21}"));
+    }
+    println!("{row}");
+    println!("(answer, = exact / ≠ not, ! never executed; trials t; steps s; time / guided's)");
+}
+
+fn main() {
+    let maxima = [3, 5, 10, 37, 100, 300, 1000, 2500, 5000];
+    let mut synthetic: Vec<Total> = STRATEGIES.iter().map(|_| Total::default()).collect();
+    println!("Synthetic memory curves, modelled step times");
+    header();
+    for kind in ["linear+noise", "step", "flaky"] {
+        for &m in &maxima {
+            print_case(kind, m, &synthetic_case(kind, m), &mut synthetic);
+        }
+    }
+    print_totals("Synthetic totals (27 cases)", &synthetic);
+
+    let mut real: Vec<Total> = STRATEGIES.iter().map(|_| Total::default()).collect();
+    println!(
+        "\nReal CPU model: transformer-tiny, seq 32, AdamW, budgets above its weights; wall time"
+    );
+    header();
+    for budget in [48u64, 160, 512] {
+        let (true_max, answers) = real_case(budget);
+        print_case(&format!("tiny {budget} MiB"), true_max, &answers, &mut real);
+    }
+    print_totals("Real CPU totals (3 budgets)", &real);
+}
