@@ -112,6 +112,25 @@ pub struct FindArgs {
     #[arg(long, default_value = "guided", value_name = "STRATEGY")]
     pub strategy: Strategy,
 
+    /// The global batch you want: maxbatch plans micro-batch × gradient-accumulation steps ×
+    /// --world-size to reach it.
+    #[arg(long, value_name = "G")]
+    pub target_batch: Option<u64>,
+
+    /// Data-parallel replicas for the accumulation plan.
+    #[arg(long, default_value_t = 1, value_name = "W")]
+    pub world_size: u64,
+
+    /// The micro-batch of the accumulation plan. [default: the largest power of two ≤ the
+    /// recommended size]
+    #[arg(long, value_name = "B")]
+    pub micro_batch: Option<usize>,
+
+    /// Also write an SVG chart of the trials: peak memory against batch size, the fitted
+    /// line, the capacity and margin, and samples per second.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
+
     /// Run each trial in a child process: a trial that aborts or is killed counts as out
     /// of memory instead of ending the search.
     #[arg(long)]
@@ -277,6 +296,9 @@ impl FindArgs {
         }
         if let Some(b) = self.max_batch {
             finder.max_batch(b);
+        }
+        if let Some(target) = self.target_batch {
+            finder.accumulate(target, self.world_size, self.micro_batch);
         }
         finder
     }

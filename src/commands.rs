@@ -113,6 +113,19 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
             },
         }
     }
+    if let Some(path) = &args.plot {
+        for (i, report) in reports.iter().enumerate() {
+            let file = if reports.len() == 1 {
+                path.clone()
+            } else {
+                path.with_extension(format!("{i}.svg"))
+            };
+            let svg = maxbatch::report::plot::render(report).map_err(anyhow::Error::msg)?;
+            std::fs::write(&file, svg)
+                .map_err(|e| anyhow::anyhow!("cannot write the plot to {}: {e}", file.display()))?;
+            eprintln!("plot written to {}", file.display());
+        }
+    }
     match reports.as_slice() {
         [one] if args.target.json => println!("{}", json::render(one)),
         [one] => print!("\n{}", text::render(one)),

@@ -80,6 +80,7 @@ pub struct Finder {
     last_batch: LastBatch,
     optimizer: Option<OptimizerKind>,
     strategy: Strategy,
+    accumulation: Option<(u64, u64, Option<usize>)>,
     stop: Option<Arc<AtomicBool>>,
     device: Option<candle_core::Device>,
     budget: Option<u64>,
@@ -105,6 +106,7 @@ impl Default for Finder {
             last_batch: LastBatch::Keep,
             optimizer: None,
             strategy: Strategy::Guided,
+            accumulation: None,
             stop: None,
             device: None,
             budget: None,
@@ -327,6 +329,19 @@ impl Finder {
         self
     }
 
+    /// Plans gradient accumulation to reach a global batch of `target_batch` on
+    /// `world_size` data-parallel replicas, with micro-batches of `micro_batch` (default:
+    /// the largest power of two ≤ the recommended size; it is run if the search did not).
+    pub fn accumulate(
+        &mut self,
+        target_batch: u64,
+        world_size: u64,
+        micro_batch: Option<usize>,
+    ) -> &mut Self {
+        self.accumulation = Some((target_batch, world_size, micro_batch));
+        self
+    }
+
     /// A flag that, once set (by a Ctrl-C handler, say), stops the search after the trial
     /// that is running; `find` then returns [`Error::Interrupted`] with what was measured.
     pub fn stop_when(&mut self, flag: Arc<AtomicBool>) -> &mut Self {
@@ -362,6 +377,13 @@ impl Finder {
                 "--margin {} is not a fraction in [0, 1); e.g. 0.05 leaves 5% free",
                 self.margin
             ));
+        }
+        if let Some((target, world, micro)) = self.accumulation {
+            if target == 0 || world == 0 || micro == Some(0) {
+                return invalid(
+                    "--target-batch, --world-size and --micro-batch must be at least 1".into(),
+                );
+            }
         }
         if let Some(d) = &self.dataset {
             if d.size == 0 {
@@ -466,6 +488,9 @@ impl Finder {
             dataset: self.dataset.clone(),
             schedule: Vec::new(),
             interrupted: false,
+            memory_model: None,
+            throughput_note: None,
+            accumulation: None,
         };
         let interrupted = |runner: &Runner, report: &mut Report, trials: Vec<Trial>| {
             runner.interrupted.then(|| {
@@ -510,17 +535,39 @@ impl Finder {
                     runner.recommended(capacity, self.margin, self.strategy, &mut trials)?,
                 ))
             });
-        let (power_of_two, recommended) = match finish {
+        let finish = finish.and_then(|(pow2, recommended)| {
+            let plan = match self.accumulation {
+                Some((target, world, micro)) => {
+                    let micro = micro.unwrap_or_else(|| {
+                        search::largest_power_of_two_at_most(recommended.unwrap_or(max))
+                    });
+                    runner.ensure_fits(micro, &mut trials)?;
+                    let dataset = self.dataset.as_ref().map(|d| (d.size, d.epochs));
+                    Some(crate::schedule::accumulation(
+                        target.max(1),
+                        world.max(1),
+                        micro as u64,
+                        dataset,
+                    ))
+                }
+                None => None,
+            };
+            Ok((pow2, recommended, plan))
+        });
+        let (power_of_two, recommended, plan) = match finish {
             Ok(sizes) => sizes,
             Err(error) => return Err(interrupted(&runner, &mut report, trials).unwrap_or(error)),
         };
 
-        report.schedule = self.schedule_rows(max, power_of_two, recommended);
+        report.schedule = self.schedule_rows(max, power_of_two, recommended, &trials);
+        report.accumulation = plan;
         report.trials = trials;
         report.max_batch_size = max;
         report.max_is_cap = max == bounds.max_batch;
         report.largest_power_of_two = power_of_two;
         report.recommended_batch_size = recommended;
+        report.memory_model = crate::analysis::memory_model(&report);
+        report.throughput_note = crate::analysis::throughput_note(&report);
         Ok(report)
     }
 
@@ -547,6 +594,7 @@ impl Finder {
                 report.max_batch_size,
                 report.largest_power_of_two.max(1),
                 report.recommended_batch_size,
+                &report.trials,
             );
         }
     }
@@ -586,6 +634,7 @@ impl Finder {
         max: usize,
         power_of_two: usize,
         recommended: Option<usize>,
+        trials: &[Trial],
     ) -> Vec<ScheduleRow> {
         let Some(d) = &self.dataset else {
             return Vec::new();
@@ -598,12 +647,16 @@ impl Finder {
         sizes
             .into_iter()
             .filter_map(|(label, b)| {
-                let s = schedule(d.size, b? as u64, d.epochs, self.last_batch);
+                let b = b?;
+                let s = schedule(d.size, b as u64, d.epochs, self.last_batch);
+                let seconds_per_step = crate::analysis::seconds_per_step(trials, b);
                 Some(ScheduleRow {
                     label: label.to_string(),
                     batch_size: s.batch_size,
                     steps_per_epoch: s.steps_per_epoch,
                     total_steps: s.total_steps,
+                    seconds_per_step,
+                    epoch_seconds: seconds_per_step.map(|t| t * s.steps_per_epoch as f64),
                 })
             })
             .collect()
@@ -714,6 +767,24 @@ impl Runner<'_> {
         }
         .map_err(|(batch_size, error)| error.at(batch_size))?;
         Ok((found > 0).then_some(found))
+    }
+
+    /// Runs `batch_size` unless a trial there already fit; it must fit.
+    fn ensure_fits(&mut self, batch_size: usize, trials: &mut Vec<Trial>) -> Result<(), Error> {
+        let fit = |t: &Trial| t.batch_size == batch_size && t.outcome == Outcome::Fits;
+        if batch_size == 0 || trials.iter().any(fit) {
+            return Ok(());
+        }
+        let trial = self.run(batch_size).map_err(|e| e.at(batch_size))?;
+        let fits = trial.outcome == Outcome::Fits;
+        trials.push(trial);
+        if fits {
+            Ok(())
+        } else {
+            Err(Error::InvalidSetting(format!(
+                "the micro-batch {batch_size} does not fit; choose a smaller --micro-batch"
+            )))
+        }
     }
 
     /// The largest power of two ≤ `max` that ran and fit, running it when the search did

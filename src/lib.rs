@@ -37,6 +37,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod analysis;
 pub mod cache;
 pub mod device;
 pub mod error;

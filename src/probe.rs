@@ -35,6 +35,9 @@ pub struct Trial {
     pub peak_bytes: Option<u64>,
     /// Mean wall-clock seconds per completed step; `None` when no step completed.
     pub step_seconds: Option<f64>,
+    /// Samples trained per second (batch size / seconds per step) when it fit.
+    #[serde(default)]
+    pub samples_per_second: Option<f64>,
     /// Full steps completed.
     pub steps: usize,
     /// The phase after which an over-capacity trial was stopped.
@@ -78,6 +81,7 @@ impl Trial {
             outcome: Outcome::Oom,
             peak_bytes: None,
             step_seconds: None,
+            samples_per_second: None,
             steps: 0,
             stopped_after: None,
             predicted: true,
@@ -171,11 +175,15 @@ pub fn trial(
         (None, Some(error)) => Some(format!("device out of memory: {error}")),
         (None, None) => None,
     };
+    let step_seconds = (completed > 0).then(|| completed_seconds / completed as f64);
     Ok(Trial {
         batch_size,
         outcome: if fits { Outcome::Fits } else { Outcome::Oom },
         peak_bytes: Some(peak),
-        step_seconds: (completed > 0).then(|| completed_seconds / completed as f64),
+        step_seconds,
+        samples_per_second: step_seconds
+            .filter(|s| fits && *s > 0.0)
+            .map(|s| batch_size as f64 / s),
         steps: completed,
         stopped_after: over_capacity.filter(|_| completed < steps),
         predicted: false,

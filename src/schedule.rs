@@ -45,6 +45,53 @@ pub fn schedule(dataset_size: u64, batch_size: u64, epochs: u64, last: LastBatch
     }
 }
 
+/// A gradient-accumulation plan: micro-batches of `micro_batch` on each of `world_size`
+/// replicas, `accumulation_steps` of them per optimizer step, so that the global batch
+/// `micro_batch × accumulation_steps × world_size` reaches the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccumulationPlan {
+    /// The global batch asked for.
+    pub target_batch: u64,
+    /// Data-parallel replicas.
+    pub world_size: u64,
+    /// Samples per forward/backward pass on one replica.
+    pub micro_batch: u64,
+    /// Micro-batches per optimizer step.
+    pub accumulation_steps: u64,
+    /// Samples per optimizer step: micro × accumulation × world (≥ the target).
+    pub global_batch: u64,
+    /// Optimizer steps per epoch: ⌈N / global batch⌉ (None without a dataset size).
+    pub optimizer_steps_per_epoch: Option<u64>,
+    /// Optimizer steps over all epochs.
+    pub total_optimizer_steps: Option<u64>,
+}
+
+/// The plan reaching `target_batch` with micro-batches of `micro_batch` on `world_size`
+/// replicas (all ≥ 1): the fewest accumulation steps whose global batch is at least the
+/// target.
+pub fn accumulation(
+    target_batch: u64,
+    world_size: u64,
+    micro_batch: u64,
+    dataset: Option<(u64, u64)>,
+) -> AccumulationPlan {
+    let per_step = micro_batch * world_size;
+    let accumulation_steps = target_batch.div_ceil(per_step).max(1);
+    let global_batch = per_step * accumulation_steps;
+    let optimizer_steps_per_epoch = dataset.map(|(n, _)| n.div_ceil(global_batch));
+    AccumulationPlan {
+        target_batch,
+        world_size,
+        micro_batch,
+        accumulation_steps,
+        global_batch,
+        optimizer_steps_per_epoch,
+        total_optimizer_steps: dataset
+            .zip(optimizer_steps_per_epoch)
+            .map(|((_, epochs), steps)| steps.saturating_mul(epochs)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +126,29 @@ mod tests {
                 }
                 assert_eq!(steps_per_epoch(n, b, LastBatch::Keep), full + partial);
                 assert_eq!(steps_per_epoch(n, b, LastBatch::Drop), full);
+            }
+        }
+    }
+
+    #[test]
+    fn accumulation_reaches_the_target_with_the_fewest_steps() {
+        let plan = accumulation(512, 1, 32, Some((50_000, 3)));
+        assert_eq!((plan.accumulation_steps, plan.global_batch), (16, 512));
+        assert_eq!(plan.optimizer_steps_per_epoch, Some(98));
+        assert_eq!(plan.total_optimizer_steps, Some(294));
+        let plan = accumulation(500, 4, 24, None);
+        assert_eq!((plan.accumulation_steps, plan.global_batch), (6, 576));
+        assert_eq!(plan.optimizer_steps_per_epoch, None);
+        for target in 1..300u64 {
+            for world in 1..5u64 {
+                for micro in 1..20u64 {
+                    let p = accumulation(target, world, micro, None);
+                    assert!(p.global_batch >= target);
+                    assert!(
+                        p.accumulation_steps == 1
+                            || (p.accumulation_steps - 1) * micro * world < target
+                    );
+                }
             }
         }
     }

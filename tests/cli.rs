@@ -638,3 +638,55 @@ fn guided_and_doubling_report_the_same_sizes_and_guided_runs_fewer_trials() {
     );
     assert_eq!(guided["settings"]["strategy"], "guided");
 }
+
+#[test]
+fn accumulation_plan_memory_model_throughput_and_plot() {
+    let plot = std::env::temp_dir().join(format!("maxbatch-plot-{}.svg", std::process::id()));
+    let plot_arg = plot.to_string_lossy().into_owned();
+    let r = search(&[
+        "--dataset-size",
+        "50000",
+        "--target-batch",
+        "512",
+        "--world-size",
+        "2",
+        "--plot",
+        &plot_arg,
+    ]);
+    let plan = &r["accumulation"];
+    let micro = plan["micro_batch"].as_u64().unwrap();
+    assert!(micro.is_power_of_two() && micro <= r["recommended_batch_size"].as_u64().unwrap());
+    let global = plan["global_batch"].as_u64().unwrap();
+    assert_eq!(
+        global,
+        micro * plan["accumulation_steps"].as_u64().unwrap() * 2
+    );
+    assert!(global >= 512 && global - micro * 2 < 512, "{plan}");
+    assert_eq!(
+        plan["optimizer_steps_per_epoch"],
+        50_000u64.div_ceil(global)
+    );
+    let trials = r["trials"].as_array().unwrap();
+    assert!(
+        trials
+            .iter()
+            .any(|t| t["batch_size"] == micro && t["outcome"] == "fits"),
+        "the micro-batch ran"
+    );
+
+    let model = &r["memory_model"];
+    assert!(model["bytes_per_sample"].as_u64().unwrap() > 0);
+    assert!(
+        model["relative_error"].as_f64().unwrap().abs() < 0.1,
+        "{model}"
+    );
+    for t in trials.iter().filter(|t| t["outcome"] == "fits") {
+        let expected = t["batch_size"].as_f64().unwrap() / t["step_seconds"].as_f64().unwrap();
+        assert!((t["samples_per_second"].as_f64().unwrap() - expected).abs() < 1e-6 * expected);
+    }
+    assert!(r["schedule"][0]["epoch_seconds"].as_f64().unwrap() > 0.0);
+
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("peak memory (GiB)"));
+    std::fs::remove_file(&plot).ok();
+}

@@ -2,6 +2,7 @@
 //! output format ([`text`], [`json`]). How it was measured is not its business.
 
 pub mod json;
+pub mod plot;
 pub mod text;
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,12 @@ pub struct ScheduleRow {
     pub steps_per_epoch: u64,
     /// Steps over all epochs.
     pub total_steps: u64,
+    /// Measured seconds per step at this size.
+    #[serde(default)]
+    pub seconds_per_step: Option<f64>,
+    /// Estimated seconds per epoch: steps per epoch × seconds per step.
+    #[serde(default)]
+    pub epoch_seconds: Option<f64>,
 }
 
 /// The dataset the schedule is for.
@@ -107,6 +114,15 @@ pub struct Report {
     /// True when the search was stopped early: the sizes are those verified so far.
     #[serde(default)]
     pub interrupted: bool,
+    /// peak ≈ fixed + per sample × batch size, and how well it predicted the maximum.
+    #[serde(default)]
+    pub memory_model: Option<crate::analysis::MemoryModel>,
+    /// Set when a smaller size trained more samples per second than the maximum.
+    #[serde(default)]
+    pub throughput_note: Option<String>,
+    /// The gradient-accumulation plan for `--target-batch`, if one was asked for.
+    #[serde(default)]
+    pub accumulation: Option<crate::schedule::AccumulationPlan>,
 }
 
 impl Report {
@@ -172,6 +188,8 @@ impl<'a> DataParallel<'a> {
                         batch_size: s.batch_size,
                         steps_per_epoch: s.steps_per_epoch,
                         total_steps: s.total_steps,
+                        seconds_per_step: None,
+                        epoch_seconds: None,
                     })
                 })
                 .collect()
@@ -199,6 +217,7 @@ pub(crate) mod tests {
             outcome: if fits { Outcome::Fits } else { Outcome::Oom },
             peak_bytes: Some(peak),
             step_seconds: fits.then_some(0.5),
+            samples_per_second: fits.then_some(batch_size as f64 / 0.5),
             steps: if fits { 2 } else { 0 },
             stopped_after: None,
             predicted: false,
@@ -253,6 +272,9 @@ pub(crate) mod tests {
             }),
             schedule: vec![],
             interrupted: false,
+            memory_model: None,
+            throughput_note: None,
+            accumulation: None,
         }
     }
 

@@ -14,6 +14,13 @@ pub fn render(report: &Report) -> String {
     out.push_str(&trials_table(&report.trials));
     out.push('\n');
     results(&mut out, report);
+    if report.memory_model.is_some()
+        || report.throughput_note.is_some()
+        || report.accumulation.is_some()
+    {
+        out.push('\n');
+        analysis(&mut out, report);
+    }
     if !report.schedule.is_empty() {
         out.push('\n');
         schedule(&mut out, report);
@@ -118,8 +125,8 @@ fn header(out: &mut String, r: &Report) {
 /// One line per trial with a header, as in the report.
 pub fn trials_table(trials: &[Trial]) -> String {
     let mut out = format!(
-        "{:>6}  {:<13}  {:>12}  {:>8}  note\n",
-        "batch", "outcome", "peak memory", "s/step"
+        "{:>6}  {:<13}  {:>12}  {:>8}  {:>9}  note\n",
+        "batch", "outcome", "peak memory", "s/step", "samples/s"
     );
     for t in trials {
         let _ = writeln!(out, "{}", trial_line(t).trim_end());
@@ -151,8 +158,11 @@ pub fn trial_line(t: &Trial) -> String {
     if let Some(leaked) = t.leaked_bytes.filter(|&l| l > 0) {
         notes.push(format!("LEAKED {} after the trial", bytes(leaked)));
     }
+    let rate = t
+        .samples_per_second
+        .map_or_else(|| "-".to_string(), |r| format!("{r:.1}"));
     format!(
-        "{:>6}  {outcome:<13}  {peak:>12}  {seconds:>8}  {}",
+        "{:>6}  {outcome:<13}  {peak:>12}  {seconds:>8}  {rate:>9}  {}",
         t.batch_size,
         notes.join("; ")
     )
@@ -215,6 +225,56 @@ fn results(out: &mut String, r: &Report) {
     }
 }
 
+fn analysis(out: &mut String, r: &Report) {
+    if let Some(m) = &r.memory_model {
+        let _ = writeln!(
+            out,
+            "memory model: peak ≈ {} + {} per sample (line through batch sizes {} and {})",
+            bytes(m.fixed_bytes),
+            bytes(m.bytes_per_sample),
+            m.fitted_from[0],
+            m.fitted_from[1]
+        );
+        let _ = writeln!(
+            out,
+            "              predicted {} at the maximum, measured {} ({:+.1}%)",
+            bytes(m.predicted_peak_bytes),
+            bytes(m.measured_peak_bytes),
+            100.0 * m.relative_error
+        );
+        if let (Some(w), Some(g), Some(o)) = (m.weights_bytes, m.gradients_bytes, m.optimizer_bytes)
+        {
+            let _ = writeln!(
+                out,
+                "              weights {}, gradients {}, optimizer state {}; activations {} per sample",
+                bytes(w),
+                bytes(g),
+                bytes(o),
+                bytes(m.bytes_per_sample)
+            );
+        }
+    }
+    if let Some(note) = &r.throughput_note {
+        let _ = writeln!(out, "throughput:   {note}");
+    }
+    if let Some(p) = &r.accumulation {
+        let steps = p
+            .optimizer_steps_per_epoch
+            .map(|s| format!(", {s} optimizer steps per epoch"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "accumulation: micro-batch {} × {} accumulation steps × {} replica{} = global batch {} (target {}){steps}",
+            p.micro_batch,
+            p.accumulation_steps,
+            p.world_size,
+            if p.world_size == 1 { "" } else { "s" },
+            p.global_batch,
+            p.target_batch
+        );
+    }
+}
+
 fn schedule(out: &mut String, r: &Report) {
     if let Some(d) = &r.dataset {
         let last = if d.drop_last {
@@ -235,18 +295,29 @@ fn schedule(out: &mut String, r: &Report) {
 fn schedule_rows(out: &mut String, rows: &[ScheduleRow]) {
     let _ = writeln!(
         out,
-        "{:<26}{:>6}  {:>12}  {:>12}",
-        "", "batch", "steps/epoch", "total steps"
+        "{:<26}{:>6}  {:>12}  {:>12}  {:>12}",
+        "", "batch", "steps/epoch", "total steps", "epoch time"
     );
     for row in rows {
         let label = match row.label.as_str() {
             "largest_power_of_two" => "largest power of two",
             other => other,
         };
+        let epoch = row.epoch_seconds.map_or_else(|| "-".to_string(), duration);
         let _ = writeln!(
             out,
-            "{label:<26}{:>6}  {:>12}  {:>12}",
+            "{label:<26}{:>6}  {:>12}  {:>12}  {epoch:>12}",
             row.batch_size, row.steps_per_epoch, row.total_steps
         );
+    }
+}
+
+/// Seconds as "3h 12m", "4m 05s" or "12.3s".
+fn duration(seconds: f64) -> String {
+    let whole = seconds.round() as u64;
+    match whole {
+        0..=59 => format!("{seconds:.1}s"),
+        60..=3599 => format!("{}m {:02}s", whole / 60, whole % 60),
+        _ => format!("{}h {:02}m", whole / 3600, (whole % 3600) / 60),
     }
 }
