@@ -112,8 +112,10 @@ pub fn throughput_note(report: &Report) -> Option<String> {
         .max_by(|a, b| a.1.total_cmp(&b.1))?;
     (rate > at_max * 1.05).then(|| {
         format!(
-            "batch size {best} trained {rate:.1} samples/s, more than the maximum's {at_max:.1}: \
-             beyond it, larger batches only save steps, not time"
+            "batch size {best} trained {} samples/s, more than the maximum's {}: \
+             beyond it, larger batches only save steps, not time",
+            crate::format::rate(rate),
+            crate::format::rate(at_max)
         )
     })
 }

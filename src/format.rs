@@ -28,6 +28,15 @@ pub fn candle_error(error: &candle_core::Error) -> String {
     }
 }
 
+/// A rate with three significant digits or one decimal, e.g. "0.447", "4.47", "447.2".
+pub fn rate(value: f64) -> String {
+    match value.abs() {
+        v if v < 1.0 => format!("{value:.3}"),
+        v if v < 10.0 => format!("{value:.2}"),
+        _ => format!("{value:.1}"),
+    }
+}
+
 /// Parses a human byte size: "512MiB", "4GiB", "4G" (decimal: 4×10⁹), "1500000".
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let size: ByteSize = text.trim().parse().map_err(|_| {
@@ -69,6 +78,13 @@ mod tests {
             backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
         };
         assert_eq!(candle_error(&wrapped), "in the attention: shape mismatch");
+    }
+
+    #[test]
+    fn rates_keep_three_significant_digits_when_small() {
+        assert_eq!(rate(0.4471), "0.447");
+        assert_eq!(rate(4.471), "4.47");
+        assert_eq!(rate(447.12), "447.1");
     }
 
     #[test]

@@ -160,7 +160,7 @@ pub fn trial_line(t: &Trial) -> String {
     }
     let rate = t
         .samples_per_second
-        .map_or_else(|| "-".to_string(), |r| format!("{r:.1}"));
+        .map_or_else(|| "-".to_string(), crate::format::rate);
     format!(
         "{:>6}  {outcome:<13}  {peak:>12}  {seconds:>8}  {rate:>9}  {}",
         t.batch_size,
