@@ -35,25 +35,16 @@ pub struct MemoryModel {
 /// the maximum's own measurement. `None` with fewer than three sizes measured.
 pub fn memory_model(report: &Report) -> Option<MemoryModel> {
     let max = report.max_batch_size;
-    let mut points: Vec<(usize, u64)> = fits(&report.trials).filter(|(b, _)| *b < max).collect();
-    points.sort_unstable();
-    points.dedup_by_key(|p| p.0);
-    let &(b2, p2) = points.last()?;
-    let &(b1, p1) = points
-        .iter()
-        .rev()
-        .find(|(b, _)| 2 * b <= b2)
-        .or_else(|| points.first().filter(|(b, _)| *b < b2))?;
+    let points: Vec<(usize, u64)> = fits(&report.trials).filter(|(b, _)| *b < max).collect();
+    let line = crate::search::Line::spanning(points)?;
     let measured = fits(&report.trials).find(|(b, _)| *b == max)?.1;
-    let slope = (p2 as f64 - p1 as f64) / (b2 - b1) as f64;
-    let fixed = p2 as f64 - slope * b2 as f64;
-    let predicted = fixed + slope * max as f64;
+    let (slope, fixed, predicted) = (line.slope, line.fixed(), line.at(max));
     let weights = weight_bytes(report);
     let copies = report.settings.optimizer.map(|o| o.state_copies());
     Some(MemoryModel {
         fixed_bytes: fixed.max(0.0) as u64,
         bytes_per_sample: slope.max(0.0) as u64,
-        fitted_from: [b1, b2],
+        fitted_from: [line.from.0, line.to.0],
         predicted_peak_bytes: predicted.max(0.0) as u64,
         measured_peak_bytes: measured,
         relative_error: (predicted - measured as f64) / measured as f64,

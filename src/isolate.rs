@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::finder::Trials;
-use crate::probe::{Outcome, Trial};
+use crate::probe::Trial;
 
 /// Trials run by a child process each.
 #[derive(Debug, Clone)]
@@ -96,27 +96,16 @@ fn killed(batch_size: usize, signal: i32) -> Trial {
         11 => " (SIGSEGV)",
         _ => "",
     };
-    Trial {
+    Trial::unmeasured_oom(
         batch_size,
-        outcome: Outcome::Oom,
-        peak_bytes: None,
-        step_seconds: None,
-        samples_per_second: None,
-        steps: 0,
-        stopped_after: None,
-        predicted: false,
-        peak_is_approximate: false,
-        reserved_bytes: None,
-        leaked_bytes: None,
-        detail: Some(format!(
-            "trial process killed by signal {signal}{name}: counted as out of memory"
-        )),
-    }
+        format!("trial process killed by signal {signal}{name}: counted as out of memory"),
+    )
 }
 
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
+    use crate::probe::Outcome;
 
     fn shell(script: &str) -> ChildTrials {
         // `sh -c SCRIPT NAME --batch-size B`: the script sees the batch size as $2.

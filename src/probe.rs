@@ -76,6 +76,20 @@ impl Trial {
     /// A size not run because its predicted peak exceeds `limit`, the most the machine can
     /// give: it counts as out of memory.
     pub fn predicted_oom(batch_size: usize, predicted: u64, limit: u64) -> Self {
+        let detail = format!(
+            "not run: predicted peak {} exceeds the machine's {}",
+            crate::format::bytes(predicted),
+            crate::format::bytes(limit)
+        );
+        Trial {
+            predicted: true,
+            ..Self::unmeasured_oom(batch_size, detail)
+        }
+    }
+
+    /// An out-of-memory trial with nothing measured (not run, or its process killed),
+    /// and why.
+    pub fn unmeasured_oom(batch_size: usize, detail: String) -> Self {
         Trial {
             batch_size,
             outcome: Outcome::Oom,
@@ -84,15 +98,11 @@ impl Trial {
             samples_per_second: None,
             steps: 0,
             stopped_after: None,
-            predicted: true,
+            predicted: false,
             peak_is_approximate: false,
             reserved_bytes: None,
             leaked_bytes: None,
-            detail: Some(format!(
-                "not run: predicted peak {} exceeds the machine's {}",
-                crate::format::bytes(predicted),
-                crate::format::bytes(limit)
-            )),
+            detail: Some(detail),
         }
     }
 }

@@ -9,7 +9,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear_b, Embedding, Linear, VarBuilder};
 
-use super::{causal_mask, cross_entropy, random_ids, Batch, Model};
+use super::{causal_mask, cross_entropy, token_batch, Batch, Model};
 
 /// The shape of a Llama-family decoder.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -270,11 +270,7 @@ impl Llama {
 
 impl Model for Llama {
     fn batch(&self, batch_size: usize, device: &Device) -> Result<Batch> {
-        let shape = (batch_size, self.seq_len);
-        Ok(Batch {
-            inputs: random_ids(self.config.vocab, shape, device)?,
-            targets: random_ids(self.config.vocab, shape, device)?,
-        })
+        token_batch(self.config.vocab, batch_size, self.seq_len, device)
     }
 
     fn loss(&self, batch: &Batch) -> Result<Tensor> {

@@ -286,6 +286,21 @@ pub(crate) fn random_ids(
     ids.clamp(0f32, (classes - 1) as f32)?.to_dtype(DType::U32)
 }
 
+/// A batch of `batch_size` sequences of `seq_len` random token ids, and random next-token
+/// targets.
+pub(crate) fn token_batch(
+    vocab: usize,
+    batch_size: usize,
+    seq_len: usize,
+    device: &Device,
+) -> Result<Batch> {
+    let shape = (batch_size, seq_len);
+    Ok(Batch {
+        inputs: random_ids(vocab, shape, device)?,
+        targets: random_ids(vocab, shape, device)?,
+    })
+}
+
 /// Cross-entropy of `logits` `[..., classes]` against `targets` `[...]`, computed in f32
 /// whatever the model's dtype (as mixed-precision training computes its loss).
 pub(crate) fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {

@@ -10,7 +10,7 @@
 use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{linear, Embedding, Linear, VarBuilder};
 
-use super::{bounded_seq_len, causal_mask, cross_entropy, random_ids, Batch, Model, ModelOptions};
+use super::{bounded_seq_len, causal_mask, cross_entropy, token_batch, Batch, Model, ModelOptions};
 use crate::error::Error;
 
 /// The shape of a GPT-style transformer.
@@ -221,11 +221,7 @@ fn gpt2_embedding(rows: usize, width: usize, vb: VarBuilder) -> Result<Embedding
 
 impl Model for Gpt {
     fn batch(&self, batch_size: usize, device: &Device) -> Result<Batch> {
-        let shape = (batch_size, self.seq_len);
-        Ok(Batch {
-            inputs: random_ids(self.config.vocab, shape, device)?,
-            targets: random_ids(self.config.vocab, shape, device)?,
-        })
+        token_batch(self.config.vocab, batch_size, self.seq_len, device)
     }
 
     fn loss(&self, batch: &Batch) -> Result<Tensor> {
