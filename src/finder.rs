@@ -88,12 +88,6 @@ pub struct Finder {
     cache: Option<(String, crate::cache::Cache)>,
 }
 
-impl PartialEq for Finder {
-    fn eq(&self, other: &Self) -> bool {
-        format!("{self:?}") == format!("{other:?}")
-    }
-}
-
 impl Default for Finder {
     fn default() -> Self {
         Self {
