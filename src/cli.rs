@@ -170,7 +170,7 @@ pub struct TargetArgs {
     #[arg(long)]
     pub no_fallback: bool,
 
-    /// CPU memory budget, e.g. 512MiB, 4GiB, 4G (= 4×10^9 bytes). [default: the machine's
+    /// CPU memory budget, e.g. 512MiB, 4GiB, 4G (= 4×10^9 bytes). [default: 80% of the machine's
     /// available memory]
     #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
     pub memory: Option<u64>,

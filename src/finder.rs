@@ -129,7 +129,7 @@ impl Finder {
         }
     }
 
-    /// A memory budget in bytes (default: the CPU's available memory, or the CUDA
+    /// A memory budget in bytes (default: 80% of the CPU's available memory, or the CUDA
     /// device's free memory). On the CPU a budget is what keeps an oversized trial from
     /// aborting the process.
     pub fn budget(&mut self, bytes: u64) -> &mut Self {
@@ -712,7 +712,9 @@ impl Runner<'_> {
             self.interrupted = true;
             candle_core::bail!("interrupted before the trial at batch size {batch_size}");
         }
-        if let Some(limit) = self.trials.hard_limit() {
+        if let Some(machine) = self.trials.hard_limit() {
+            // Extrapolations err by a tenth or two where the curve bends: keep headroom.
+            let limit = (machine as f64 * crate::memory::cpu::AVAILABLE_SHARE) as u64;
             if let Some(predicted) = predicted_peak(&self.measured, batch_size) {
                 if predicted > limit {
                     let trial = Trial::predicted_oom(batch_size, predicted, limit);

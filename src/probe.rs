@@ -77,7 +77,7 @@ impl Trial {
     /// give: it counts as out of memory.
     pub fn predicted_oom(batch_size: usize, predicted: u64, limit: u64) -> Self {
         let detail = format!(
-            "not run: predicted peak {} exceeds the machine's {}",
+            "not run: predicted peak {} exceeds {}, the share of the machine's memory a trial may take",
             crate::format::bytes(predicted),
             crate::format::bytes(limit)
         );

@@ -98,6 +98,10 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 }
 
+/// The share of the machine's available memory that is the CPU's default budget, and the
+/// most a trial may be predicted to need before it is refused without running.
+pub const AVAILABLE_SHARE: f64 = 0.8;
+
 /// Measures CPU trials against a budget with [`CountingAllocator`].
 #[derive(Debug, Clone)]
 pub struct CpuMeter {
@@ -121,7 +125,10 @@ impl CpuMeter {
         })
     }
 
-    /// A meter whose capacity is the machine's available memory now.
+    /// A meter whose capacity is [`AVAILABLE_SHARE`] of the machine's available memory
+    /// now: a trial is only stopped at a phase boundary, so the rest is headroom for a trial
+    /// that crosses the budget in the middle of a phase, which would otherwise exhaust the
+    /// machine and abort the process.
     ///
     /// Fails when [`CountingAllocator`] is not the global allocator, or when the available
     /// memory cannot be read (give a budget with [`CpuMeter::with_budget`] then).
@@ -130,7 +137,7 @@ impl CpuMeter {
         let limit = machine_limit()?;
         Ok(Self {
             capacity: Capacity {
-                bytes: limit,
+                bytes: (limit as f64 * AVAILABLE_SHARE) as u64,
                 source: CapacitySource::MemAvailable,
                 is_budget: true,
             },

@@ -18,7 +18,7 @@ use crate::error::Error;
 pub enum CapacitySource {
     /// The user's `--memory` flag (or the library's budget): a budget, not hardware.
     Flag,
-    /// The machine's available memory (`MemAvailable` in /proc/meminfo) at start.
+    /// A share of the machine's available memory (`MemAvailable` in /proc/meminfo) at start.
     MemAvailable,
     /// The device's total memory as its driver reports it.
     Device,
@@ -29,7 +29,7 @@ impl CapacitySource {
     pub fn describe(self) -> &'static str {
         match self {
             CapacitySource::Flag => "the --memory flag",
-            CapacitySource::MemAvailable => "the machine's available memory at start",
+            CapacitySource::MemAvailable => "80% of the machine's available memory at start",
             CapacitySource::Device => "the device's total memory",
         }
     }
@@ -64,9 +64,10 @@ pub trait MemoryMeter {
     /// Bytes in use now.
     fn current_bytes(&mut self) -> candle_core::Result<u64>;
 
-    /// Bytes beyond which a trial must not even be started, when running past the
-    /// capacity would not fail cleanly (on the CPU an allocation failure aborts the
-    /// process). `None` where the device reports out-of-memory as an error.
+    /// The most memory the machine can give, when running past it would not fail cleanly
+    /// (on the CPU an allocation failure aborts the process): a trial predicted to need
+    /// more than [`cpu::AVAILABLE_SHARE`] of it is not started. `None` where the device
+    /// reports out-of-memory as an error.
     fn hard_limit(&self) -> Option<u64> {
         None
     }
