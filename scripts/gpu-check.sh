@@ -41,12 +41,14 @@ record() { # model, check, verdict, detail
   [ "$3" = ok ] || failures=$((failures + 1))
 }
 
-run_model() {
+run_model() { # model, then flags for the search only (check takes none of them)
   local model=$1; shift
   local json="$OUT_DIR/find-$model.json"
   local start=$SECONDS
-  if ! "$BIN" --model "$model" --device cuda:0 --no-fallback --json "$@" >"$json" 2>"$OUT_DIR/find-$model.log"; then
-    record "$model" "search" FAIL "exit $?: $(tail -1 "$OUT_DIR/find-$model.log")"; return
+  "$BIN" --model "$model" --device cuda:0 --no-fallback --no-cache --json "$@" >"$json" 2>"$OUT_DIR/find-$model.log"
+  local code=$?
+  if [ $code != 0 ]; then
+    record "$model" "search" FAIL "exit $code: $(tail -1 "$OUT_DIR/find-$model.log")"; return
   fi
   record "$model" "search" ok "$((SECONDS - start)) s"
   read -r max rec cap leaks over n < <(python3 - "$json" <<'PY'
@@ -57,7 +59,7 @@ t = r["trials"]
 leaks = sum(1 for x in t if x.get("leaked_bytes") not in (0, None))
 missing = sum(1 for x in t if x.get("leaked_bytes") is None and not x.get("predicted"))
 over = sum(1 for x in t if x["outcome"] == "fits" and x["peak_bytes"] >= cap)
-print(r["max_batch_size"], r["recommended_batch_size"], cap, leaks + missing, over, len(t))
+print(r["max_batch_size"], r["recommended_batch_size"] or 0, cap, leaks + missing, over, len(t))
 PY
 )
   record "$model" "max $max, recommended $rec ($n trials)" ok "capacity $cap bytes"
@@ -66,14 +68,16 @@ PY
   if [ "$over" = 0 ]; then record "$model" "fitting peaks below capacity" ok ""
   else record "$model" "fitting peaks below capacity" FAIL "$over trials at or over"; fi
 
-  "$BIN" check --model "$model" --device cuda:0 --no-fallback --batch-size "$max" "$@" >/dev/null 2>&1
-  local code=$?
+  local check=("$BIN" check --model "$model" --device cuda:0 --no-fallback --no-cache)
+  "${check[@]}" --batch-size "$max" >/dev/null 2>&1
+  code=$?
   [ $code = 0 ] && record "$model" "check MAX=$max fits" ok "" || record "$model" "check MAX=$max fits" FAIL "exit $code"
-  "$BIN" check --model "$model" --device cuda:0 --no-fallback --batch-size "$((max + 1))" "$@" >/dev/null 2>&1
+  "${check[@]}" --batch-size "$((max + 1))" >/dev/null 2>&1
   code=$?
   [ $code = 1 ] && record "$model" "check MAX+1=$((max + 1)) does not" ok "" || record "$model" "check MAX+1=$((max + 1)) does not" FAIL "exit $code"
+  if [ "$rec" = 0 ]; then record "$model" "recommended: 200 steps" FAIL "no recommended size"; return; fi
   start=$SECONDS
-  "$BIN" check --model "$model" --device cuda:0 --no-fallback --batch-size "$rec" --steps-per-trial 200 "$@" >/dev/null 2>"$OUT_DIR/steps200-$model.log"
+  "${check[@]}" --batch-size "$rec" --steps-per-trial 200 >/dev/null 2>"$OUT_DIR/steps200-$model.log"
   code=$?
   [ $code = 0 ] && record "$model" "recommended $rec: 200 steps" ok "$((SECONDS - start)) s" \
                || record "$model" "recommended $rec: 200 steps" FAIL "exit $code"
