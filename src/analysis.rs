@@ -79,11 +79,7 @@ pub fn samples_per_second(trial: &Trial) -> Option<f64> {
 
 /// Seconds per step at `batch_size`, from the last trial that fit there.
 pub fn seconds_per_step(trials: &[Trial], batch_size: usize) -> Option<f64> {
-    trials
-        .iter()
-        .rev()
-        .find(|t| t.batch_size == batch_size && t.outcome == Outcome::Fits)
-        .and_then(|t| t.step_seconds)
+    crate::probe::fitting_trial(trials, batch_size).and_then(|t| t.step_seconds)
 }
 
 /// A note when a smaller size that fit trains more samples per second than the maximum

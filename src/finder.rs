@@ -765,16 +765,20 @@ impl Runner<'_> {
         Ok((found > 0).then_some(found))
     }
 
-    /// Runs `batch_size` unless a trial there already fit; it must fit.
-    fn ensure_fits(&mut self, batch_size: usize, trials: &mut Vec<Trial>) -> Result<(), Error> {
-        let fit = |t: &Trial| t.batch_size == batch_size && t.outcome == Outcome::Fits;
-        if batch_size == 0 || trials.iter().any(fit) {
-            return Ok(());
+    /// Whether `batch_size` fits: from a trial there that fit, else by running it.
+    fn fits_or_run(&mut self, batch_size: usize, trials: &mut Vec<Trial>) -> Result<bool, Error> {
+        if probe::fitting_trial(trials, batch_size).is_some() {
+            return Ok(true);
         }
         let trial = self.run(batch_size).map_err(|e| e.at(batch_size))?;
         let fits = trial.outcome == Outcome::Fits;
         trials.push(trial);
-        if fits {
+        Ok(fits)
+    }
+
+    /// Runs `batch_size` unless a trial there already fit; it must fit.
+    fn ensure_fits(&mut self, batch_size: usize, trials: &mut Vec<Trial>) -> Result<(), Error> {
+        if batch_size == 0 || self.fits_or_run(batch_size, trials)? {
             Ok(())
         } else {
             Err(Error::InvalidSetting(format!(
@@ -792,18 +796,7 @@ impl Runner<'_> {
     ) -> Result<usize, Error> {
         let mut candidate = search::largest_power_of_two_at_most(max);
         loop {
-            let ran = |b: usize, trials: &[Trial]| {
-                trials
-                    .iter()
-                    .any(|t| t.batch_size == b && t.outcome == Outcome::Fits)
-            };
-            if ran(candidate, trials) {
-                return Ok(candidate);
-            }
-            let trial = self.run(candidate).map_err(|e| e.at(candidate))?;
-            let fits = trial.outcome == Outcome::Fits;
-            trials.push(trial);
-            if fits {
+            if self.fits_or_run(candidate, trials)? {
                 return Ok(candidate);
             }
             if candidate == 1 {

@@ -62,6 +62,14 @@ impl Fits for Trial {
     }
 }
 
+/// The last trial at `batch_size` that fit, if any.
+pub fn fitting_trial(trials: &[Trial], batch_size: usize) -> Option<&Trial> {
+    trials
+        .iter()
+        .rev()
+        .find(|t| t.batch_size == batch_size && t.outcome == Outcome::Fits)
+}
+
 impl crate::search::Measured for Trial {
     fn batch_size(&self) -> usize {
         self.batch_size

@@ -128,10 +128,7 @@ pub struct Report {
 impl Report {
     /// The trial that ran at `batch_size` and fit, if any.
     pub fn fitting_trial(&self, batch_size: usize) -> Option<&Trial> {
-        self.trials
-            .iter()
-            .rev()
-            .find(|t| t.batch_size == batch_size && t.outcome == crate::probe::Outcome::Fits)
+        crate::probe::fitting_trial(&self.trials, batch_size)
     }
 }
 
