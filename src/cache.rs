@@ -102,6 +102,25 @@ impl Cache {
     }
 }
 
+/// The answer from `cache` for `key` when it has one (and `true`), else `run`'s answer,
+/// stored for next time (and `false`). Without a cache, `run`'s answer.
+pub fn answer_or_run<T, E>(
+    cache: Option<(&Cache, &CacheKey)>,
+    run: impl FnOnce() -> Result<T, E>,
+) -> Result<(T, bool), E>
+where
+    T: Serialize + DeserializeOwned,
+{
+    if let Some(value) = cache.and_then(|(cache, key)| cache.load(key)) {
+        return Ok((value, true));
+    }
+    let value = run()?;
+    if let Some((cache, key)) = cache {
+        cache.store(key, &value);
+    }
+    Ok((value, false))
+}
+
 fn write_atomically<T: Serialize>(
     dir: &Path,
     path: &Path,
@@ -154,6 +173,22 @@ mod tests {
         let mut other = key("search");
         other.memory_bytes += 1;
         assert_eq!(cache.load::<u32>(&other), None);
+    }
+
+    #[test]
+    fn answer_or_run_runs_once_per_key() {
+        let cache = Cache::at(temporary_dir("answer"));
+        let mut runs = 0;
+        let mut ask = || {
+            answer_or_run(Some((&cache, &key("search"))), || {
+                runs += 1;
+                Ok::<_, ()>(7u32)
+            })
+        };
+        assert_eq!(ask(), Ok((7, false)));
+        assert_eq!(ask(), Ok((7, true)));
+        assert_eq!(runs, 1);
+        assert_eq!(answer_or_run(None, || Ok::<_, ()>(8u32)), Ok((8, false)));
     }
 
     #[test]

@@ -362,23 +362,17 @@ impl Setup {
     }
 }
 
-/// The answer for `key` from the cache, or `run`'s, which is then stored.
+/// The answer for `key` from the cache (saying so on stderr), or `run`'s, then stored.
 fn cached<T>(cache: Option<&Cache>, key: &CacheKey, run: impl FnOnce() -> Result<T>) -> Result<T>
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
-    if let Some(cache) = cache {
-        if let Some(value) = cache.load(key) {
-            eprintln!(
-                "cached result ({}); --no-cache measures again",
-                cache.path(key).display()
-            );
-            return Ok(value);
-        }
-    }
-    let value = run()?;
-    if let Some(cache) = cache {
-        cache.store(key, &value);
+    let (value, hit) = maxbatch::cache::answer_or_run(cache.map(|c| (c, key)), run)?;
+    if let (true, Some(cache)) = (hit, cache) {
+        eprintln!(
+            "cached result ({}); --no-cache measures again",
+            cache.path(key).display()
+        );
     }
     Ok(value)
 }

@@ -175,13 +175,11 @@ impl Finder {
     pub fn find<S: TrainStep>(&self, step: &mut S) -> Result<Report, Error> {
         let (device, mut meter) = self.device_and_meter()?;
         let key = self.library_cache_key("search".into(), &device, meter.as_ref());
-        if let Some(report) = self.cached(&key) {
-            return Ok(report);
-        }
         let model = self.model_info();
-        let report = self.find_with(step, meter.as_mut(), model, &device, &mut Silent)?;
-        self.store(&key, &report);
-        Ok(report)
+        crate::cache::answer_or_run(self.cache_and(key.as_ref()), || {
+            self.find_with(step, meter.as_mut(), model, &device, &mut Silent)
+        })
+        .map(|(report, _)| report)
     }
 
     /// Runs one trial of `step` at `batch_size` on the finder's device: the pre-flight
@@ -189,12 +187,10 @@ impl Finder {
     pub fn check<S: TrainStep>(&self, step: &mut S, batch_size: usize) -> Result<Trial, Error> {
         let (device, mut meter) = self.device_and_meter()?;
         let key = self.library_cache_key(format!("check {batch_size}"), &device, meter.as_ref());
-        if let Some(trial) = self.cached(&key) {
-            return Ok(trial);
-        }
-        let trial = self.check_with(step, meter.as_mut(), batch_size, &mut Silent)?;
-        self.store(&key, &trial);
-        Ok(trial)
+        crate::cache::answer_or_run(self.cache_and(key.as_ref()), || {
+            self.check_with(step, meter.as_mut(), batch_size, &mut Silent)
+        })
+        .map(|(trial, _)| trial)
     }
 
     fn library_cache_key(
@@ -217,18 +213,11 @@ impl Finder {
         })
     }
 
-    fn cached<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &Option<crate::cache::CacheKey>,
-    ) -> Option<T> {
-        let ((_, cache), key) = (self.cache.as_ref()?, key.as_ref()?);
-        cache.load(key)
-    }
-
-    fn store<T: serde::Serialize>(&self, key: &Option<crate::cache::CacheKey>, value: &T) {
-        if let (Some((_, cache)), Some(key)) = (self.cache.as_ref(), key) {
-            cache.store(key, value);
-        }
+    fn cache_and<'a>(
+        &'a self,
+        key: Option<&'a crate::cache::CacheKey>,
+    ) -> Option<(&'a crate::cache::Cache, &'a crate::cache::CacheKey)> {
+        Some((&self.cache.as_ref()?.1, key?))
     }
 
     fn device_and_meter(&self) -> Result<(ResolvedDevice, Box<dyn MemoryMeter>), Error> {
