@@ -17,7 +17,7 @@ use crate::memory::MemoryMeter;
 use crate::models::ModelInfo;
 use crate::probe::{self, Outcome, Trial};
 use crate::report::{Dataset, DeviceInfo, Report, ScheduleRow, Settings};
-use crate::schedule::{schedule, LastBatch};
+use crate::schedule::{self, schedule, LastBatch};
 use crate::search::{self, Bounds, SearchError, Strategy};
 use crate::workload::{OptimizerKind, TrainStep};
 
@@ -510,15 +510,11 @@ impl Finder {
         };
         let mut trials = found.trials;
         let max = found.max_batch_size;
-        let finish = runner
-            .largest_power_of_two(max, &mut trials)
-            .and_then(|pow2| {
-                Ok((
-                    pow2,
-                    runner.recommended(capacity, self.margin, self.strategy, &mut trials)?,
-                ))
-            });
-        let finish = finish.and_then(|(pow2, recommended)| {
+        // The sizes the search itself may not have run, run now.
+        let finish = (|| {
+            let power_of_two = runner.largest_power_of_two(max, &mut trials)?;
+            let recommended =
+                runner.recommended(capacity, self.margin, self.strategy, &mut trials)?;
             let plan = match self.accumulation {
                 Some((target, world, micro)) => {
                     let micro = micro.unwrap_or_else(|| {
@@ -526,17 +522,12 @@ impl Finder {
                     });
                     runner.ensure_fits(micro, &mut trials)?;
                     let dataset = self.dataset.as_ref().map(|d| (d.size, d.epochs));
-                    Some(crate::schedule::accumulation(
-                        target.max(1),
-                        world.max(1),
-                        micro as u64,
-                        dataset,
-                    ))
+                    Some(schedule::accumulation(target, world, micro as u64, dataset))
                 }
                 None => None,
             };
-            Ok((pow2, recommended, plan))
-        });
+            Ok::<_, Error>((power_of_two, recommended, plan))
+        })();
         let (power_of_two, recommended, plan) = match finish {
             Ok(sizes) => sizes,
             Err(error) => return Err(interrupted(&runner, &mut report, trials).unwrap_or(error)),
