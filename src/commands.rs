@@ -147,6 +147,7 @@ fn trial(args: &CheckArgs) -> Result<ExitCode> {
     }
     let mut finder = Finder::new();
     finder.steps_per_trial(args.target.steps_per_trial);
+    finder.check_settings(args.batch_size)?;
     let device = device::resolve(args.target.device.0[0], false)?;
     let mut setup = Setup::new(&args.target, device)?;
     let mut workload = setup.build()?;
@@ -196,9 +197,7 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
     finder
         .steps_per_trial(args.target.steps_per_trial)
         .optimizer(args.target.optimizer);
-    if args.batch_size == 0 {
-        return Err(Error::InvalidSetting("--batch-size must be at least 1".into()).into());
-    }
+    finder.check_settings(args.batch_size)?; // bad settings fail before the model is built
     let mut all_fit = true;
     let mut trials: Vec<(String, Trial)> = Vec::new();
     let cache = args.target.cache();
@@ -288,11 +287,6 @@ impl Setup {
         let spec = ModelSpec::load(&target.model_source())?;
         let options = target.model_options();
         let model = spec.info(&options)?;
-        if target.steps_per_trial == 0 {
-            return Err(
-                Error::InvalidSetting("--steps-per-trial must be at least 1".into()).into(),
-            );
-        }
         let meter = maxbatch::memory::meter_for(&device.device, target.memory)?;
         Ok(Self {
             spec,

@@ -573,6 +573,16 @@ impl Finder {
         }
     }
 
+    /// Checks the settings of a pre-flight check at `batch_size`, before anything is built.
+    pub fn check_settings(&self, batch_size: usize) -> Result<(), Error> {
+        if batch_size == 0 {
+            return Err(Error::InvalidSetting(
+                "--batch-size must be at least 1".into(),
+            ));
+        }
+        self.bounds().map(|_| ())
+    }
+
     /// Runs one trial at `batch_size` (the pre-flight check).
     pub fn check_with(
         &self,
@@ -581,12 +591,7 @@ impl Finder {
         batch_size: usize,
         observer: &mut dyn Observer,
     ) -> Result<Trial, Error> {
-        if batch_size == 0 {
-            return Err(Error::InvalidSetting(
-                "--batch-size must be at least 1".into(),
-            ));
-        }
-        self.bounds()?;
+        self.check_settings(batch_size)?;
         warm_up(step, meter)?;
         let mut trials = InProcess {
             step,
