@@ -117,7 +117,7 @@ pub fn rotary_tables(
 }
 
 /// Rotary position embedding of `xs` `[B, H, T, D]` in the "rotate half" layout of
-/// Hugging Face's Llama: the pair (x[i], x[i + D/2]) turns by angle position × θ^(−2i/D).
+/// Hugging Face's Llama: the pair `(x[i], x[i + D/2])` turns by angle position × θ^(−2i/D).
 /// Built from differentiable ops only.
 pub fn apply_rotary(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let d = xs.dim(D::Minus1)?;
