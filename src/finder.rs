@@ -485,7 +485,11 @@ impl Finder {
 
         let found = match self.strategy {
             Strategy::Doubling => search::doubling(bounds, |b| runner.run(b)),
-            Strategy::Guided => search::guided(bounds, capacity, |b| runner.run(b)),
+            Strategy::Guided => {
+                // Aiming past what the machine lets a trial take would only be refused.
+                let aim = runner.machine_limit().map_or(capacity, |l| l.min(capacity));
+                search::guided(bounds, aim, |b| runner.run(b))
+            }
         };
         let found = match found {
             Ok(found) => found,
@@ -692,14 +696,20 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
+    /// The most a trial may be predicted to take before it is refused, where the device
+    /// has a hard limit (the CPU machine's memory).
+    fn machine_limit(&self) -> Option<u64> {
+        // Extrapolations err by a tenth or two where the curve bends: keep headroom.
+        let machine = self.trials.hard_limit()?;
+        Some((machine as f64 * crate::memory::cpu::AVAILABLE_SHARE) as u64)
+    }
+
     fn run(&mut self, batch_size: usize) -> candle_core::Result<Trial> {
         if self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
             self.interrupted = true;
             candle_core::bail!("interrupted before the trial at batch size {batch_size}");
         }
-        if let Some(machine) = self.trials.hard_limit() {
-            // Extrapolations err by a tenth or two where the curve bends: keep headroom.
-            let limit = (machine as f64 * crate::memory::cpu::AVAILABLE_SHARE) as u64;
+        if let Some(limit) = self.machine_limit() {
             if let Some(predicted) = predicted_peak(&self.measured, batch_size) {
                 if predicted > limit {
                     let trial = Trial::predicted_oom(batch_size, predicted, limit);

@@ -78,6 +78,10 @@ impl crate::search::Measured for Trial {
     fn peak(&self) -> Option<u64> {
         self.peak_bytes.filter(|&p| p > 0)
     }
+
+    fn ran(&self) -> bool {
+        !self.predicted
+    }
 }
 
 impl Trial {

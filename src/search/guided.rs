@@ -1,10 +1,10 @@
-//! The guided search.
+//! The guided search: sizes chosen from the measured peaks, exact like the doubling search.
 
 use super::{bisect, probe_error, Bounds, Found, Line, Measured, SearchError};
 
-/// The guided search: two measured sizes, then a jump to where the line through the
-/// measured peaks meets `capacity`, as described on [`Strategy::Guided`]. With a monotone
-/// probe its answer is the doubling search's exact maximum.
+/// The guided search: `bounds.start`, then the sizes [`toward_threshold`] chooses from the
+/// measured peaks against `capacity` (see [`Strategy::Guided`](super::Strategy::Guided)).
+/// With a monotone probe its answer is the doubling search's exact maximum.
 pub fn guided<T, E, P>(
     bounds: Bounds,
     capacity: u64,
@@ -47,17 +47,46 @@ where
     }
 }
 
+/// How far a prediction may reach beyond the measured sizes and still be tried as it is:
+/// the distance from the line's smaller size to the prediction, in multiples of the
+/// distance between the line's two sizes. Noise in the two peaks grows by this factor at
+/// the prediction; beyond it the search aims short (see [`SHORT_OF_PREDICTION`]).
+const TRUSTED_REACH: f64 = 4.0;
+
+/// The share of the way from the largest measured size to a far prediction that the
+/// search aims at: a size that should fit with room to spare, measured close enough to the
+/// answer for the next line to predict it exactly.
+const SHORT_OF_PREDICTION: f64 = 0.75;
+
+/// Why the guided search chose a size: it decides what the size's failure means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aim {
+    /// The line's prediction, close enough to the measured sizes to be exact.
+    Predicted,
+    /// Short of a far prediction, or the largest size one measurement says is safe: it
+    /// should fit with room to spare, so a failure is retried once before it is believed.
+    WithRoom,
+    /// The size after the one the line says is the answer: its failure ends the search.
+    Next,
+    /// Binary search (after a miss), or doubling while no failure is known.
+    Bracket,
+}
+
 /// The largest size above `good` (which passed `is_good`) and below `bad` (which did not;
-/// `None`: none known, up to `cap`) whose trial passes, guided by the line through the
-/// measured peaks meeting `threshold` bytes.
+/// `None`: none known, up to `cap`) whose trial passes, guided by the measured peaks
+/// meeting `threshold` bytes.
 ///
-/// A predicted size is tried with the size after it: one passing and the next failing is
-/// the exact answer. A prediction that misses counts: after one that overshoots, the next
-/// size is the geometric midpoint of the bracket (a measurement far from the small sizes,
-/// whose fixed costs bend the line); after three misses the rest is binary search (after
-/// doubling to a failing size if none is known yet). When the size after the answer failed
-/// although the line says it fits, it is tried once more: a transient failure (a flaky
-/// size) must not decide the answer.
+/// With one measured size it tries the largest size that one says is safe (peaks
+/// proportional to the batch size, which overestimates them since part of the memory is
+/// fixed): far enough for the line through the two to be accurate. With two or more, it
+/// tries where the steeper of two lines meets the threshold (the line spanning the
+/// measurements and the line through the two largest, which follows an upward bend),
+/// aiming short when that is far beyond them. A size that fits is refitted; when the line
+/// says it is the answer, the size after it is tried, and it failing ends the search. A
+/// prediction that fails is followed by one binary-search step; after three misses the rest
+/// is binary search. A failure the measurements say cannot happen (a size aimed at with
+/// room to spare, or the answer's boundary while the line says it fits) is tried once more,
+/// so that a transient failure (a flaky size) does not decide the answer.
 pub fn toward_threshold<T, E, P, G>(
     mut good: usize,
     mut bad: Option<usize>,
@@ -73,7 +102,7 @@ where
     G: Fn(&T) -> bool,
 {
     let mut misses = 0;
-    let mut overshot = false;
+    let mut missed = false;
     let mut retried = false;
     loop {
         let upper = bad.unwrap_or(cap.saturating_add(1));
@@ -81,6 +110,11 @@ where
             // The answer's boundary failed although the measured line says it fits: a
             // transient failure is worth one more trial before it decides the answer.
             let suspicious = bad == Some(good + 1)
+                && trials
+                    .iter()
+                    .rev()
+                    .find(|t| t.batch_size() == good + 1)
+                    .is_some_and(|t| t.ran())
                 && predict_at(trials, &is_good, threshold).is_some_and(|p| p > good);
             if retried || !suspicious {
                 return Ok(good);
@@ -101,71 +135,140 @@ where
                 return bisect(good, bad, probe, is_good, trials);
             }
         }
-        let prediction = if misses >= 3 || overshot {
-            None
+        let (candidate, aim) = if missed || misses >= 3 {
+            bracket_step(good, bad, upper)
         } else {
-            predict_at(trials, &is_good, threshold)
+            next_size(trials, &is_good, threshold, good, bad, upper)
         };
-        let candidate = match (prediction, bad) {
-            (Some(b), _) => b.clamp(good + 1, upper - 1),
-            (None, None) => good.saturating_mul(2).clamp(good + 1, upper - 1),
-            (None, Some(bad)) if overshot && good > 0 => {
-                let geometric = ((good as f64) * (bad as f64)).sqrt() as usize;
-                geometric.clamp(good + 1, bad - 1)
-            }
-            (None, Some(bad)) => good + (bad - good) / 2,
-        };
-        overshot = false;
         let trial = probe(candidate).map_err(|e| (candidate, e))?;
-        let passed = is_good(&trial);
+        let mut passed = is_good(&trial);
+        let ran = trial.ran();
         trials.push(trial);
-        if !passed {
-            bad = Some(candidate);
-            if prediction.is_some() {
-                misses += 1;
-                overshot = true;
-            }
-            continue;
+        if !passed && ran && aim == Aim::WithRoom && !retried {
+            retried = true;
+            let trial = probe(candidate).map_err(|e| (candidate, e))?;
+            passed = is_good(&trial);
+            trials.push(trial);
         }
-        good = candidate;
-        let next = candidate + 1;
-        if prediction.is_none() || next >= upper {
-            continue;
-        }
-        let trial = probe(next).map_err(|e| (next, e))?;
-        let passed = is_good(&trial);
-        trials.push(trial);
         if passed {
-            good = next;
-            misses += 1;
+            good = candidate;
+            missed = false;
+            if aim == Aim::Next {
+                // The line said the size before was the answer: it undershot.
+                misses += 1;
+            }
         } else {
-            bad = Some(next);
+            bad = Some(candidate);
+            missed = aim != Aim::Next;
+            if matches!(aim, Aim::Predicted | Aim::WithRoom) {
+                misses += 1;
+            }
         }
     }
 }
 
-/// Where the line through two measured sizes that passed `is_good` meets `threshold`: the
-/// largest batch size predicted to stay at or under it. The line runs through the largest
-/// such size and the largest one at most half of it (or the smallest), so that it spans
-/// enough of the curve for noise not to tilt it. `None` without two such sizes or with a
-/// line that does not rise.
+/// One step inside the bracket: its midpoint, or doubling while no failure is known.
+fn bracket_step(good: usize, bad: Option<usize>, upper: usize) -> (usize, Aim) {
+    let candidate = match bad {
+        Some(bad) => good + (bad - good) / 2,
+        None => good.saturating_mul(2).clamp(good + 1, upper - 1),
+    };
+    (candidate, Aim::Bracket)
+}
+
+/// The size the measurements point to, and why, strictly inside `(good, upper)`.
+fn next_size<T: Measured>(
+    trials: &[T],
+    is_good: &dyn Fn(&T) -> bool,
+    threshold: u64,
+    good: usize,
+    bad: Option<usize>,
+    upper: usize,
+) -> (usize, Aim) {
+    let inside = |b: usize| b.clamp(good + 1, upper - 1);
+    let points = measured_points(trials, is_good);
+    let Some((line, predicted)) = model_line(points.clone(), threshold) else {
+        // One measured size: the largest size it says is safe, if it has a peak.
+        return match points.as_slice() {
+            [point] if point.1 > 0 => (
+                inside(to_size(proportional(*point, threshold))),
+                Aim::WithRoom,
+            ),
+            _ => bracket_step(good, bad, upper),
+        };
+    };
+    if predicted <= good {
+        return (good + 1, Aim::Next);
+    }
+    if bad.is_some_and(|bad| predicted > bad) {
+        // A size the line says fits has failed: the line is wrong up here.
+        return bracket_step(good, bad, upper);
+    }
+    if reach(&line, predicted) <= TRUSTED_REACH {
+        return (inside(predicted), Aim::Predicted);
+    }
+    let short = line.to.0 as f64 + SHORT_OF_PREDICTION * (predicted - line.to.0) as f64;
+    (inside(to_size(short)), Aim::WithRoom)
+}
+
+/// The batch size at which peaks proportional to the batch size, through `point`, reach
+/// `threshold`: a size that fits when the fixed part of the memory is not negative.
+fn proportional(point: (usize, u64), threshold: u64) -> f64 {
+    point.0 as f64 * threshold as f64 / point.1.max(1) as f64
+}
+
+/// `(batch_size, peak)` of every trial that passed `is_good` and has a peak.
+fn measured_points<T: Measured>(trials: &[T], is_good: &dyn Fn(&T) -> bool) -> Vec<(usize, u64)> {
+    let mut points: Vec<(usize, u64)> = trials
+        .iter()
+        .filter(|t| is_good(t))
+        .filter_map(|t| Some((t.batch_size(), t.peak()?)))
+        .collect();
+    points.sort_unstable();
+    points.dedup_by_key(|p| p.0);
+    points
+}
+
+/// The line the search predicts with, and where it meets `threshold`: the line through the
+/// two largest measured sizes when the prediction is within its reach (it follows a bend or
+/// a step in the curve below), else the line spanning the measurements (noise in two close
+/// peaks would tilt a long extrapolation). `None` without two sizes or with a line that does
+/// not rise.
+fn model_line(points: Vec<(usize, u64)>, threshold: u64) -> Option<(Line, usize)> {
+    let rising = |line: Line| (line.slope > 0.0).then(|| (line, line_meets(&line, threshold)));
+    let top = Line::through_largest(points.clone()).and_then(rising);
+    if let Some((line, predicted)) = top {
+        if reach(&line, predicted) <= TRUSTED_REACH {
+            return top;
+        }
+    }
+    Line::spanning(points).and_then(rising)
+}
+
+/// How far `predicted` lies beyond the line's smaller size, in multiples of the distance
+/// between its two sizes: the factor by which noise in their peaks grows at the prediction.
+fn reach(line: &Line, predicted: usize) -> f64 {
+    predicted.saturating_sub(line.from.0) as f64 / (line.to.0 - line.from.0) as f64
+}
+
+/// The largest batch size at which `line` stays at or under `threshold`.
+fn line_meets(line: &Line, threshold: u64) -> usize {
+    to_size(line.to.0 as f64 + (threshold as f64 - line.to.1 as f64) / line.slope)
+}
+
+fn to_size(x: f64) -> usize {
+    x.floor().max(0.0).min(usize::MAX as f64 / 2.0) as usize
+}
+
+/// Where the search's line through the measured sizes that passed `is_good` meets
+/// `threshold`: the largest batch size predicted to stay at or under it. `None` without
+/// two such sizes or with a line that does not rise.
 pub fn predict_at<T: Measured>(
     trials: &[T],
     is_good: &dyn Fn(&T) -> bool,
     threshold: u64,
 ) -> Option<usize> {
-    let points: Vec<(usize, u64)> = trials
-        .iter()
-        .filter(|t| is_good(t))
-        .filter_map(|t| Some((t.batch_size(), t.peak()?)))
-        .collect();
-    let line = Line::spanning(points)?;
-    let (b2, p2, slope) = (line.to.0, line.to.1, line.slope);
-    if slope <= 0.0 {
-        return None;
-    }
-    let predicted = b2 as f64 + (threshold as f64 - p2 as f64) / slope;
-    Some(predicted.floor().max(0.0).min(usize::MAX as f64 / 2.0) as usize)
+    model_line(measured_points(trials, is_good), threshold).map(|(_, predicted)| predicted)
 }
 
 #[cfg(test)]
@@ -183,6 +286,7 @@ mod tests {
         b: usize,
         fits: bool,
         peak: Option<u64>,
+        ran: bool,
     }
 
     impl Fits for Sim {
@@ -198,6 +302,9 @@ mod tests {
         fn peak(&self) -> Option<u64> {
             self.peak
         }
+        fn ran(&self) -> bool {
+            self.ran
+        }
     }
 
     /// A probe over `curve` against `capacity`: fits when the peak is at most it.
@@ -211,6 +318,7 @@ mod tests {
                 b,
                 fits: peak <= capacity,
                 peak: Some(peak),
+                ran: true,
             })
         }
     }
@@ -224,8 +332,9 @@ mod tests {
 
     #[test]
     fn guided_is_exact_and_quick_on_straight_lines() {
-        let mut total = 0;
-        let mut cases = 0;
+        // At most 5 trials: batch 1, the size it says is safe, short of a far prediction,
+        // the answer and the size after it; 4 when the prediction is within reach.
+        let (mut total, mut cases) = (0, 0);
         for fixed in [100u64, 5_000, 40_000] {
             for per_sample in [1u64, 7, 64, 1_000] {
                 for capacity in (fixed + per_sample..fixed + 5_000 * per_sample).step_by(997) {
@@ -237,13 +346,106 @@ mod tests {
                         true_max(&curve, capacity, 65536),
                         "fixed {fixed} slope {per_sample} capacity {capacity}"
                     );
-                    assert!(found.trials.len() <= 4, "{} trials", found.trials.len());
-                    total += found.trials.len();
+                    let sizes: Vec<usize> = found.trials.iter().map(|t| t.b).collect();
+                    assert!(sizes.len() <= 5, "{sizes:?}");
+                    let safe = capacity / curve(1);
+                    let within_reach = (safe > 1)
+                        && (found.max_batch_size - 1) as f64 / (safe - 1) as f64 <= TRUSTED_REACH;
+                    if within_reach {
+                        assert!(sizes.len() <= 4, "{sizes:?}");
+                    }
+                    total += sizes.len();
                     cases += 1;
                 }
             }
         }
-        assert!(total as f64 / cases as f64 <= 4.0);
+        let mean = total as f64 / cases as f64;
+        assert!((3.0..=5.0).contains(&mean), "mean {mean}");
+    }
+
+    #[test]
+    fn guided_aims_short_of_a_far_prediction_then_hits_the_answer() {
+        // Fixed memory worth 50 samples: batch 1 says little, the safe size is far below.
+        let curve = |b: usize| 2_000_000 + 40_000 * b as u64;
+        for true_max in [300usize, 1_000, 5_000] {
+            let capacity = curve(true_max) + 20_000;
+            let found = guided(bounds(1, 65536), capacity, simulated(curve, capacity)).unwrap();
+            let sizes: Vec<usize> = found.trials.iter().map(|t| t.b).collect();
+            let safe = (capacity / curve(1)) as usize;
+            assert_eq!(&sizes[..2], &[1, safe], "{sizes:?}");
+            assert!(sizes[2] > safe && sizes[2] < true_max, "{sizes:?}");
+            assert_eq!(&sizes[3..], &[true_max, true_max + 1], "{sizes:?}");
+        }
+    }
+
+    #[test]
+    fn guided_is_exact_when_batch_one_sits_above_the_line() {
+        // As on the CPU: batch 1 costs more than the line through larger sizes says, so
+        // the first line is too flat and its prediction overshoots.
+        let curve = |b: usize| 8_100 + 2_200 * b as u64 + if b == 1 { 1_800 } else { 0 };
+        let mut total = 0;
+        for capacity in (12_200..2_000_000).step_by(1_013) {
+            let found = guided(bounds(1, 65536), capacity, simulated(curve, capacity)).unwrap();
+            assert_eq!(found.max_batch_size, true_max(&curve, capacity, 65536));
+            assert!(found.trials.len() <= 8, "{:?}", found.trials);
+            total += found.trials.len();
+        }
+        let mean = total as f64 / (12_200..2_000_000).step_by(1_013).count() as f64;
+        assert!(mean <= 5.1, "mean {mean}");
+    }
+
+    #[test]
+    fn guided_tries_a_failure_with_room_to_spare_once_more() {
+        let curve = |b: usize| 2_000_000 + 40_000 * b as u64;
+        let capacity = curve(1_000) + 20_000;
+        // The size aimed short of the prediction fails once (a flaky size): retried, it
+        // fits, and the search goes on as if it had not failed.
+        let mut probe = simulated(curve, capacity);
+        let mut flaked = false;
+        let found = guided(bounds(1, 65536), capacity, |b| {
+            let mut t = probe(b)?;
+            if !flaked && b > 20 {
+                flaked = true;
+                t.fits = false;
+                t.peak = None;
+            }
+            Ok::<_, String>(t)
+        })
+        .unwrap();
+        let sizes: Vec<(usize, bool)> = found.trials.iter().map(|t| (t.b, t.fits)).collect();
+        assert_eq!(sizes[2].0, sizes[3].0, "{sizes:?}");
+        assert_eq!((sizes[2].1, sizes[3].1), (false, true), "{sizes:?}");
+        assert_eq!(found.max_batch_size, 1_000);
+        assert_eq!(sizes.len(), 6, "{sizes:?}");
+    }
+
+    #[test]
+    fn guided_does_not_retry_a_size_that_was_refused_without_running() {
+        // Sizes past 700 are refused (as a CPU trial predicted past the machine is): the
+        // surprising failure of a size aimed at with room is not tried again.
+        let curve = |b: usize| 2_000_000 + 40_000 * b as u64;
+        let capacity = curve(1_000) + 20_000;
+        let mut probe = simulated(curve, capacity);
+        let found = guided(bounds(1, 65536), capacity, |b| {
+            let t = probe(b)?;
+            Ok::<_, String>(if b > 700 {
+                Sim {
+                    fits: false,
+                    peak: None,
+                    ran: false,
+                    ..t
+                }
+            } else {
+                t
+            })
+        })
+        .unwrap();
+        assert_eq!(found.max_batch_size, 700);
+        let mut sizes: Vec<usize> = found.trials.iter().map(|t| t.b).collect();
+        let n = sizes.len();
+        sizes.sort_unstable();
+        sizes.dedup();
+        assert_eq!(sizes.len(), n, "{:?}", found.trials);
     }
 
     #[test]
@@ -345,6 +547,7 @@ mod tests {
                     b,
                     fits: true,
                     peak: Some(100 * b as u64),
+                    ran: true,
                 })
             }
         });

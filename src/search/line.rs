@@ -28,6 +28,18 @@ impl Line {
         Some(Line { from, to, slope })
     }
 
+    /// The line through the two largest points (the local slope at the top). `None`
+    /// without two distinct batch sizes.
+    pub fn through_largest(mut points: Vec<(usize, u64)>) -> Option<Line> {
+        points.sort_unstable();
+        points.dedup_by_key(|p| p.0);
+        let [.., from, to] = points[..] else {
+            return None;
+        };
+        let slope = (to.1 as f64 - from.1 as f64) / (to.0 - from.0) as f64;
+        Some(Line { from, to, slope })
+    }
+
     /// The line's bytes at batch size 0.
     pub fn fixed(&self) -> f64 {
         self.to.1 as f64 - self.slope * self.to.0 as f64

@@ -33,14 +33,20 @@ pub trait Measured: Fits {
     fn batch_size(&self) -> usize;
     /// Peak bytes measured (a lower bound for a trial stopped early), if any.
     fn peak(&self) -> Option<u64>;
+    /// False when the size was refused without running (running it again gives the same
+    /// answer, so a surprising failure is not worth retrying).
+    fn ran(&self) -> bool {
+        true
+    }
 }
 
 /// How the search chooses the sizes it tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
-    /// Fit the measured peaks with a line and jump to where it meets the capacity; try that
-    /// size and the next; fall back to binary search when the prediction misses twice.
+    /// Fit the measured peaks with a line and try where it meets the capacity, then the
+    /// size after it; aim short of a prediction far beyond the measured sizes; binary-search
+    /// inside the bracket after a prediction misses.
     #[default]
     Guided,
     /// Double until out of memory, then binary search (the card's strategy).
