@@ -4,7 +4,7 @@
 //! Face Accelerate's `find_executable_batch_size` (start 128, ×0.9 after each failure).
 //!
 //! Every strategy runs against the same probes: synthetic memory curves (linear with noise,
-//! a step in the curve, a flaky size) for true maxima from 3 to 5000, with modelled step
+//! a bend, a step, a flaky size; see [`KINDS`]) for true maxima from 3 to 5000, with modelled step
 //! times, and a real CPU model (transformer-tiny) under several budgets, timed for real.
 //! Per case and in total it prints trials, training steps, time, the time ratio to guided,
 //! and whether each answer was exact and was executed.
@@ -57,6 +57,7 @@ struct Ledger<'a> {
     steps: usize,
     seconds: f64,
     fitted: HashSet<usize>,
+    sizes: Vec<(usize, bool)>,
 }
 
 impl<'a> Ledger<'a> {
@@ -67,6 +68,7 @@ impl<'a> Ledger<'a> {
             steps: 0,
             seconds: 0.0,
             fitted: HashSet::new(),
+            sizes: Vec::new(),
         }
     }
 
@@ -78,6 +80,7 @@ impl<'a> Ledger<'a> {
         if tried.fits {
             self.fitted.insert(batch_size);
         }
+        self.sizes.push((batch_size, tried.fits));
         tried
     }
 }
@@ -121,6 +124,14 @@ fn run_strategy(name: &str, ledger: &mut Ledger, capacity: u64, cap: usize) -> A
         "accelerate" => accelerate(ledger),
         _ => unreachable!(),
     };
+    if std::env::var_os("BENCH_TRACE").is_some() {
+        let sizes: Vec<String> = ledger
+            .sizes
+            .iter()
+            .map(|(b, fits)| format!("{b}{}", if *fits { "" } else { "✗" }))
+            .collect();
+        eprintln!("{name}: {}", sizes.join(" "));
+    }
     Answer {
         size,
         trials: ledger.trials,
@@ -200,21 +211,32 @@ fn modelled_seconds(batch_size: usize, steps: usize, fits: bool) -> f64 {
     }
 }
 
+/// The synthetic curves: peak = fixed + slope × batch with a noise of up to 2% of a sample;
+/// "bend": the slope triples from half the maximum on (a second term overtaking the first,
+/// placed where it hurts most); "step": a jump of 20 samples' worth from 60% of the maximum
+/// on (an allocator or kernel switching to a larger workspace); "flaky": the linear curve
+/// with the first trial in (max / 2, max] failing once.
+const KINDS: [&str; 4] = ["linear+noise", "bend", "step", "flaky"];
+
 /// A synthetic memory curve whose true maximum is `true_max` under the returned capacity.
 fn curve(kind: &str, true_max: usize) -> (Box<dyn Fn(usize) -> u64>, u64) {
     let fixed = 2_000_000_000u64;
     let slope = 40_000_000u64;
     let noise = move |b: usize| ((b as u64 * 7919) % 97) * slope / 5000; // < 2% of a sample
-    let knee = (true_max / 2).max(1);
+    let knee = (true_max / 2).max(1) as u64;
+    let jump_at = (true_max * 3 / 5) as u64;
     let peak: Box<dyn Fn(usize) -> u64> = match kind {
-        "step" => Box::new(move |b| {
+        "bend" => Box::new(move |b| {
             let b = b as u64;
-            let knee = knee as u64;
             if b <= knee {
                 fixed + slope * b
             } else {
                 fixed + slope * knee + 3 * slope * (b - knee)
             }
+        }),
+        "step" => Box::new(move |b| {
+            let jump = if b as u64 > jump_at { 20 * slope } else { 0 };
+            fixed + slope * b as u64 + noise(b) + jump
         }),
         _ => Box::new(move |b| fixed + slope * b as u64 + noise(b)),
     };
@@ -356,12 +378,30 @@ fn main() {
     let mut synthetic: Vec<Total> = STRATEGIES.iter().map(|_| Total::default()).collect();
     println!("Synthetic memory curves, modelled step times");
     header();
-    for kind in ["linear+noise", "step", "flaky"] {
+    let mut by_kind = Vec::new();
+    for kind in KINDS {
+        let mut totals: Vec<Total> = STRATEGIES.iter().map(|_| Total::default()).collect();
         for &m in &maxima {
-            print_case(kind, m, &synthetic_case(kind, m), &mut synthetic);
+            let answers = synthetic_case(kind, m);
+            print_case(kind, m, &answers, &mut synthetic);
+            for (answer, total) in answers.iter().zip(&mut totals) {
+                total.add(answer, answer.size == m);
+            }
         }
+        by_kind.push((kind, totals));
     }
-    print_totals("Synthetic totals (27 cases)", &synthetic);
+    let title = format!("Synthetic totals ({} cases)", KINDS.len() * maxima.len());
+    print_totals(&title, &synthetic);
+    println!("\nMean trials by curve");
+    println!("| curve | {} |", STRATEGIES.join(" | "));
+    println!("|---|{}", "---|".repeat(STRATEGIES.len()));
+    for (kind, totals) in &by_kind {
+        let means: Vec<String> = totals
+            .iter()
+            .map(|t| format!("{:.1}", t.trials as f64 / t.cases as f64))
+            .collect();
+        println!("| {kind} | {} |", means.join(" | "));
+    }
 
     let mut real: Vec<Total> = STRATEGIES.iter().map(|_| Total::default()).collect();
     println!(
