@@ -79,8 +79,7 @@ enum Aim {
 /// With one measured size it tries the largest size that one says is safe (peaks
 /// proportional to the batch size, which overestimates them since part of the memory is
 /// fixed): far enough for the line through the two to be accurate. With two or more, it
-/// tries where the steeper of two lines meets the threshold (the line spanning the
-/// measurements and the line through the two largest, which follows an upward bend),
+/// tries where a line through two measured sizes meets the threshold (see [`predict_at`]),
 /// aiming short when that is far beyond them. A size that fits is refitted; when the line
 /// says it is the answer, the size after it is tried, and it failing ends the search. A
 /// prediction that fails is followed by one binary-search step; after three misses the rest
@@ -229,11 +228,8 @@ fn measured_points<T: Measured>(trials: &[T], is_good: &dyn Fn(&T) -> bool) -> V
     points
 }
 
-/// The line the search predicts with, and where it meets `threshold`: the line through the
-/// two largest measured sizes when the prediction is within its reach (it follows a bend or
-/// a step in the curve below), else the line spanning the measurements (noise in two close
-/// peaks would tilt a long extrapolation). `None` without two sizes or with a line that does
-/// not rise.
+/// The line the search predicts with, as [`predict_at`] describes it, and where it meets
+/// `threshold`.
 fn model_line(points: Vec<(usize, u64)>, threshold: u64) -> Option<(Line, usize)> {
     let rising = |line: Line| (line.slope > 0.0).then(|| (line, line_meets(&line, threshold)));
     let top = Line::through_largest(points.clone()).and_then(rising);
@@ -261,8 +257,11 @@ fn to_size(x: f64) -> usize {
 }
 
 /// Where the search's line through the measured sizes that passed `is_good` meets
-/// `threshold`: the largest batch size predicted to stay at or under it. `None` without
-/// two such sizes or with a line that does not rise.
+/// `threshold`: the largest batch size predicted to stay at or under it. The line runs
+/// through the two largest sizes when the prediction is within their reach (so it follows
+/// a bend or a step below them), else through the largest and the largest at most half of
+/// it (so noise in two close peaks does not tilt a long extrapolation). `None` without two
+/// such sizes or with a line that does not rise.
 pub fn predict_at<T: Measured>(
     trials: &[T],
     is_good: &dyn Fn(&T) -> bool,
