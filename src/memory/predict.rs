@@ -1,9 +1,14 @@
 //! Conservative extrapolation of peak memory from measured trials: pure arithmetic.
 //!
 //! Used on the CPU to refuse sizes that would exhaust the machine before they run. It
-//! errs high: the line goes through the largest measured size with the steepest slope seen
-//! between neighbouring measurements (the memory curve bends upwards where the optimizer
-//! step's transient overtakes the backward pass, see DESIGN.md).
+//! errs high: the line goes through the largest measured size with the steeper of two
+//! slopes, the one between the two largest sizes (the memory curve bends upwards where the
+//! optimizer step's transient overtakes the backward pass, see DESIGN.md) and the one
+//! spanning the measurements. Slopes between small sizes are not used: a fixed cost that
+//! appears between batch 1 and 2 (6 MiB of matrix-multiply buffers on the MLP) would pass
+//! for a slope and refuse sizes that fit by a factor of forty.
+
+use crate::search::Line;
 
 /// Predicts the peak bytes at `batch_size` from `(batch_size, peak_bytes)` measurements.
 ///
@@ -21,13 +26,12 @@ pub fn predicted_peak(measured: &[(usize, u64)], batch_size: usize) -> Option<u6
             .find(|(b, _)| *b >= batch_size)
             .map(|(_, peak)| *peak);
     }
-    let slope = if points.len() == 1 {
-        last_peak as f64 / last_batch as f64
-    } else {
-        points
-            .windows(2)
-            .map(|w| w[1].1.saturating_sub(w[0].1) as f64 / (w[1].0 - w[0].0) as f64)
-            .fold(0.0, f64::max)
+    let slope = match (
+        Line::through_largest(points.clone()),
+        Line::spanning(points),
+    ) {
+        (Some(top), Some(spanning)) => top.slope.max(spanning.slope).max(0.0),
+        _ => last_peak as f64 / last_batch as f64,
     };
     let extra = slope * (batch_size - last_batch) as f64;
     Some((last_peak as f64 + extra).min(u64::MAX as f64) as u64)
@@ -61,6 +65,19 @@ mod tests {
         // The backward line then a steeper optimizer line, as on transformer-small.
         let measured = [(1, 1000), (2, 1100), (4, 1700)];
         assert_eq!(predicted_peak(&measured, 6), Some(1700 + 2 * 300));
+    }
+
+    #[test]
+    fn a_fixed_cost_between_small_sizes_is_not_a_slope() {
+        // The MLP on the CPU: batch 2 adds 6 MiB of buffers, then 70 KiB per sample.
+        let mib = 1u64 << 20;
+        let mut measured = vec![(1, 100 * mib)];
+        for b in [2usize, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096] {
+            measured.push((b, 106 * mib + 70 * 1024 * b as u64));
+        }
+        let at_8192 = predicted_peak(&measured, 8192).unwrap();
+        let truth = 106 * mib + 70 * 1024 * 8192;
+        assert!(at_8192 >= truth && at_8192 < truth + mib, "{at_8192}");
     }
 
     #[test]
