@@ -5,7 +5,7 @@
 //!
 //! Every strategy runs against the same probes: synthetic memory curves (linear with noise,
 //! a bend, a step, a flaky size; see [`KINDS`]) for true maxima from 3 to 5000, with modelled step
-//! times, and a real CPU model (transformer-tiny) under several budgets, timed for real.
+//! times, and real CPU models (transformer-tiny, mlp) under several budgets, timed for real.
 //! Per case and in total it prints trials, training steps, time, the time ratio to guided,
 //! and whether each answer was exact and was executed.
 //!
@@ -33,6 +33,7 @@ struct Tried {
     batch_size: usize,
     fits: bool,
     peak: Option<u64>,
+    phase_peaks: Vec<u64>,
 }
 
 impl Fits for Tried {
@@ -47,6 +48,9 @@ impl Measured for Tried {
     }
     fn peak(&self) -> Option<u64> {
         self.peak
+    }
+    fn phase_peaks(&self) -> Vec<u64> {
+        self.phase_peaks.clone()
     }
 }
 
@@ -262,6 +266,7 @@ fn synthetic_case(kind: &str, true_max: usize) -> Vec<Answer> {
                     batch_size: b,
                     fits,
                     peak: fits.then_some(p),
+                    phase_peaks: Vec::new(),
                 };
                 (tried, modelled_seconds(b, steps, fits))
             });
@@ -270,8 +275,8 @@ fn synthetic_case(kind: &str, true_max: usize) -> Vec<Answer> {
         .collect()
 }
 
-fn real_case(budget_mib: u64) -> (usize, Vec<Answer>) {
-    let spec = ModelSpec::preset("transformer-tiny").expect("preset");
+fn real_case(preset: &str, budget_mib: u64) -> (usize, Vec<Answer>) {
+    let spec = ModelSpec::preset(preset).expect("preset");
     let options = ModelOptions {
         seq_len: Some(32),
         ..ModelOptions::default()
@@ -295,6 +300,7 @@ fn real_case(budget_mib: u64) -> (usize, Vec<Answer>) {
                     batch_size: b,
                     fits: trial.outcome == maxbatch::Outcome::Fits,
                     peak: trial.peak_bytes,
+                    phase_peaks: trial.phase_peaks.iter().map(|p| p.peak_bytes).collect(),
                 };
                 (tried, started.elapsed().as_secs_f64())
             });
@@ -405,12 +411,20 @@ fn main() {
 
     let mut real: Vec<Total> = STRATEGIES.iter().map(|_| Total::default()).collect();
     println!(
-        "\nReal CPU model: transformer-tiny, seq 32, AdamW, budgets above its weights; wall time"
+        "\nReal CPU models: transformer-tiny (seq 32) and mlp, AdamW, budgets above their \
+         weights; wall time"
     );
     header();
-    for budget in [48u64, 160, 512] {
-        let (true_max, answers) = real_case(budget);
-        print_case(&format!("tiny {budget} MiB"), true_max, &answers, &mut real);
+    let cases = [
+        ("transformer-tiny", 48u64),
+        ("transformer-tiny", 160),
+        ("transformer-tiny", 512),
+        ("mlp", 256),
+    ];
+    for (preset, budget) in cases {
+        let (true_max, answers) = real_case(preset, budget);
+        let label = format!("{} {budget} MiB", preset.trim_start_matches("transformer-"));
+        print_case(&label, true_max, &answers, &mut real);
     }
-    print_totals("Real CPU totals (3 budgets)", &real);
+    print_totals(&format!("Real CPU totals ({} cases)", cases.len()), &real);
 }

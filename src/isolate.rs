@@ -141,6 +141,10 @@ mod tests {
             batch_size: 4,
             outcome: Outcome::Fits,
             peak_bytes: Some(1234),
+            phase_peaks: vec![crate::probe::PhasePeak {
+                phase: crate::Phase::Backward,
+                peak_bytes: 1200,
+            }],
             step_seconds: Some(0.5),
             samples_per_second: Some(8.0),
             steps: 2,

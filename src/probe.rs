@@ -33,6 +33,12 @@ pub struct Trial {
     /// The measured peak bytes (a lower bound when the trial stopped early); `None` when
     /// the trial was not run.
     pub peak_bytes: Option<u64>,
+    /// The peak so far at each phase boundary of the first step (after the forward pass,
+    /// after the backward pass, after the update), for steps that report boundaries: the
+    /// guided search fits a line through each, since the phase that sets the peak can
+    /// change with the batch size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phase_peaks: Vec<PhasePeak>,
     /// Mean wall-clock seconds per completed step; `None` when no step completed.
     pub step_seconds: Option<f64>,
     /// Samples trained per second (batch size / seconds per step) when it fit.
@@ -62,6 +68,16 @@ impl Fits for Trial {
     }
 }
 
+/// The peak bytes in use from the start of a trial to the end of one phase of its first
+/// step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhasePeak {
+    /// The phase that had just ended.
+    pub phase: Phase,
+    /// The most bytes in use since the trial started.
+    pub peak_bytes: u64,
+}
+
 /// The last trial at `batch_size` that fit, if any.
 pub fn fitting_trial(trials: &[Trial], batch_size: usize) -> Option<&Trial> {
     trials
@@ -81,6 +97,10 @@ impl crate::search::Measured for Trial {
 
     fn ran(&self) -> bool {
         !self.predicted
+    }
+
+    fn phase_peaks(&self) -> Vec<u64> {
+        self.phase_peaks.iter().map(|p| p.peak_bytes).collect()
     }
 }
 
@@ -106,6 +126,7 @@ impl Trial {
             batch_size,
             outcome: Outcome::Oom,
             peak_bytes: None,
+            phase_peaks: Vec::new(),
             step_seconds: None,
             samples_per_second: None,
             steps: 0,
@@ -138,9 +159,14 @@ pub fn trial(
     let mut completed_seconds = 0.0;
     let mut over_capacity: Option<Phase> = None;
     let mut device_oom: Option<String> = None;
-    for _ in 0..steps {
+    let mut phase_peaks = Vec::new();
+    for step_index in 0..steps {
         let mut boundary = |phase: Phase| {
-            if meter.peak_bytes()? > capacity {
+            let peak_bytes = meter.peak_bytes()?;
+            if step_index == 0 {
+                phase_peaks.push(PhasePeak { phase, peak_bytes });
+            }
+            if peak_bytes > capacity {
                 over_capacity = Some(phase);
                 candle_core::bail!("over the memory capacity after the {phase} phase");
             }
@@ -202,6 +228,7 @@ pub fn trial(
         batch_size,
         outcome: if fits { Outcome::Fits } else { Outcome::Oom },
         peak_bytes: Some(peak),
+        phase_peaks,
         step_seconds,
         samples_per_second: step_seconds
             .filter(|s| fits && *s > 0.0)

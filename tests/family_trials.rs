@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use maxbatch::models::{ModelOptions, ModelSource, ModelSpec};
-use maxbatch::{CountingAllocator, CpuMeter, Finder, OptimizerKind, Outcome, Silent, Workload};
+use maxbatch::{
+    CountingAllocator, CpuMeter, Finder, OptimizerKind, Outcome, Phase, Silent, Workload,
+};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -46,6 +48,15 @@ fn one_trial_per_family_fits_a_budget_and_is_measured() {
             spec.name
         );
         assert_eq!(trial.steps, 2);
+        // The first step's peak at each boundary, in order, rising to at most the peak.
+        let phases: Vec<Phase> = trial.phase_peaks.iter().map(|p| p.phase).collect();
+        assert_eq!(phases, [Phase::Forward, Phase::Backward, Phase::Update]);
+        let at: Vec<u64> = trial.phase_peaks.iter().map(|p| p.peak_bytes).collect();
+        assert!(
+            at.windows(2).all(|w| w[0] <= w[1]) && at[0] > held && at[2] <= peak,
+            "{}: {at:?}, peak {peak}",
+            spec.name
+        );
 
         // The same step under a budget below its measured peak is out of memory.
         let mut tight = CpuMeter::with_budget(held + (peak - held) / 2).unwrap();

@@ -38,6 +38,11 @@ pub trait Measured: Fits {
     fn ran(&self) -> bool {
         true
     }
+    /// The peak so far at each phase boundary of a step, in order, where the trial
+    /// reports them (empty otherwise): each is fitted with its own line.
+    fn phase_peaks(&self) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 /// How the search chooses the sizes it tries.
