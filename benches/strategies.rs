@@ -300,7 +300,7 @@ fn real_case(preset: &str, budget_mib: u64) -> (usize, Vec<Answer>) {
                     batch_size: b,
                     fits: trial.outcome == maxbatch::Outcome::Fits,
                     peak: trial.peak_bytes,
-                    phase_peaks: trial.phase_peaks.iter().map(|p| p.peak_bytes).collect(),
+                    phase_peaks: Measured::phase_peaks(&trial),
                 };
                 (tried, started.elapsed().as_secs_f64())
             });

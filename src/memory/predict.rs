@@ -8,7 +8,7 @@
 //! appears between batch 1 and 2 (6 MiB of matrix-multiply buffers on the MLP) would pass
 //! for a slope and refuse sizes that fit by a factor of forty.
 
-use crate::search::Line;
+use crate::search::{by_size, Line};
 
 /// Predicts the peak bytes at `batch_size` from `(batch_size, peak_bytes)` measurements.
 ///
@@ -16,9 +16,7 @@ use crate::search::Line;
 /// part scales too, so this overestimates). Below the largest measured size the answer is
 /// the peak of the nearest measured size at or above it. `None` without measurements.
 pub fn predicted_peak(measured: &[(usize, u64)], batch_size: usize) -> Option<u64> {
-    let mut points: Vec<(usize, u64)> = measured.iter().copied().filter(|p| p.0 > 0).collect();
-    points.sort_unstable();
-    points.dedup_by_key(|p| p.0);
+    let points = by_size(measured.iter().copied().filter(|p| p.0 > 0).collect());
     let &(last_batch, last_peak) = points.last()?;
     if batch_size <= last_batch {
         return points

@@ -1,6 +1,6 @@
 //! The guided search: sizes chosen from the measured peaks, exact like the doubling search.
 
-use super::{bisect, probe_error, Bounds, Found, Line, Measured, SearchError};
+use super::{bisect, by_size, probe_error, Bounds, Found, Line, Measured, SearchError};
 
 /// The guided search: `bounds.start`, then the sizes [`toward_threshold`] chooses from the
 /// measured peaks against `capacity` (see [`Strategy::Guided`](super::Strategy::Guided)).
@@ -185,10 +185,9 @@ fn next_size<T: Measured>(
     upper: usize,
 ) -> (usize, Aim) {
     let inside = |b: usize| b.clamp(good + 1, upper - 1);
-    let points = measured_points(trials, is_good);
     let Some((line, predicted)) = model_line(trials, is_good, threshold) else {
         // One measured size: the largest size it says is safe, if it has a peak.
-        return match points.as_slice() {
+        return match measured_points(trials, is_good).as_slice() {
             [point] if point.1 > 0 => (
                 inside(to_size(proportional(*point, threshold))),
                 Aim::WithRoom,
@@ -227,14 +226,12 @@ fn points_of<T: Measured>(
     is_good: &dyn Fn(&T) -> bool,
     bytes: impl Fn(&T) -> Option<u64>,
 ) -> Vec<(usize, u64)> {
-    let mut points: Vec<(usize, u64)> = trials
+    let points = trials
         .iter()
         .filter(|t| is_good(t))
         .filter_map(|t| Some((t.batch_size(), bytes(t)?)))
         .collect();
-    points.sort_unstable();
-    points.dedup_by_key(|p| p.0);
-    points
+    by_size(points)
 }
 
 /// The line the search predicts with, as [`predict_at`] describes it, and where it meets

@@ -13,6 +13,7 @@ mod guided;
 mod line;
 
 pub use guided::{guided, predict_at, toward_threshold};
+pub(crate) use line::by_size;
 pub use line::Line;
 
 /// What the search needs to know of a trial: did it fit?
