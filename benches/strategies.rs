@@ -22,7 +22,7 @@ use std::time::Instant;
 use candle_core::Device;
 use maxbatch::models::{ModelOptions, ModelSpec};
 use maxbatch::search::{self, Bounds, Fits, Measured};
-use maxbatch::{probe, CountingAllocator, CpuMeter, OptimizerKind, Workload};
+use maxbatch::{trial, CountingAllocator, CpuMeter, OptimizerKind, Workload};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -295,7 +295,7 @@ fn real_case(preset: &str, budget_mib: u64) -> (usize, Vec<Answer>) {
             let mut meter = CpuMeter::with_budget(capacity).expect("meter");
             let mut ledger = Ledger::new(|b, steps| {
                 let started = Instant::now();
-                let trial = probe::trial(&mut workload, b, steps, &mut meter).expect("trial");
+                let trial = trial::run(&mut workload, b, steps, &mut meter).expect("trial");
                 let tried = Tried {
                     batch_size: b,
                     fits: trial.outcome == maxbatch::Outcome::Fits,

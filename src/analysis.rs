@@ -1,50 +1,77 @@
-//! What the measurements say beyond the sizes: the memory model (fixed bytes, bytes per
-//! sample, a breakdown, and how well the line predicted the final size) and throughput
-//! (samples per second, time per epoch). Pure arithmetic over a finished [`Report`].
+//! What the measurements say beyond the sizes: the memory model (the search's line, a
+//! breakdown from the parameter count, and how well the line predicted the maximum) and
+//! throughput (which size trains the most samples per second). Pure arithmetic over the
+//! trials.
 
 use serde::{Deserialize, Serialize};
 
-use crate::probe::{Outcome, Trial};
-use crate::report::Report;
+use crate::models::ModelInfo;
+use crate::search::{Fits, Through};
+use crate::trial::{self, Trial};
+use crate::workload::{OptimizerKind, Phase};
 
-/// peak(b) ≈ fixed + per_sample × b, fitted from the measurements, with a breakdown.
+/// peak(b) ≈ fixed + per_sample × b: the line the guided search predicts with, fitted
+/// through the sizes below the maximum, with a breakdown of the fixed part.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryModel {
     /// Bytes at batch size 0 on the fitted line (weights, optimizer state, workspaces).
     pub fixed_bytes: u64,
-    /// Bytes each sample adds (activations and their gradients).
+    /// Bytes each sample adds: the line's whole slope (activations, their gradients and
+    /// whatever else grows with the batch).
     pub bytes_per_sample: u64,
     /// The two batch sizes the line runs through.
     pub fitted_from: [usize; 2],
+    /// The phase boundary whose peaks the line runs through (`None`: the trials' overall
+    /// peaks): the search fits one line per boundary and predicts with the earliest.
+    #[serde(default)]
+    pub fitted_through: Option<Phase>,
     /// The line's peak at the maximum, from sizes below it.
     pub predicted_peak_bytes: u64,
     /// The measured peak at the maximum.
     pub measured_peak_bytes: u64,
     /// (predicted − measured) / measured.
     pub relative_error: f64,
-    /// The weights (from the parameter count and dtype), when known.
+    /// The weights: parameter count × dtype size (arithmetic), when known.
     pub weights_bytes: Option<u64>,
-    /// The gradients: as many bytes as the weights, when known.
+    /// The gradients: as many bytes as the weights (arithmetic), when known.
     pub gradients_bytes: Option<u64>,
-    /// The optimizer's state (AdamW: two moments per weight), when known.
+    /// The optimizer's state (AdamW: two moments per weight; arithmetic), when known.
     pub optimizer_bytes: Option<u64>,
 }
 
-/// The memory model of `report`: a line through the two largest fitting sizes below the
-/// maximum that are at least a factor of two apart (or the two largest), checked against
-/// the maximum's own measurement. `None` with fewer than three sizes measured.
-pub fn memory_model(report: &Report) -> Option<MemoryModel> {
-    let max = report.max_batch_size;
-    let points: Vec<(usize, u64)> = fits(&report.trials).filter(|(b, _)| *b < max).collect();
-    let line = crate::search::Line::spanning(points)?;
-    let measured = fits(&report.trials).find(|(b, _)| *b == max)?.1;
+/// The memory model of a search that found `max` against `capacity`: the line
+/// [`search::fit`](crate::search::fit) chooses through the sizes that fit below the
+/// maximum, checked against the maximum's own measurement. `None` without two sizes below
+/// the maximum or a measured peak at it.
+pub fn memory_model(
+    trials: &[Trial],
+    max: usize,
+    capacity: u64,
+    model: &ModelInfo,
+    optimizer: Option<OptimizerKind>,
+) -> Option<MemoryModel> {
+    let below: Vec<Trial> = trials
+        .iter()
+        .filter(|t| t.fits() && t.batch_size < max)
+        .cloned()
+        .collect();
+    let fit = crate::search::fit(&below, &|t: &Trial| t.fits(), capacity)?;
+    let measured = trial::fitting_trial(trials, max)?.peak_bytes?;
+    let line = fit.line;
     let (slope, fixed, predicted) = (line.slope, line.fixed(), line.at(max));
-    let weights = weight_bytes(report);
-    let copies = report.settings.optimizer.map(|o| o.state_copies());
+    let fitted_through = match fit.through {
+        Through::Peaks => None,
+        Through::Phase(k) => below
+            .iter()
+            .find_map(|t| t.phase_peaks.get(k).map(|p| p.phase)),
+    };
+    let weights = model.weight_bytes();
+    let copies = optimizer.map(|o| o.state_copies());
     Some(MemoryModel {
         fixed_bytes: fixed.max(0.0) as u64,
         bytes_per_sample: slope.max(0.0) as u64,
         fitted_from: [line.from.0, line.to.0],
+        fitted_through,
         predicted_peak_bytes: predicted.max(0.0) as u64,
         measured_peak_bytes: measured,
         relative_error: (predicted - measured as f64) / measured as f64,
@@ -54,54 +81,31 @@ pub fn memory_model(report: &Report) -> Option<MemoryModel> {
     })
 }
 
-fn weight_bytes(report: &Report) -> Option<u64> {
-    let size = match report.model.dtype.as_str() {
-        "f32" => 4,
-        "bf16" | "f16" => 2,
-        "f64" => 8,
-        _ => return None,
-    };
-    (report.model.parameters > 0).then(|| report.model.parameters * size)
-}
-
-fn fits(trials: &[Trial]) -> impl Iterator<Item = (usize, u64)> + '_ {
-    trials
-        .iter()
-        .filter(|t| t.outcome == Outcome::Fits)
-        .filter_map(|t| Some((t.batch_size, t.peak_bytes?)))
-}
-
 /// Samples per second of a trial that fit.
-pub fn samples_per_second(trial: &Trial) -> Option<f64> {
-    let seconds = trial.step_seconds.filter(|s| *s > 0.0)?;
-    (trial.outcome == Outcome::Fits).then(|| trial.batch_size as f64 / seconds)
-}
-
-/// Seconds per step at `batch_size`, from the last trial that fit there.
-pub fn seconds_per_step(trials: &[Trial], batch_size: usize) -> Option<f64> {
-    crate::probe::fitting_trial(trials, batch_size).and_then(|t| t.step_seconds)
+fn rate(t: &Trial) -> Option<f64> {
+    t.step_seconds
+        .filter(|_| t.fits())
+        .and_then(|s| trial::samples_per_second(t.batch_size, s))
 }
 
 /// A note when a smaller size that fit trains more samples per second than the maximum
-/// (the card's compute, not its memory, is then the limit).
-pub fn throughput_note(report: &Report) -> Option<String> {
-    let at_max = report
-        .trials
+/// `max` (the device's compute, not its memory, is then the limit).
+pub fn throughput_note(trials: &[Trial], max: usize) -> Option<String> {
+    let at_max = trials
         .iter()
         .rev()
-        .find(|t| t.batch_size == report.max_batch_size)
-        .and_then(samples_per_second)?;
-    let (best, rate) = report
-        .trials
+        .find(|t| t.batch_size == max)
+        .and_then(rate)?;
+    let (best, best_rate) = trials
         .iter()
-        .filter(|t| t.batch_size < report.max_batch_size)
-        .filter_map(|t| Some((t.batch_size, samples_per_second(t)?)))
+        .filter(|t| t.batch_size < max)
+        .filter_map(|t| Some((t.batch_size, rate(t)?)))
         .max_by(|a, b| a.1.total_cmp(&b.1))?;
-    (rate > at_max * 1.05).then(|| {
+    (best_rate > at_max * 1.05).then(|| {
         format!(
             "batch size {best} trained {} samples/s, more than the maximum's {}: \
              beyond it, larger batches only save steps, not time",
-            crate::format::rate(rate),
+            crate::format::rate(best_rate),
             crate::format::rate(at_max)
         )
     })
@@ -116,7 +120,14 @@ mod tests {
     fn the_model_recovers_a_straight_line_and_predicts_the_maximum() {
         // The fixture's peaks are 100 MiB per sample from 0: fixed 0, slope 100 MiB.
         let report = fixture("cuda:0", 6, Some(5));
-        let model = memory_model(&report).unwrap();
+        let model = memory_model(
+            &report.trials,
+            report.max_batch_size,
+            report.device.capacity_bytes,
+            &report.model,
+            report.settings.optimizer,
+        )
+        .unwrap();
         assert_eq!(model.bytes_per_sample, 100 << 20);
         assert_eq!(model.fixed_bytes, 0);
         assert_eq!(model.fitted_from, [2, 5]);
@@ -130,9 +141,9 @@ mod tests {
     #[test]
     fn a_faster_smaller_size_is_noted() {
         let mut report = fixture("cuda:0", 6, Some(5));
-        assert_eq!(throughput_note(&report), None); // 0.5 s a step at every size
+        assert_eq!(throughput_note(&report.trials, report.max_batch_size), None); // 0.5 s a step at every size
         report.trials[5].step_seconds = Some(10.0); // the maximum, 6, slows down
-        let note = throughput_note(&report).unwrap();
+        let note = throughput_note(&report.trials, report.max_batch_size).unwrap();
         assert!(
             note.starts_with("batch size 5 trained 10.0 samples/s"),
             "{note}"

@@ -20,14 +20,13 @@ pub struct CacheKey {
     pub dtype: String,
     /// One sample's input shape, e.g. "512 tokens".
     pub input: String,
-    /// The optimizer, if built in.
-    pub optimizer: String,
     /// The device, e.g. "cpu" or "cuda:0".
     pub device: String,
     /// The device's total memory (CUDA) or the CPU budget, in bytes.
     pub memory_bytes: u64,
-    /// The search's settings (start, cap, margin, steps per trial, dataset).
-    pub settings: String,
+    /// The search's settings (strategy, start, cap, margin, steps per trial, optimizer,
+    /// dataset, accumulation plan).
+    pub settings: crate::settings::SearchSettings,
     /// maxbatch's version: a new version measures afresh.
     pub version: String,
 }
@@ -102,20 +101,28 @@ impl Cache {
     }
 }
 
+/// An answer that can be cached: a complete one (a search stopped early is not).
+pub trait Cacheable: Serialize + DeserializeOwned {
+    /// False for an answer that must not be stored.
+    fn complete(&self) -> bool {
+        true
+    }
+}
+
 /// The answer from `cache` for `key` when it has one (and `true`), else `run`'s answer,
-/// stored for next time (and `false`). Without a cache, `run`'s answer.
+/// stored for next time when it is complete (and `false`). Without a cache, `run`'s answer.
 pub fn answer_or_run<T, E>(
     cache: Option<(&Cache, &CacheKey)>,
     run: impl FnOnce() -> Result<T, E>,
 ) -> Result<(T, bool), E>
 where
-    T: Serialize + DeserializeOwned,
+    T: Cacheable,
 {
     if let Some(value) = cache.and_then(|(cache, key)| cache.load(key)) {
         return Ok((value, true));
     }
     let value = run()?;
-    if let Some((cache, key)) = cache {
+    if let Some((cache, key)) = cache.filter(|_| value.complete()) {
         cache.store(key, &value);
     }
     Ok((value, false))
@@ -148,10 +155,9 @@ mod tests {
             model: "Gpt(GptConfig { .. })".into(),
             dtype: "f32".into(),
             input: "64 tokens".into(),
-            optimizer: "adamw".into(),
             device: "cpu".into(),
             memory_bytes: 1 << 30,
-            settings: "start 1".into(),
+            settings: crate::settings::SearchSettings::default(),
             version: "0.1.0".into(),
         }
     }
@@ -189,6 +195,33 @@ mod tests {
         assert_eq!(ask(), Ok((7, true)));
         assert_eq!(runs, 1);
         assert_eq!(answer_or_run(None, || Ok::<_, ()>(8u32)), Ok((8, false)));
+    }
+
+    impl Cacheable for u32 {}
+
+    /// An answer that is complete when even.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Partial(u32);
+
+    impl Cacheable for Partial {
+        fn complete(&self) -> bool {
+            self.0 % 2 == 0
+        }
+    }
+
+    #[test]
+    fn an_incomplete_answer_is_not_stored() {
+        let cache = Cache::at(temporary_dir("partial"));
+        let key = key("search");
+        let ask = |n| answer_or_run(Some((&cache, &key)), || Ok::<_, ()>(Partial(n)));
+        assert_eq!(ask(1), Ok((Partial(1), false)));
+        assert_eq!(
+            ask(3),
+            Ok((Partial(3), false)),
+            "the interrupted answer was stored"
+        );
+        assert_eq!(ask(4), Ok((Partial(4), false)));
+        assert_eq!(ask(5), Ok((Partial(4), true)));
     }
 
     #[test]

@@ -10,7 +10,8 @@ use maxbatch::device::DeviceRequest;
 use maxbatch::format::parse_bytes;
 use maxbatch::models::{parse_dtype, ModelOptions, ModelSource};
 use maxbatch::search::Strategy;
-use maxbatch::{Finder, OptimizerKind};
+use maxbatch::settings::AccumulationTarget;
+use maxbatch::{OptimizerKind, SearchSettings};
 
 /// Find the largest training batch size that fits a model in a device's memory, by
 /// running real training steps, and the schedule it gives.
@@ -202,7 +203,9 @@ pub struct TargetArgs {
     #[arg(long)]
     pub no_cache: bool,
 
-    /// Testing aid: a trial at this batch size or above aborts its process.
+    /// Testing aid (builds with the `test-hooks` feature only): a trial at this batch size
+    /// or above aborts its process.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true, value_name = "B")]
     pub debug_abort_from: Option<usize>,
 }
@@ -242,10 +245,7 @@ impl TargetArgs {
         flag("--device", device.to_string());
         flag("--memory", capacity.to_string());
         flag("--optimizer", self.optimizer.to_string());
-        flag(
-            "--dtype",
-            maxbatch::models::dtype_name(self.dtype).to_string(),
-        );
+        flag("--dtype", self.dtype.as_str().to_string());
         flag("--steps-per-trial", self.steps_per_trial.to_string());
         if let Some(n) = self.seq_len {
             flag("--seq-len", n.to_string());
@@ -253,6 +253,7 @@ impl TargetArgs {
         if let Some(n) = self.image_size {
             flag("--image-size", n.to_string());
         }
+        #[cfg(feature = "test-hooks")]
         if let Some(n) = self.debug_abort_from {
             flag("--debug-abort-from", n.to_string());
         }
@@ -280,27 +281,36 @@ impl TargetArgs {
 }
 
 impl FindArgs {
-    /// The finder these flags describe.
-    pub fn finder(&self) -> Finder {
-        let mut finder = Finder::new();
-        finder
-            .start(self.start)
-            .steps_per_trial(self.target.steps_per_trial)
-            .margin(self.margin)
-            .epochs(self.epochs)
-            .drop_last(self.drop_last)
-            .strategy(self.strategy)
-            .optimizer(self.target.optimizer);
-        if let Some(n) = self.dataset_size {
-            finder.dataset_size(n);
+    /// The search's settings these flags describe (checked by
+    /// [`SearchSettings::validate`], not here).
+    pub fn settings(&self) -> SearchSettings {
+        SearchSettings {
+            strategy: self.strategy,
+            start: self.start,
+            max_batch: self.max_batch,
+            steps_per_trial: self.target.steps_per_trial,
+            margin: self.margin,
+            optimizer: Some(self.target.optimizer),
+            dataset_size: self.dataset_size,
+            epochs: self.epochs,
+            drop_last: self.drop_last,
+            accumulation: self.target_batch.map(|target_batch| AccumulationTarget {
+                target_batch,
+                world_size: self.world_size,
+                micro_batch: self.micro_batch,
+            }),
         }
-        if let Some(b) = self.max_batch {
-            finder.max_batch(b);
+    }
+}
+
+impl TargetArgs {
+    /// The settings of a pre-flight check (or a child's trial) these flags describe.
+    pub fn check_settings(&self) -> SearchSettings {
+        SearchSettings {
+            steps_per_trial: self.steps_per_trial,
+            optimizer: Some(self.optimizer),
+            ..SearchSettings::default()
         }
-        if let Some(target) = self.target_batch {
-            finder.accumulate(target, self.world_size, self.micro_batch);
-        }
-        finder
     }
 }
 
@@ -401,7 +411,7 @@ mod tests {
             "4",
         ])
         .unwrap();
-        let bounds = cli.find.finder().bounds().unwrap();
+        let bounds = cli.find.settings().validate().unwrap();
         assert_eq!((bounds.start, bounds.max_batch), (4, 1000));
     }
 }

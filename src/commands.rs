@@ -6,13 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Result;
-use maxbatch::cache::{Cache, CacheKey};
+use maxbatch::cache::{Cache, CacheKey, Cacheable};
 use maxbatch::device::{self, DeviceRequest, ResolvedDevice};
 use maxbatch::format::{bytes, parameters};
-use maxbatch::isolate::ChildTrials;
+use maxbatch::isolate::ChildProcessTrials;
 use maxbatch::models::{self, ModelSource, ModelSpec, PRESETS};
-use maxbatch::report::DeviceInfo;
-use maxbatch::report::{json, text};
+use maxbatch::report::{json, text, DeviceInfo};
 use maxbatch::{Error, Finder, MemoryMeter, OptimizerKind, Outcome, Silent, Trial, Workload};
 
 use crate::cli::{CheckArgs, Cli, Command, FindArgs, ModelsArgs, TargetArgs};
@@ -70,48 +69,40 @@ fn list_models(args: &ModelsArgs) -> Result<ExitCode> {
 }
 
 fn find(args: &FindArgs) -> Result<ExitCode> {
-    let mut finder = args.finder();
-    finder.bounds()?; // bad settings fail before the model is built
-    finder.stop_when(stop_on_ctrl_c());
+    let settings = args.settings();
+    settings.validate()?; // bad settings fail before the model is built
+    let stop = stop_on_ctrl_c();
     let mut reports = Vec::new();
-    let cache = args.target.cache();
     for device in open_devices(&args.target)? {
         let mut setup = Setup::new(&args.target, device)?;
-        let key = setup.cache_key("search".into(), finder.settings_key());
-        let result = cached(cache.as_ref(), &key, || {
+        let finder = setup
+            .finder(args.target.cache())
+            .settings(settings.clone())
+            .stop_when(stop.clone());
+        let key = finder.cached("search", setup.meter.as_ref());
+        let report = cached(key, || {
             let mut progress = Progress::new(args.target.json);
             if args.isolate {
-                let mut children = ChildTrials::new(
+                let mut children = ChildProcessTrials::new(
                     std::env::current_exe()?,
                     args.target
                         .child_args(&setup.device.name, setup.meter.capacity().bytes),
                     setup.meter.hard_limit(),
                 );
-                let device = setup.device_info();
-                return Ok(finder.search(
-                    &mut children,
-                    setup.model.clone(),
-                    device,
-                    &mut progress,
-                )?);
+                let device = DeviceInfo::of(&setup.device, setup.meter.as_ref());
+                return Ok(finder.search(&mut children, device, &mut progress)?);
             }
             let mut workload = setup.build()?;
-            Ok(finder.find_with(
-                &mut workload,
-                setup.meter.as_mut(),
-                setup.model.clone(),
-                &setup.device,
-                &mut progress,
-            )?)
-        });
-        match result {
-            Ok(report) => reports.push(report),
-            Err(error) => match error.downcast::<Error>() {
-                Ok(Error::Interrupted(partial)) => return interrupted(&partial, args.target.json),
-                Ok(error) => return Err(error.into()),
-                Err(error) => return Err(error),
-            },
+            Ok(finder.find_with(&mut workload, setup.meter.as_mut(), &mut progress)?)
+        })?;
+        let interrupted = report.interrupted;
+        reports.push(report);
+        if interrupted {
+            break;
         }
+    }
+    if let Some(partial) = reports.iter().find(|r| r.interrupted) {
+        return interrupted(partial, args.target.json);
     }
     if let Some(path) = &args.plot {
         for (i, report) in reports.iter().enumerate() {
@@ -138,6 +129,7 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
 /// One trial for an `--isolate` parent: the trial as JSON on stdout, exit 0 whatever its
 /// outcome (2 on an error, as everywhere).
 fn trial(args: &CheckArgs) -> Result<ExitCode> {
+    #[cfg(feature = "test-hooks")]
     if args
         .target
         .debug_abort_from
@@ -145,13 +137,12 @@ fn trial(args: &CheckArgs) -> Result<ExitCode> {
     {
         std::process::abort();
     }
-    let mut finder = Finder::new();
-    finder.steps_per_trial(args.target.steps_per_trial);
-    finder.check_settings(args.batch_size)?;
+    let settings = args.target.check_settings();
+    settings.validate_check(args.batch_size)?;
     let device = device::resolve(args.target.device.0[0], false)?;
     let mut setup = Setup::new(&args.target, device)?;
     let mut workload = setup.build()?;
-    let trial = finder.check_with(
+    let trial = setup.finder(None).settings(settings).check_with(
         &mut workload,
         setup.meter.as_mut(),
         args.batch_size,
@@ -186,25 +177,24 @@ fn interrupted(partial: &maxbatch::Report, json: bool) -> Result<ExitCode> {
         print!("\n{}", text::render(partial));
     }
     eprintln!(
-        "interrupted: {}",
-        Error::Interrupted(Box::new(partial.clone()))
+        "interrupted after {} trials; the largest size verified to fit is {}",
+        partial.trials.len(),
+        partial.max_batch_size
     );
     Ok(ExitCode::from(130))
 }
 
 fn check(args: &CheckArgs) -> Result<ExitCode> {
-    let mut finder = Finder::new();
-    finder
-        .steps_per_trial(args.target.steps_per_trial)
-        .optimizer(args.target.optimizer);
-    finder.check_settings(args.batch_size)?; // bad settings fail before the model is built
+    let settings = args.target.check_settings();
+    settings.validate_check(args.batch_size)?; // bad settings fail before the model is built
     let mut all_fit = true;
     let mut trials: Vec<(String, Trial)> = Vec::new();
-    let cache = args.target.cache();
     for device in open_devices(&args.target)? {
         let mut setup = Setup::new(&args.target, device)?;
-        let key = setup.cache_key(format!("check {}", args.batch_size), finder.settings_key());
-        let trial: Trial = cached(cache.as_ref(), &key, || {
+        let finder = setup.finder(args.target.cache()).settings(settings.clone());
+        let kind = format!("check {}", args.batch_size);
+        let key = finder.cached(&kind, setup.meter.as_ref());
+        let trial: Trial = cached(key, || {
             let mut workload = setup.build()?;
             let mut progress = Progress::new(args.target.json);
             Ok(finder.check_with(
@@ -298,10 +288,20 @@ impl Setup {
         })
     }
 
+    /// A finder on this device for this model, caching in `cache` (none: no cache) under
+    /// the model's full shape.
+    fn finder(&self, cache: Option<Cache>) -> Finder {
+        let finder = Finder::on_resolved(self.device.clone()).model(self.model.clone());
+        match cache {
+            Some(cache) => finder.cache_in(cache, format!("{:?}", self.spec.architecture)),
+            None => finder,
+        }
+    }
+
     /// Builds the model with random weights, after checking that its weights and
     /// optimizer state fit: building ones that cannot would abort the process on the CPU.
     fn build(&self) -> Result<Workload> {
-        let weight_bytes = self.model.parameters * self.options.dtype.size_in_bytes() as u64;
+        let weight_bytes = self.model.weight_bytes().unwrap_or(0);
         let needs = weight_bytes * (1 + self.optimizer.state_copies());
         let capacity = self.meter.capacity().bytes;
         if needs > capacity {
@@ -319,50 +319,16 @@ impl Setup {
             &self.device.device,
         )?)
     }
-
-    /// The device block of a report whose trials run in child processes (which hold the
-    /// weights: the parent measures no baseline).
-    fn device_info(&self) -> DeviceInfo {
-        let capacity = self.meter.capacity();
-        DeviceInfo {
-            kind: self.device.kind,
-            name: self.device.name.clone(),
-            capacity_bytes: capacity.bytes,
-            capacity_source: capacity.source,
-            capacity_is_budget: capacity.is_budget,
-            baseline_bytes: None,
-            total_bytes: self.meter.total_bytes(),
-            overhead_bytes: None,
-            fallback: self.device.fallback.clone(),
-        }
-    }
-
-    /// The cache key of a `kind` ("search", "check N") answer under `settings`.
-    fn cache_key(&self, kind: String, settings: String) -> CacheKey {
-        CacheKey {
-            kind,
-            model: format!("{:?}", self.spec.architecture),
-            dtype: self.model.dtype.clone(),
-            input: self.model.input.clone(),
-            optimizer: self.optimizer.to_string(),
-            device: self.device.name.clone(),
-            memory_bytes: self
-                .meter
-                .total_bytes()
-                .unwrap_or(self.meter.capacity().bytes),
-            settings,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        }
-    }
 }
 
-/// The answer for `key` from the cache (saying so on stderr), or `run`'s, then stored.
-fn cached<T>(cache: Option<&Cache>, key: &CacheKey, run: impl FnOnce() -> Result<T>) -> Result<T>
-where
-    T: serde::Serialize + serde::de::DeserializeOwned,
-{
-    let (value, hit) = maxbatch::cache::answer_or_run(cache.map(|c| (c, key)), run)?;
-    if let (true, Some(cache)) = (hit, cache) {
+/// The answer for a cache key (from [`Finder::cached`]) from the cache, saying so on
+/// stderr, or `run`'s, then stored.
+fn cached<T: Cacheable>(
+    cached: Option<(Cache, CacheKey)>,
+    run: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let (value, hit) = maxbatch::cache::answer_or_run(cached.as_ref().map(|(c, k)| (c, k)), run)?;
+    if let (true, Some((cache, key))) = (hit, &cached) {
         eprintln!(
             "cached result ({}); --no-cache measures again",
             cache.path(key).display()

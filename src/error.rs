@@ -1,4 +1,5 @@
-//! The library's error type. Each message says what to do next.
+//! The library's error type. Each message says what to do next. It depends on nothing in
+//! the crate but [`format`](crate::format), so every module can return it.
 
 use crate::format::{bytes, candle_error};
 
@@ -87,15 +88,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// The search was stopped (Ctrl-C) before it finished; the report holds the trials
-    /// that ran and the sizes they verified.
-    #[error(
-        "interrupted after {} trials; the largest size verified to fit is {}",
-        .0.trials.len(),
-        .0.max_batch_size
-    )]
-    Interrupted(Box<crate::report::Report>),
-
     /// A setting is out of range.
     #[error("{0}")]
     InvalidSetting(String),
@@ -103,6 +95,13 @@ pub enum Error {
     /// candle failed outside a trial (building the model, say).
     #[error("{}", candle_error(.0))]
     Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// A trial at `batch_size` that failed with `error` (not out of memory).
+    pub fn trial(batch_size: usize, error: candle_core::Error) -> Self {
+        Error::Trial { batch_size, error }
+    }
 }
 
 /// A next step for errors that come from the dtype rather than the model.
@@ -114,7 +113,7 @@ fn dtype_hint(error: &candle_core::Error) -> String {
         }
         E::UnsupportedDTypeForOp(dtype, op) => format!(
             "; this device cannot train {op} in {}, use --dtype f32",
-            crate::models::dtype_name(*dtype)
+            dtype.as_str()
         ),
         _ => String::new(),
     }

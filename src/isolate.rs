@@ -11,18 +11,18 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::finder::Trials;
-use crate::probe::Trial;
+use crate::runner::TrialSource;
+use crate::trial::Trial;
 
 /// Trials run by a child process each.
 #[derive(Debug, Clone)]
-pub struct ChildTrials {
+pub struct ChildProcessTrials {
     program: PathBuf,
     args: Vec<OsString>,
     hard_limit: Option<u64>,
 }
 
-impl ChildTrials {
+impl ChildProcessTrials {
     /// Trials that run `program args… --batch-size B` for each batch size B; sizes
     /// predicted past `hard_limit` are not started.
     pub fn new(program: PathBuf, args: Vec<OsString>, hard_limit: Option<u64>) -> Self {
@@ -34,7 +34,7 @@ impl ChildTrials {
     }
 }
 
-impl Trials for ChildTrials {
+impl TrialSource for ChildProcessTrials {
     fn trial(&mut self, batch_size: usize) -> candle_core::Result<Trial> {
         let mut command = Command::new(&self.program);
         command
@@ -105,11 +105,11 @@ fn killed(batch_size: usize, signal: i32) -> Trial {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
-    use crate::probe::Outcome;
+    use crate::trial::Outcome;
 
-    fn shell(script: &str) -> ChildTrials {
+    fn shell(script: &str) -> ChildProcessTrials {
         // `sh -c SCRIPT NAME --batch-size B`: the script sees the batch size as $2.
-        ChildTrials::new(
+        ChildProcessTrials::new(
             PathBuf::from("sh"),
             vec!["-c".into(), script.into(), "trial".into()],
             None,
@@ -141,7 +141,7 @@ mod tests {
             batch_size: 4,
             outcome: Outcome::Fits,
             peak_bytes: Some(1234),
-            phase_peaks: vec![crate::probe::PhasePeak {
+            phase_peaks: vec![crate::trial::PhasePeak {
                 phase: crate::Phase::Backward,
                 peak_bytes: 1200,
             }],

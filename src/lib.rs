@@ -6,9 +6,13 @@
 //!   `FnMut(usize) -> candle_core::Result<()>` is one. [`Workload`] is the built-in one.
 //! - [`MemoryMeter`]: a device's capacity and peak memory; [`CpuMeter`] counts the heap
 //!   through [`CountingAllocator`] against a budget.
-//! - [`Finder`]: runs the search (doubling, then binary search) and returns a [`Report`]:
-//!   the trials, the maximum, the largest power of two, the recommended size, the schedule.
-//!   `Finder::on(&device).find(&mut step)` is the whole library call.
+//! - [`Finder`]: runs the search (guided by the measured peaks by default, or doubling then
+//!   binary search) and returns a [`Report`]: the trials, the maximum, the largest power of
+//!   two, the recommended size, the schedule. `Finder::on(&device).find(&mut step)` is the
+//!   whole library call; [`SearchSettings`] is every setting as plain data.
+//!
+//! How the modules fit together, and the measurement rules they keep, is in the
+//! repository's `docs/design.md`.
 //!
 //! # Example
 //! ```no_run
@@ -24,13 +28,12 @@
 //! let spec = ModelSpec::preset("transformer-tiny")?;
 //! let mut workload = Workload::new(&spec, &options, OptimizerKind::AdamW, &device.device)?;
 //! let mut meter = CpuMeter::with_budget(512 << 20)?;
-//! let report = Finder::new().dataset_size(50_000).epochs(3).find_with(
-//!     &mut workload,
-//!     &mut meter,
-//!     spec.info(&options)?,
-//!     &device,
-//!     &mut Silent,
-//! )?;
+//! let report = Finder::on_resolved(device)
+//!     .model(spec.info(&options)?)
+//!     .optimizer(OptimizerKind::AdamW)
+//!     .dataset_size(50_000)
+//!     .epochs(3)
+//!     .find_with(&mut workload, &mut meter, &mut Silent)?;
 //! println!("max {} recommended {:?}", report.max_batch_size, report.recommended_batch_size);
 //! # Ok(())
 //! # }
@@ -42,22 +45,27 @@ pub mod cache;
 pub mod device;
 pub mod error;
 pub mod finder;
+pub mod finish;
 pub mod format;
 pub mod isolate;
 pub mod memory;
 pub mod models;
-pub mod probe;
 pub mod report;
+pub mod runner;
 pub mod schedule;
 pub mod search;
+pub mod settings;
+pub mod trial;
 pub mod workload;
 
 pub use error::Error;
-pub use finder::{Finder, Observer, Silent};
+pub use finder::Finder;
 pub use memory::cpu::{CountingAllocator, CpuMeter};
 pub use memory::MemoryMeter;
-pub use probe::{Outcome, Trial};
 pub use report::Report;
+pub use runner::{Observer, Silent};
+pub use settings::SearchSettings;
+pub use trial::{Outcome, Trial};
 pub use workload::{OptimizerKind, Phase, TrainStep, Workload};
 
 #[cfg(test)]

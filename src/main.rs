@@ -50,16 +50,9 @@ fn init_logging(verbose: u8) {
 /// do not change; the resident size stays at the peak.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        const M_TRIM_THRESHOLD: i32 = -1;
-        const M_MMAP_MAX: i32 = -4;
-        extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        // SAFETY: mallopt only changes glibc malloc's tuning; called before any trial.
-        unsafe {
-            mallopt(M_MMAP_MAX, 0);
-            mallopt(M_TRIM_THRESHOLD, i32::MAX);
-        }
+    // SAFETY: mallopt only changes glibc malloc's tuning; called before any trial.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
     }
 }

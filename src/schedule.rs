@@ -45,6 +45,81 @@ pub fn schedule(dataset_size: u64, batch_size: u64, epochs: u64, last: LastBatch
     }
 }
 
+/// The dataset a schedule is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dataset {
+    /// Training samples.
+    pub size: u64,
+    /// Passes over the samples.
+    pub epochs: u64,
+    /// True when the last partial batch of each epoch is dropped.
+    pub drop_last: bool,
+}
+
+impl Dataset {
+    /// How this dataset's last partial batch is treated.
+    pub fn last_batch(&self) -> LastBatch {
+        if self.drop_last {
+            LastBatch::Drop
+        } else {
+            LastBatch::Keep
+        }
+    }
+
+    /// The schedule at `batch_size` (≥ 1) over this dataset.
+    pub fn schedule(&self, batch_size: u64) -> Schedule {
+        schedule(self.size, batch_size, self.epochs, self.last_batch())
+    }
+}
+
+/// The schedule at one reported size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRow {
+    /// "max", "largest_power_of_two" or "recommended".
+    pub label: String,
+    /// Samples per step.
+    pub batch_size: u64,
+    /// Steps in one epoch.
+    pub steps_per_epoch: u64,
+    /// Steps over all epochs.
+    pub total_steps: u64,
+    /// Measured seconds per step at this size.
+    #[serde(default)]
+    pub seconds_per_step: Option<f64>,
+    /// Estimated seconds per epoch: steps per epoch × seconds per step.
+    #[serde(default)]
+    pub epoch_seconds: Option<f64>,
+    /// Estimated seconds for all epochs: total steps × seconds per step.
+    #[serde(default)]
+    pub total_seconds: Option<f64>,
+}
+
+/// The schedule rows for the reported sizes: `(label, batch size, seconds per step)` for
+/// each size there is (a `None` size has no row), each batch size multiplied by
+/// `replicas` (1 on one device; the world size for a data-parallel run's global batch).
+pub fn rows(
+    dataset: &Dataset,
+    sizes: &[(&str, Option<usize>, Option<f64>)],
+    replicas: usize,
+) -> Vec<ScheduleRow> {
+    sizes
+        .iter()
+        .filter_map(|&(label, batch_size, seconds_per_step)| {
+            let global = batch_size?.saturating_mul(replicas) as u64;
+            let s = dataset.schedule(global);
+            Some(ScheduleRow {
+                label: label.to_string(),
+                batch_size: s.batch_size,
+                steps_per_epoch: s.steps_per_epoch,
+                total_steps: s.total_steps,
+                seconds_per_step,
+                epoch_seconds: seconds_per_step.map(|t| t * s.steps_per_epoch as f64),
+                total_seconds: seconds_per_step.map(|t| t * s.total_steps as f64),
+            })
+        })
+        .collect()
+}
+
 /// A gradient-accumulation plan: micro-batches of `micro_batch` on each of `world_size`
 /// replicas, `accumulation_steps` of them per optimizer step, so that the global batch
 /// `micro_batch × accumulation_steps × world_size` reaches the target.
@@ -73,12 +148,12 @@ pub fn accumulation(
     target_batch: u64,
     world_size: u64,
     micro_batch: u64,
-    dataset: Option<(u64, u64)>,
+    dataset: Option<&Dataset>,
 ) -> AccumulationPlan {
     let per_step = micro_batch * world_size;
     let accumulation_steps = target_batch.div_ceil(per_step).max(1);
     let global_batch = per_step * accumulation_steps;
-    let optimizer_steps_per_epoch = dataset.map(|(n, _)| n.div_ceil(global_batch));
+    let optimizer_steps_per_epoch = dataset.map(|d| d.size.div_ceil(global_batch));
     AccumulationPlan {
         target_batch,
         world_size,
@@ -88,7 +163,7 @@ pub fn accumulation(
         optimizer_steps_per_epoch,
         total_optimizer_steps: dataset
             .zip(optimizer_steps_per_epoch)
-            .map(|((_, epochs), steps)| steps.saturating_mul(epochs)),
+            .map(|(d, steps)| steps.saturating_mul(d.epochs)),
     }
 }
 
@@ -132,7 +207,16 @@ mod tests {
 
     #[test]
     fn accumulation_reaches_the_target_with_the_fewest_steps() {
-        let plan = accumulation(512, 1, 32, Some((50_000, 3)));
+        let plan = accumulation(
+            512,
+            1,
+            32,
+            Some(&Dataset {
+                size: 50_000,
+                epochs: 3,
+                drop_last: false,
+            }),
+        );
         assert_eq!((plan.accumulation_steps, plan.global_batch), (16, 512));
         assert_eq!(plan.optimizer_steps_per_epoch, Some(98));
         assert_eq!(plan.total_optimizer_steps, Some(294));

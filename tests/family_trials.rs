@@ -34,10 +34,10 @@ fn one_trial_per_family_fits_a_budget_and_is_measured() {
             Workload::new(&spec, &options, OptimizerKind::AdamW, &Device::Cpu).unwrap();
         let held = CountingAllocator::current_bytes();
         // The weights and AdamW's moments are held already; AdamW's step needs a transient
-        // of about 14 times the largest variable on top (DESIGN.md).
+        // of about 14 times the largest variable on top (docs/design.md).
         let budget = held + (1 << 30);
         let mut meter = CpuMeter::with_budget(budget).unwrap();
-        let trial = Finder::new()
+        let trial = Finder::on(&candle_core::Device::Cpu)
             .check_with(&mut workload, &mut meter, 1, &mut Silent)
             .unwrap();
         assert_eq!(trial.outcome, Outcome::Fits, "{}: {trial:?}", spec.name);
@@ -60,7 +60,7 @@ fn one_trial_per_family_fits_a_budget_and_is_measured() {
 
         // The same step under a budget below its measured peak is out of memory.
         let mut tight = CpuMeter::with_budget(held + (peak - held) / 2).unwrap();
-        let trial = Finder::new()
+        let trial = Finder::on(&candle_core::Device::Cpu)
             .check_with(&mut workload, &mut tight, 1, &mut Silent)
             .unwrap();
         assert_eq!(trial.outcome, Outcome::Oom, "{}: {trial:?}", spec.name);

@@ -44,9 +44,10 @@ fn a_callers_closure_finds_the_exact_maximum_under_a_cpu_budget() {
     };
     let budget = CountingAllocator::current_bytes() + 100 * MIB as u64 + MIB as u64 / 2;
     let mut meter = CpuMeter::with_budget(budget).unwrap();
-    let report = Finder::new()
+    let report = Finder::on_resolved(cpu())
+        .model(model())
         .dataset_size(10_000)
-        .find_with(&mut step, &mut meter, model(), &cpu(), &mut Silent)
+        .find_with(&mut step, &mut meter, &mut Silent)
         .unwrap();
     assert_eq!(report.max_batch_size, 100);
     assert_eq!(report.largest_power_of_two, 64);
@@ -103,7 +104,8 @@ fn an_over_budget_trial_stops_after_the_phase_that_crossed_it() {
     };
     let budget = CountingAllocator::current_bytes() + 10 * MIB as u64;
     let mut meter = CpuMeter::with_budget(budget).unwrap();
-    let trial = Finder::new()
+    let trial = Finder::on_resolved(cpu())
+        .model(model())
         .steps_per_trial(3)
         .check_with(&mut step, &mut meter, 64, &mut Silent)
         .unwrap();
@@ -117,7 +119,8 @@ fn an_over_budget_trial_stops_after_the_phase_that_crossed_it() {
     );
     assert!(trial.peak_bytes.unwrap() > budget);
 
-    let trial = Finder::new()
+    let trial = Finder::on_resolved(cpu())
+        .model(model())
         .steps_per_trial(3)
         .check_with(&mut step, &mut meter, 2, &mut Silent)
         .unwrap();
@@ -135,9 +138,10 @@ fn an_error_that_is_not_out_of_memory_stops_the_search() {
         Ok(())
     };
     let mut meter = CpuMeter::with_budget(u64::MAX).unwrap();
-    let err = Finder::new()
+    let err = Finder::on_resolved(cpu())
+        .model(model())
         .strategy(maxbatch::search::Strategy::Doubling)
-        .find_with(&mut step, &mut meter, model(), &cpu(), &mut Silent)
+        .find_with(&mut step, &mut meter, &mut Silent)
         .unwrap_err();
     match &err {
         Error::Trial { batch_size, .. } => assert_eq!(*batch_size, 8),
@@ -200,8 +204,9 @@ fn sizes_predicted_past_the_machine_are_not_run() {
         capacity: 5_000,
         hard_limit: Some(4_375),
     };
-    let report = Finder::new()
-        .find_with(&mut step, &mut meter, model(), &cpu(), &mut Silent)
+    let report = Finder::on_resolved(cpu())
+        .model(model())
+        .find_with(&mut step, &mut meter, &mut Silent)
         .unwrap();
     assert_eq!(report.max_batch_size, 25);
     let predicted: Vec<usize> = report
@@ -231,11 +236,12 @@ fn the_power_of_two_is_run_when_the_search_skipped_it() {
     let _heap = HEAP.lock().unwrap_or_else(|e| e.into_inner());
     let mut step = |_: usize| -> candle_core::Result<()> { Ok(()) };
     let mut meter = CpuMeter::with_budget(u64::MAX).unwrap();
-    let report = Finder::new()
+    let report = Finder::on_resolved(cpu())
+        .model(model())
         .strategy(maxbatch::search::Strategy::Doubling)
         .start(3)
         .max_batch(40)
-        .find_with(&mut step, &mut meter, model(), &cpu(), &mut Silent)
+        .find_with(&mut step, &mut meter, &mut Silent)
         .unwrap();
     assert_eq!(report.max_batch_size, 40);
     assert_eq!(report.largest_power_of_two, 32);
@@ -302,13 +308,6 @@ fn the_device_level_call_takes_a_closure_and_reports_like_the_cli() {
 }
 
 #[test]
-fn a_finder_without_a_device_says_how_to_make_one() {
-    let mut step = |_: usize| -> candle_core::Result<()> { Ok(()) };
-    let err = Finder::new().find(&mut step).unwrap_err();
-    assert!(err.to_string().contains("Finder::on(&device)"), "{err}");
-}
-
-#[test]
 fn a_cache_key_makes_the_second_call_free() {
     let _heap = HEAP.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!("maxbatch-lib-cache-{}", std::process::id()));
@@ -323,9 +322,9 @@ fn a_cache_key_makes_the_second_call_free() {
     };
     let budget = CountingAllocator::current_bytes() + 20 * MIB as u64 + MIB as u64 / 2;
     let finder = || {
-        let mut f = Finder::on(&candle_core::Device::Cpu);
-        f.budget(budget).cache_key("one MiB per sample, v1");
-        f
+        Finder::on(&candle_core::Device::Cpu)
+            .budget(budget)
+            .cache_key("one MiB per sample, v1")
     };
     let first = finder().find(&mut step).unwrap();
     let ran = calls.get();

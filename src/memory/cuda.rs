@@ -26,7 +26,6 @@ pub struct CudaMeter {
     pool: Option<sys::CUmemoryPool>,
     capacity: Capacity,
     total_bytes: u64,
-    free_at_start: u64,
     sampled_peak: u64,
 }
 
@@ -76,7 +75,6 @@ impl CudaMeter {
                 is_budget: false,
             },
             total_bytes: total as u64,
-            free_at_start: free as u64,
             sampled_peak: 0,
         };
         let reserved = meter
@@ -96,16 +94,6 @@ impl CudaMeter {
             },
         };
         Ok(meter)
-    }
-
-    /// The device's total memory.
-    pub fn total_bytes(&self) -> u64 {
-        self.total_bytes
-    }
-
-    /// The device's free memory when the meter was made.
-    pub fn free_at_start(&self) -> u64 {
-        self.free_at_start
     }
 
     fn device_used(&self) -> candle_core::Result<u64> {

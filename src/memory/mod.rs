@@ -6,7 +6,6 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod predict;
 
 use serde::{Deserialize, Serialize};
 

@@ -4,7 +4,7 @@
 //!
 //! Shapes: token ids `[B, T]` → hidden `[B, T, hidden]` → logits `[B, T, vocab]`; the loss
 //! is next-token cross-entropy against random ids. Every op is differentiable: the fast
-//! `rope` and `rms_norm` kernels have no backward and are not used (DESIGN.md).
+//! `rope` and `rms_norm` kernels have no backward and are not used (docs/design.md).
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear_b, Embedding, Linear, VarBuilder};

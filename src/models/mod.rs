@@ -3,7 +3,7 @@
 //!
 //! Every model is trainable end to end: its forward pass uses only differentiable candle
 //! ops (never the fast `softmax_last_dim`, `layer_norm`, `rms_norm` or `rope` kernels,
-//! which have no backward and would hide both gradients and memory; see DESIGN.md). Inputs
+//! which have no backward and would hide both gradients and memory; see docs/design.md). Inputs
 //! are synthetic batches of the worst-case shape.
 
 pub mod hf_config;
@@ -70,8 +70,17 @@ pub struct ModelInfo {
     pub input: String,
     /// A one-line description of the architecture.
     pub summary: String,
-    /// The dtype of weights, activations and optimizer state, e.g. "f32".
+    /// The dtype of weights, activations and optimizer state, e.g. "f32" (candle's name).
     pub dtype: String,
+}
+
+impl ModelInfo {
+    /// The weights' bytes: the parameter count times the dtype's size (`None` when the
+    /// parameters or the dtype are unknown). Arithmetic, not a measurement.
+    pub fn weight_bytes(&self) -> Option<u64> {
+        let dtype = self.dtype.parse::<DType>().ok()?;
+        (self.parameters > 0).then(|| self.parameters * dtype.size_in_bytes() as u64)
+    }
 }
 
 /// An architecture with a fixed shape.
@@ -184,7 +193,7 @@ impl ModelSpec {
             parameters: self.parameter_count(),
             input,
             summary,
-            dtype: dtype_name(options.dtype).to_string(),
+            dtype: options.dtype.as_str().to_string(),
         })
     }
 
@@ -254,23 +263,11 @@ fn image_size(options: &ModelOptions) -> std::result::Result<usize, Error> {
     }
 }
 
-/// The dtype's name as the `--dtype` flag spells it.
-pub fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        DType::F64 => "f64",
-        _ => "other",
-    }
-}
-
-/// Parses `--dtype`: f32, bf16 or f16.
+/// Parses `--dtype` with candle's names, keeping the dtypes a model trains in: f32, bf16
+/// or f16.
 pub fn parse_dtype(text: &str) -> std::result::Result<DType, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "f32" | "float32" => Ok(DType::F32),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        "f16" | "float16" | "half" => Ok(DType::F16),
+    match text.to_ascii_lowercase().parse::<DType>() {
+        Ok(dtype @ (DType::F32 | DType::BF16 | DType::F16)) => Ok(dtype),
         _ => Err(format!("unknown dtype {text:?}; use f32, bf16 or f16")),
     }
 }
@@ -341,7 +338,7 @@ mod tests {
     #[test]
     fn dtypes_parse_and_print() {
         for dtype in [DType::F32, DType::BF16, DType::F16] {
-            assert_eq!(parse_dtype(dtype_name(dtype)), Ok(dtype));
+            assert_eq!(parse_dtype(dtype.as_str()), Ok(dtype));
         }
         assert!(parse_dtype("int8").is_err());
     }

@@ -7,11 +7,12 @@ pub mod text;
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::DeviceKind;
-use crate::memory::CapacitySource;
+use crate::device::{DeviceKind, ResolvedDevice};
+use crate::memory::{CapacitySource, MemoryMeter};
 use crate::models::ModelInfo;
-use crate::probe::Trial;
-use crate::workload::OptimizerKind;
+pub use crate::schedule::{Dataset, ScheduleRow};
+use crate::settings::SearchSettings;
+use crate::trial::Trial;
 
 /// The device a search ran on and the capacity it measured against.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,52 +39,23 @@ pub struct DeviceInfo {
     pub fallback: Option<String>,
 }
 
-/// How the search was run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Settings {
-    /// The optimizer of a built-in workload (`None` for a caller's own step).
-    pub optimizer: Option<OptimizerKind>,
-    /// Full training steps per trial.
-    pub steps_per_trial: usize,
-    /// Fraction of the capacity the recommended size leaves free.
-    pub margin: f64,
-    /// How sizes were chosen.
-    #[serde(default)]
-    pub strategy: crate::search::Strategy,
-    /// The first batch size tried.
-    pub start: usize,
-    /// The largest batch size that could be tried.
-    pub max_batch: usize,
-}
-
-/// The schedule at one reported size.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScheduleRow {
-    /// "max", "largest_power_of_two" or "recommended".
-    pub label: String,
-    /// Samples per step.
-    pub batch_size: u64,
-    /// Steps in one epoch.
-    pub steps_per_epoch: u64,
-    /// Steps over all epochs.
-    pub total_steps: u64,
-    /// Measured seconds per step at this size.
-    #[serde(default)]
-    pub seconds_per_step: Option<f64>,
-    /// Estimated seconds per epoch: steps per epoch × seconds per step.
-    #[serde(default)]
-    pub epoch_seconds: Option<f64>,
-}
-
-/// The dataset the schedule is for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dataset {
-    /// Training samples.
-    pub size: u64,
-    /// Passes over the samples.
-    pub epochs: u64,
-    /// True when the last partial batch of each epoch is dropped.
-    pub drop_last: bool,
+impl DeviceInfo {
+    /// The device block for `device` measured by `meter`, before anything is measured:
+    /// no baseline, no overhead.
+    pub fn of(device: &ResolvedDevice, meter: &dyn MemoryMeter) -> Self {
+        let capacity = meter.capacity();
+        Self {
+            kind: device.kind,
+            name: device.name.clone(),
+            capacity_bytes: capacity.bytes,
+            capacity_source: capacity.source,
+            capacity_is_budget: capacity.is_budget,
+            baseline_bytes: None,
+            total_bytes: meter.total_bytes(),
+            overhead_bytes: None,
+            fallback: device.fallback.clone(),
+        }
+    }
 }
 
 /// Everything one search found.
@@ -93,8 +65,8 @@ pub struct Report {
     pub model: ModelInfo,
     /// The device and its capacity.
     pub device: DeviceInfo,
-    /// How the search ran.
-    pub settings: Settings,
+    /// How the search ran (`max_batch` is the cap it ran under).
+    pub settings: SearchSettings,
     /// Every trial, in the order run.
     pub trials: Vec<Trial>,
     /// The largest batch size that fit.
@@ -128,7 +100,7 @@ pub struct Report {
 impl Report {
     /// The trial that ran at `batch_size` and fit, if any.
     pub fn fitting_trial(&self, batch_size: usize) -> Option<&Trial> {
-        crate::probe::fitting_trial(&self.trials, batch_size)
+        crate::trial::fitting_trial(&self.trials, batch_size)
     }
 }
 
@@ -166,30 +138,15 @@ impl<'a> DataParallel<'a> {
             .first()
             .and_then(|r| r.dataset.as_ref())
             .map(|d| {
-                let last = if d.drop_last {
-                    crate::schedule::LastBatch::Drop
-                } else {
-                    crate::schedule::LastBatch::Keep
-                };
-                [
-                    ("max", Some(max_batch_size)),
-                    ("largest_power_of_two", Some(largest_power_of_two)),
-                    ("recommended", recommended_batch_size),
-                ]
-                .into_iter()
-                .filter_map(|(label, b)| {
-                    let global = (b? * world_size) as u64;
-                    let s = crate::schedule::schedule(d.size, global, d.epochs, last);
-                    Some(ScheduleRow {
-                        label: label.to_string(),
-                        batch_size: s.batch_size,
-                        steps_per_epoch: s.steps_per_epoch,
-                        total_steps: s.total_steps,
-                        seconds_per_step: None,
-                        epoch_seconds: None,
-                    })
-                })
-                .collect()
+                crate::schedule::rows(
+                    d,
+                    &[
+                        ("max", Some(max_batch_size), None),
+                        ("largest_power_of_two", Some(largest_power_of_two), None),
+                        ("recommended", recommended_batch_size, None),
+                    ],
+                    world_size,
+                )
             })
             .unwrap_or_default();
         Self {
@@ -206,7 +163,8 @@ impl<'a> DataParallel<'a> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::probe::Outcome;
+    use crate::trial::Outcome;
+    use crate::workload::OptimizerKind;
 
     fn trial(batch_size: usize, fits: bool, peak: u64) -> Trial {
         Trial {
@@ -247,13 +205,12 @@ pub(crate) mod tests {
                 overhead_bytes: Some(500 << 20),
                 fallback: None,
             },
-            settings: Settings {
+            settings: SearchSettings {
                 optimizer: Some(OptimizerKind::AdamW),
-                steps_per_trial: 2,
-                margin: 0.05,
-                strategy: crate::search::Strategy::Guided,
-                start: 1,
-                max_batch: 1000,
+                max_batch: Some(1000),
+                dataset_size: Some(1000),
+                epochs: 2,
+                ..SearchSettings::default()
             },
             trials: (1..=max)
                 .map(|b| trial(b, true, b as u64 * (100 << 20)))

@@ -5,7 +5,7 @@
 use plotters::prelude::*;
 
 use super::Report;
-use crate::probe::Outcome;
+use crate::trial::Outcome;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -151,7 +151,13 @@ mod tests {
     #[test]
     fn the_svg_has_every_trial_and_the_lines() {
         let mut report = fixture("cuda:0", 6, Some(5));
-        report.memory_model = crate::analysis::memory_model(&report);
+        report.memory_model = crate::analysis::memory_model(
+            &report.trials,
+            report.max_batch_size,
+            report.device.capacity_bytes,
+            &report.model,
+            report.settings.optimizer,
+        );
         let svg = render(&report).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..60.min(svg.len())]);
         assert!(svg.contains("peak memory (GiB)") && svg.contains("samples per second"));

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use super::{DataParallel, Report, ScheduleRow};
 use crate::format::{bytes, parameters};
-use crate::probe::{Outcome, Trial};
+use crate::trial::{Outcome, Trial};
 
 /// The trials table, the result block and the schedule, as printed by the CLI.
 pub fn render(report: &Report) -> String {
@@ -191,7 +191,7 @@ fn results(out: &mut String, r: &Report) {
     let cap_note = if r.max_is_cap {
         format!(
             " (the cap, --max-batch {}: larger sizes not tried)",
-            r.settings.max_batch
+            r.settings.max_batch.unwrap_or(r.max_batch_size)
         )
     } else {
         String::new()
@@ -229,11 +229,14 @@ fn analysis(out: &mut String, r: &Report) {
     if let Some(m) = &r.memory_model {
         let _ = writeln!(
             out,
-            "memory model: peak ≈ {} + {} per sample (line through batch sizes {} and {})",
+            "memory model: peak ≈ {} + {} per sample (the search's line through batch sizes {} and {}{})",
             bytes(m.fixed_bytes),
             bytes(m.bytes_per_sample),
             m.fitted_from[0],
-            m.fitted_from[1]
+            m.fitted_from[1],
+            m.fitted_through
+                .map(|phase| format!(", peaks after the {phase} phase"))
+                .unwrap_or_default()
         );
         let _ = writeln!(
             out,
@@ -295,8 +298,8 @@ fn schedule(out: &mut String, r: &Report) {
 fn schedule_rows(out: &mut String, rows: &[ScheduleRow]) {
     let _ = writeln!(
         out,
-        "{:<26}{:>6}  {:>12}  {:>12}  {:>12}",
-        "", "batch", "steps/epoch", "total steps", "epoch time"
+        "{:<26}{:>6}  {:>12}  {:>12}  {:>12}  {:>12}",
+        "", "batch", "steps/epoch", "total steps", "epoch time", "total time"
     );
     for row in rows {
         let label = match row.label.as_str() {
@@ -304,9 +307,10 @@ fn schedule_rows(out: &mut String, rows: &[ScheduleRow]) {
             other => other,
         };
         let epoch = row.epoch_seconds.map_or_else(|| "-".to_string(), duration);
+        let total = row.total_seconds.map_or_else(|| "-".to_string(), duration);
         let _ = writeln!(
             out,
-            "{label:<26}{:>6}  {:>12}  {:>12}  {epoch:>12}",
+            "{label:<26}{:>6}  {:>12}  {:>12}  {epoch:>12}  {total:>12}",
             row.batch_size, row.steps_per_epoch, row.total_steps
         );
     }

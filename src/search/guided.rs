@@ -1,6 +1,13 @@
 //! The guided search: sizes chosen from the measured peaks, exact like the doubling search.
+//!
+//! It starts at batch size 1, jumps to the largest size that one measurement says is safe,
+//! then tries where the line through the measured peaks meets the capacity (aiming short
+//! when that is far beyond them), verifies the answer with the size after it, and falls
+//! back to binary search when predictions miss. [`Guide`] holds where it stands; its
+//! transitions are the paragraphs of [`toward_threshold`]'s description.
 
-use super::{bisect, by_size, probe_error, Bounds, Found, Line, Measured, SearchError};
+use super::line::{self, to_size, TRUSTED_REACH};
+use super::{bisect, probe_error, Bounds, Found, Measured, SearchError};
 
 /// The guided search: `bounds.start`, then the sizes [`toward_threshold`] chooses from the
 /// measured peaks against `capacity` (see [`Strategy::Guided`](super::Strategy::Guided)).
@@ -47,16 +54,13 @@ where
     }
 }
 
-/// How far a prediction may reach beyond the measured sizes and still be tried as it is:
-/// the distance from the line's smaller size to the prediction, in multiples of the
-/// distance between the line's two sizes. Noise in the two peaks grows by this factor at
-/// the prediction; beyond it the search aims short (see [`SHORT_OF_PREDICTION`]).
-const TRUSTED_REACH: f64 = 4.0;
-
 /// The share of the way from the largest measured size to a far prediction that the
 /// search aims at: a size that should fit with room to spare, measured close enough to the
 /// answer for the next line to predict it exactly.
 const SHORT_OF_PREDICTION: f64 = 0.75;
+
+/// Predictions that may miss before the rest of the search is plain binary search.
+const MAX_MISSES: u32 = 3;
 
 /// Why the guided search chose a size: it decides what the size's failure means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +76,176 @@ enum Aim {
     Bracket,
 }
 
+/// How the next size is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// From the line through the measured peaks.
+    Predict,
+    /// One binary-search step inside the bracket: the last size aimed at failed.
+    StepAfterMiss,
+    /// Binary search to the end: predictions missed [`MAX_MISSES`] times.
+    BinarySearch,
+}
+
+/// What the search does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Move {
+    /// The bracket is closed: this is the answer.
+    Answer(usize),
+    /// The size after the answer failed although the line says it fits: try it once more.
+    RetryBoundary(usize),
+    /// Binary search between these two sizes to the end.
+    BinarySearch { good: usize, bad: usize },
+    /// Try this size.
+    Try(usize, Aim),
+}
+
+/// Where the guided search stands: the bracket `(good, bad)` around the answer, how the
+/// next size is chosen, and whether its one retry of a surprising failure is spent.
+#[derive(Debug, Clone)]
+struct Guide {
+    /// The largest size known to pass.
+    good: usize,
+    /// The smallest size known to fail (`None`: none yet).
+    bad: Option<usize>,
+    /// The largest size that may be tried.
+    cap: usize,
+    /// Predictions that missed so far.
+    misses: u32,
+    /// True when the last size aimed at failed (and was not the size after an answer).
+    after_miss: bool,
+    /// True once a surprising failure has been tried again.
+    retried: bool,
+}
+
+impl Guide {
+    fn new(good: usize, bad: Option<usize>, cap: usize) -> Self {
+        Self {
+            good,
+            bad,
+            cap,
+            misses: 0,
+            after_miss: false,
+            retried: false,
+        }
+    }
+
+    /// One past the largest size that may still be the answer.
+    fn upper(&self) -> usize {
+        self.bad.unwrap_or(self.cap.saturating_add(1))
+    }
+
+    fn mode(&self) -> Mode {
+        if self.misses >= MAX_MISSES {
+            Mode::BinarySearch
+        } else if self.after_miss {
+            Mode::StepAfterMiss
+        } else {
+            Mode::Predict
+        }
+    }
+
+    /// The next move, from the bracket and the measured trials.
+    fn next_move<T: Measured>(
+        &self,
+        trials: &[T],
+        is_good: &dyn Fn(&T) -> bool,
+        threshold: u64,
+    ) -> Move {
+        let (good, upper) = (self.good, self.upper());
+        if upper <= good + 1 {
+            // The answer's boundary failed although the measured line says it fits: a
+            // transient failure is worth one more trial before it decides the answer.
+            let suspicious = self.bad == Some(good + 1)
+                && trials
+                    .iter()
+                    .rev()
+                    .find(|t| t.batch_size() == good + 1)
+                    .is_some_and(|t| t.ran())
+                && line::predict_at(trials, is_good, threshold).is_some_and(|p| p > good);
+            return if suspicious && !self.retried {
+                Move::RetryBoundary(good + 1)
+            } else {
+                Move::Answer(good)
+            };
+        }
+        match (self.mode(), self.bad) {
+            (Mode::BinarySearch, Some(bad)) => Move::BinarySearch { good, bad },
+            (Mode::BinarySearch | Mode::StepAfterMiss, _) => self.bracket_step(),
+            (Mode::Predict, _) => self.predicted_step(trials, is_good, threshold),
+        }
+    }
+
+    /// One step inside the bracket: its midpoint, or doubling while no failure is known.
+    fn bracket_step(&self) -> Move {
+        let candidate = match self.bad {
+            Some(bad) => self.good + (bad - self.good) / 2,
+            None => self
+                .good
+                .saturating_mul(2)
+                .clamp(self.good + 1, self.upper() - 1),
+        };
+        Move::Try(candidate, Aim::Bracket)
+    }
+
+    /// The size the measurements point to, and why, strictly inside the bracket.
+    fn predicted_step<T: Measured>(
+        &self,
+        trials: &[T],
+        is_good: &dyn Fn(&T) -> bool,
+        threshold: u64,
+    ) -> Move {
+        let inside = |b: usize| b.clamp(self.good + 1, self.upper() - 1);
+        let Some(fit) = line::fit(trials, is_good, threshold) else {
+            // One measured size: the largest size it says is safe, if it has a peak.
+            return match line::measured_points(trials, is_good).as_slice() {
+                [point] if point.1 > 0 => Move::Try(
+                    inside(to_size(proportional(*point, threshold))),
+                    Aim::WithRoom,
+                ),
+                _ => self.bracket_step(),
+            };
+        };
+        let predicted = fit.predicted;
+        if predicted <= self.good {
+            return Move::Try(self.good + 1, Aim::Next);
+        }
+        if self.bad.is_some_and(|bad| predicted > bad) {
+            // A size the line says fits has failed: the line is wrong up here.
+            return self.bracket_step();
+        }
+        if fit.line.reach(predicted) <= TRUSTED_REACH {
+            return Move::Try(inside(predicted), Aim::Predicted);
+        }
+        let short = fit.line.to.0 as f64 + SHORT_OF_PREDICTION * (predicted - fit.line.to.0) as f64;
+        Move::Try(inside(to_size(short)), Aim::WithRoom)
+    }
+
+    /// A size aimed at ran (or was refused): move the bracket and count a miss.
+    fn record(&mut self, candidate: usize, aim: Aim, passed: bool) {
+        if passed {
+            self.good = candidate;
+            self.after_miss = false;
+            if aim == Aim::Next {
+                // The line said the size before was the answer: it undershot.
+                self.misses += 1;
+            }
+        } else {
+            self.bad = Some(candidate);
+            self.after_miss = aim != Aim::Next;
+            if matches!(aim, Aim::Predicted | Aim::WithRoom) {
+                self.misses += 1;
+            }
+        }
+    }
+
+    /// The answer's boundary passed when tried again: the search goes on above it.
+    fn boundary_passed(&mut self) {
+        self.good += 1;
+        self.bad = None;
+    }
+}
+
 /// The largest size above `good` (which passed `is_good`) and below `bad` (which did not;
 /// `None`: none known, up to `cap`) whose trial passes, guided by the measured peaks
 /// meeting `threshold` bytes.
@@ -79,7 +253,7 @@ enum Aim {
 /// With one measured size it tries the largest size that one says is safe (peaks
 /// proportional to the batch size, which overestimates them since part of the memory is
 /// fixed): far enough for the line through the two to be accurate. With two or more, it
-/// tries where a line through two measured sizes meets the threshold (see [`predict_at`]),
+/// tries where a line through two measured sizes meets the threshold (see [`line::fit`]),
 /// aiming short when that is far beyond them. A size that fits is refitted; when the line
 /// says it is the answer, the size after it is tried, and it failing ends the search. A
 /// prediction that fails is followed by one binary-search step; after three misses the rest
@@ -87,8 +261,8 @@ enum Aim {
 /// room to spare, or the answer's boundary while the line says it fits) is tried once more,
 /// so that a transient failure (a flaky size) does not decide the answer.
 pub fn toward_threshold<T, E, P, G>(
-    mut good: usize,
-    mut bad: Option<usize>,
+    good: usize,
+    bad: Option<usize>,
     cap: usize,
     threshold: u64,
     probe: &mut P,
@@ -100,208 +274,43 @@ where
     P: FnMut(usize) -> Result<T, E>,
     G: Fn(&T) -> bool,
 {
-    let mut misses = 0;
-    let mut missed = false;
-    let mut retried = false;
-    loop {
-        let upper = bad.unwrap_or(cap.saturating_add(1));
-        if upper <= good + 1 {
-            // The answer's boundary failed although the measured line says it fits: a
-            // transient failure is worth one more trial before it decides the answer.
-            let suspicious = bad == Some(good + 1)
-                && trials
-                    .iter()
-                    .rev()
-                    .find(|t| t.batch_size() == good + 1)
-                    .is_some_and(|t| t.ran())
-                && predict_at(trials, &is_good, threshold).is_some_and(|p| p > good);
-            if retried || !suspicious {
-                return Ok(good);
-            }
-            retried = true;
-            let trial = probe(good + 1).map_err(|e| (good + 1, e))?;
-            let passed = is_good(&trial);
-            trials.push(trial);
-            if !passed {
-                return Ok(good);
-            }
-            good += 1;
-            bad = None;
-            continue;
-        }
-        if misses >= 3 {
-            if let Some(bad) = bad {
-                return bisect(good, bad, probe, is_good, trials);
-            }
-        }
-        let (candidate, aim) = if missed || misses >= 3 {
-            bracket_step(good, bad, upper)
-        } else {
-            next_size(trials, &is_good, threshold, good, bad, upper)
-        };
-        let trial = probe(candidate).map_err(|e| (candidate, e))?;
-        let mut passed = is_good(&trial);
+    let mut guide = Guide::new(good, bad, cap);
+    let mut run = |size: usize, trials: &mut Vec<T>| {
+        let trial = probe(size).map_err(|e| (size, e))?;
+        let passed = is_good(&trial);
         let ran = trial.ran();
         trials.push(trial);
-        if !passed && ran && aim == Aim::WithRoom && !retried {
-            retried = true;
-            let trial = probe(candidate).map_err(|e| (candidate, e))?;
-            passed = is_good(&trial);
-            trials.push(trial);
-        }
-        if passed {
-            good = candidate;
-            missed = false;
-            if aim == Aim::Next {
-                // The line said the size before was the answer: it undershot.
-                misses += 1;
-            }
-        } else {
-            bad = Some(candidate);
-            missed = aim != Aim::Next;
-            if matches!(aim, Aim::Predicted | Aim::WithRoom) {
-                misses += 1;
-            }
-        }
-    }
-}
-
-/// One step inside the bracket: its midpoint, or doubling while no failure is known.
-fn bracket_step(good: usize, bad: Option<usize>, upper: usize) -> (usize, Aim) {
-    let candidate = match bad {
-        Some(bad) => good + (bad - good) / 2,
-        None => good.saturating_mul(2).clamp(good + 1, upper - 1),
+        Ok((passed, ran))
     };
-    (candidate, Aim::Bracket)
-}
-
-/// The size the measurements point to, and why, strictly inside `(good, upper)`.
-fn next_size<T: Measured>(
-    trials: &[T],
-    is_good: &dyn Fn(&T) -> bool,
-    threshold: u64,
-    good: usize,
-    bad: Option<usize>,
-    upper: usize,
-) -> (usize, Aim) {
-    let inside = |b: usize| b.clamp(good + 1, upper - 1);
-    let Some((line, predicted)) = model_line(trials, is_good, threshold) else {
-        // One measured size: the largest size it says is safe, if it has a peak.
-        return match measured_points(trials, is_good).as_slice() {
-            [point] if point.1 > 0 => (
-                inside(to_size(proportional(*point, threshold))),
-                Aim::WithRoom,
-            ),
-            _ => bracket_step(good, bad, upper),
-        };
-    };
-    if predicted <= good {
-        return (good + 1, Aim::Next);
+    loop {
+        match guide.next_move(trials, &is_good, threshold) {
+            Move::Answer(answer) => return Ok(answer),
+            Move::BinarySearch { good, bad } => {
+                return bisect(good, bad, probe, is_good, trials);
+            }
+            Move::RetryBoundary(size) => {
+                guide.retried = true;
+                if !run(size, trials)?.0 {
+                    return Ok(guide.good);
+                }
+                guide.boundary_passed();
+            }
+            Move::Try(candidate, aim) => {
+                let (mut passed, ran) = run(candidate, trials)?;
+                if !passed && ran && aim == Aim::WithRoom && !guide.retried {
+                    guide.retried = true;
+                    passed = run(candidate, trials)?.0;
+                }
+                guide.record(candidate, aim, passed);
+            }
+        }
     }
-    if bad.is_some_and(|bad| predicted > bad) {
-        // A size the line says fits has failed: the line is wrong up here.
-        return bracket_step(good, bad, upper);
-    }
-    if reach(&line, predicted) <= TRUSTED_REACH {
-        return (inside(predicted), Aim::Predicted);
-    }
-    let short = line.to.0 as f64 + SHORT_OF_PREDICTION * (predicted - line.to.0) as f64;
-    (inside(to_size(short)), Aim::WithRoom)
 }
 
 /// The batch size at which peaks proportional to the batch size, through `point`, reach
 /// `threshold`: a size that fits when the fixed part of the memory is not negative.
 fn proportional(point: (usize, u64), threshold: u64) -> f64 {
     point.0 as f64 * threshold as f64 / point.1.max(1) as f64
-}
-
-/// `(batch_size, peak)` of every trial that passed `is_good` and has a peak.
-fn measured_points<T: Measured>(trials: &[T], is_good: &dyn Fn(&T) -> bool) -> Vec<(usize, u64)> {
-    points_of(trials, is_good, |t| t.peak())
-}
-
-/// `(batch_size, bytes)` of every trial that passed `is_good` and has `bytes`, one per size.
-fn points_of<T: Measured>(
-    trials: &[T],
-    is_good: &dyn Fn(&T) -> bool,
-    bytes: impl Fn(&T) -> Option<u64>,
-) -> Vec<(usize, u64)> {
-    let points = trials
-        .iter()
-        .filter(|t| is_good(t))
-        .filter_map(|t| Some((t.batch_size(), bytes(t)?)))
-        .collect();
-    by_size(points)
-}
-
-/// The line the search predicts with, as [`predict_at`] describes it, and where it meets
-/// `threshold`.
-fn model_line<T: Measured>(
-    trials: &[T],
-    is_good: &dyn Fn(&T) -> bool,
-    threshold: u64,
-) -> Option<(Line, usize)> {
-    let phases = trials
-        .iter()
-        .filter(|t| is_good(t))
-        .map(|t| t.phase_peaks().len())
-        .max()
-        .unwrap_or(0);
-    let phase_lines = (0..phases).filter_map(|k| {
-        let points = points_of(trials, is_good, |t| t.phase_peaks().get(k).copied());
-        line_through(points, threshold)
-    });
-    let overall = line_through(measured_points(trials, is_good), threshold);
-    overall
-        .into_iter()
-        .chain(phase_lines)
-        .min_by_key(|(_, predicted)| *predicted)
-}
-
-/// A line through `points` and where it meets `threshold`: through the two largest when
-/// that is within their reach, else the spanning line. `None` without two points or with a
-/// line that does not rise.
-fn line_through(points: Vec<(usize, u64)>, threshold: u64) -> Option<(Line, usize)> {
-    let rising = |line: Line| (line.slope > 0.0).then(|| (line, line_meets(&line, threshold)));
-    let top = Line::through_largest(points.clone()).and_then(rising);
-    if let Some((line, predicted)) = top {
-        if reach(&line, predicted) <= TRUSTED_REACH {
-            return top;
-        }
-    }
-    Line::spanning(points).and_then(rising)
-}
-
-/// How far `predicted` lies beyond the line's smaller size, in multiples of the distance
-/// between its two sizes: the factor by which noise in their peaks grows at the prediction.
-fn reach(line: &Line, predicted: usize) -> f64 {
-    predicted.saturating_sub(line.from.0) as f64 / (line.to.0 - line.from.0) as f64
-}
-
-/// The largest batch size at which `line` stays at or under `threshold`.
-fn line_meets(line: &Line, threshold: u64) -> usize {
-    to_size(line.to.0 as f64 + (threshold as f64 - line.to.1 as f64) / line.slope)
-}
-
-fn to_size(x: f64) -> usize {
-    x.floor().max(0.0).min(usize::MAX as f64 / 2.0) as usize
-}
-
-/// Where the search's line through the measured sizes that passed `is_good` meets
-/// `threshold`: the largest batch size predicted to stay at or under it. The line runs
-/// through the two largest sizes when the prediction is within their reach (so it follows
-/// a bend or a step below them), else through the largest and the largest at most half of
-/// it (so noise in two close peaks does not tilt a long extrapolation). Where trials report
-/// the peak at each phase boundary, each boundary gets such a line too and the earliest
-/// prediction wins: the peak is the largest of the phases' peaks, and a phase that grows
-/// faster (the backward pass) overtakes one that sets the peak at small sizes (the
-/// optimizer's transient). `None` without two such sizes or with a line that does not rise.
-pub fn predict_at<T: Measured>(
-    trials: &[T],
-    is_good: &dyn Fn(&T) -> bool,
-    threshold: u64,
-) -> Option<usize> {
-    model_line(trials, is_good, threshold).map(|(_, predicted)| predicted)
 }
 
 #[cfg(test)]

@@ -1,20 +1,22 @@
 //! The search for the largest batch size that fits: pure arithmetic over a probe.
 //!
-//! The strategy is the card's: start at `start`, double while the trial fits, stop at
-//! the first out-of-memory or at the cap, then binary-search between the last size that
-//! fit and the first that did not. The probe is any `FnMut(usize) -> Result<T, E>`; the
-//! search never sees candle or a device, so it is tested with synthetic oracles.
+//! Two strategies. The guided search (the default, in [`guided`]) fits the measured peaks
+//! with a line, jumps to where it meets the capacity and verifies the answer with the size
+//! after it. The doubling search ([`doubling`], here) starts at `start`, doubles while the
+//! trial fits, stops at the first out-of-memory or at the cap, then binary-searches between
+//! the last size that fit and the first that did not. The probe is any
+//! `FnMut(usize) -> Result<T, E>` (the finder's closure that runs one trial); the search
+//! never sees candle or a device, so it is tested with synthetic oracles. Every line fitted
+//! through measured peaks, here and elsewhere, comes from [`line`].
 //!
 //! Every size the search returns was tried: the cap is tried before it is returned, and
-//! the maximum is always the last size seen to fit. The guided strategy, which predicts
-//! sizes from measured peaks, lives in [`guided`]; the line it fits in [`line`].
+//! the maximum is always the last size seen to fit.
 
 mod guided;
-mod line;
+pub mod line;
 
-pub use guided::{guided, predict_at, toward_threshold};
-pub(crate) use line::by_size;
-pub use line::Line;
+pub use guided::{guided, toward_threshold};
+pub use line::{conservative_peak, fit, predict_at, Fit, Line, Through};
 
 /// What the search needs to know of a trial: did it fit?
 pub trait Fits {
@@ -55,7 +57,7 @@ pub enum Strategy {
     /// inside the bracket after a prediction misses.
     #[default]
     Guided,
-    /// Double until out of memory, then binary search (the card's strategy).
+    /// Double until out of memory, then binary search (the search most finders use).
     Doubling,
 }
 

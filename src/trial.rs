@@ -78,6 +78,12 @@ pub struct PhasePeak {
     pub peak_bytes: u64,
 }
 
+/// Samples trained per second at `batch_size` with `step_seconds` a step (`None` for a
+/// step that took no measurable time).
+pub fn samples_per_second(batch_size: usize, step_seconds: f64) -> Option<f64> {
+    (step_seconds > 0.0).then(|| batch_size as f64 / step_seconds)
+}
+
 /// The last trial at `batch_size` that fit, if any.
 pub fn fitting_trial(trials: &[Trial], batch_size: usize) -> Option<&Trial> {
     trials
@@ -145,7 +151,7 @@ impl Trial {
 ///
 /// Out of memory (over the capacity, or the device's own out-of-memory error) is an
 /// `Ok` trial with [`Outcome::Oom`]; any other failure is an `Err`.
-pub fn trial(
+pub fn run(
     step: &mut dyn TrainStep,
     batch_size: usize,
     steps: usize,
@@ -231,8 +237,8 @@ pub fn trial(
         phase_peaks,
         step_seconds,
         samples_per_second: step_seconds
-            .filter(|s| fits && *s > 0.0)
-            .map(|s| batch_size as f64 / s),
+            .filter(|_| fits)
+            .and_then(|s| samples_per_second(batch_size, s)),
         steps: completed,
         stopped_after: over_capacity.filter(|_| completed < steps),
         predicted: false,

@@ -1,0 +1,210 @@
+//! After the search: the trials that make every reported size one that ran (the largest
+//! power of two, the recommended size, the accumulation plan's micro-batch), the sizes of a
+//! search that was stopped early, and the [`Report`] they all go into.
+
+use crate::analysis;
+use crate::error::Error;
+use crate::models::ModelInfo;
+use crate::report::{DeviceInfo, Report};
+use crate::runner::TrialRunner;
+use crate::schedule::{self, AccumulationPlan, ScheduleRow};
+use crate::search::{self, Strategy};
+use crate::settings::SearchSettings;
+use crate::trial::{self, Outcome, Trial};
+
+/// The sizes a report gives, each of which ran and fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sizes {
+    /// The largest size that fit (0: none).
+    pub max: usize,
+    /// True when `max` is the cap: larger sizes were not tried.
+    pub max_is_cap: bool,
+    /// The largest power of two ≤ `max` (0: none).
+    pub power_of_two: usize,
+    /// The largest size whose peak leaves the margin free.
+    pub recommended: Option<usize>,
+    /// The gradient-accumulation plan, when one was asked for.
+    pub plan: Option<AccumulationPlan>,
+}
+
+/// Runs what the search may have skipped after it found `max`: the largest power of two,
+/// the recommended size, the micro-batch. The trials run are added to `trials`.
+pub fn finishing_trials(
+    runner: &mut TrialRunner,
+    settings: &SearchSettings,
+    capacity: u64,
+    max: usize,
+    max_is_cap: bool,
+    trials: &mut Vec<Trial>,
+) -> Result<Sizes, Error> {
+    let power_of_two = largest_power_of_two(runner, max, trials)?;
+    let recommended = recommended(runner, capacity, settings, trials)?;
+    let plan = match settings.accumulation {
+        Some(target) => {
+            let micro = target.micro_batch.unwrap_or_else(|| {
+                search::largest_power_of_two_at_most(recommended.unwrap_or(max))
+            });
+            if micro > 0 && !runner.fits_or_run(micro, trials)? {
+                return Err(Error::InvalidSetting(format!(
+                    "the micro-batch {micro} does not fit; choose a smaller --micro-batch"
+                )));
+            }
+            Some(schedule::accumulation(
+                target.target_batch,
+                target.world_size,
+                micro as u64,
+                settings.dataset().as_ref(),
+            ))
+        }
+        None => None,
+    };
+    Ok(Sizes {
+        max,
+        max_is_cap,
+        power_of_two,
+        recommended,
+        plan,
+    })
+}
+
+/// The largest power of two ≤ `max` that ran and fit, running it when the search did not
+/// (a start that is not a power of two skips them).
+fn largest_power_of_two(
+    runner: &mut TrialRunner,
+    max: usize,
+    trials: &mut Vec<Trial>,
+) -> Result<usize, Error> {
+    let mut candidate = search::largest_power_of_two_at_most(max);
+    loop {
+        if runner.fits_or_run(candidate, trials)? {
+            return Ok(candidate);
+        }
+        if candidate == 1 {
+            // Batch size `max` fit but 1 did not: the memory curve is not monotone.
+            return Err(Error::InvalidSetting(format!(
+                "batch size {max} fit but batch size 1 did not; the measurements are \
+                 inconsistent, rerun with more --steps-per-trial"
+            )));
+        }
+        candidate /= 2;
+    }
+}
+
+/// The largest size whose peak leaves the margin of `capacity` free, found exactly by
+/// running the sizes between the last one known within the margin and the first one known
+/// beyond it (usually none or a few: the search's own trials bracket it), with the search's
+/// own strategy.
+fn recommended(
+    runner: &mut TrialRunner,
+    capacity: u64,
+    settings: &SearchSettings,
+    trials: &mut Vec<Trial>,
+) -> Result<Option<usize>, Error> {
+    let allowed = search::allowed_peak(capacity, settings.margin);
+    let within =
+        |t: &Trial| t.outcome == Outcome::Fits && t.peak_bytes.is_some_and(|p| p <= allowed);
+    let ran: Vec<(usize, bool)> = trials.iter().map(|t| (t.batch_size, within(t))).collect();
+    let (good, bad) = search::margin_bracket(&ran);
+    let mut run_trial = |b: usize| runner.run(b);
+    let found = match settings.strategy {
+        Strategy::Doubling => search::bisect(good, bad, &mut run_trial, within, trials),
+        Strategy::Guided => search::toward_threshold(
+            good,
+            Some(bad),
+            bad,
+            allowed,
+            &mut run_trial,
+            within,
+            trials,
+        ),
+    }
+    .map_err(|(batch_size, error)| Error::trial(batch_size, error))?;
+    Ok((found > 0).then_some(found))
+}
+
+/// The sizes of a search stopped early, from the trials that ran: the largest that fit,
+/// the largest power of two that fit, the largest that left the margin free (0 or `None`
+/// where none did).
+pub fn partial_sizes(trials: &[Trial], capacity: u64, margin: f64) -> Sizes {
+    let largest = |keep: &dyn Fn(&Trial) -> bool| {
+        trials
+            .iter()
+            .filter(|t| t.outcome == Outcome::Fits && keep(t))
+            .map(|t| t.batch_size)
+            .max()
+    };
+    let allowed = search::allowed_peak(capacity, margin);
+    Sizes {
+        max: largest(&|_| true).unwrap_or(0),
+        max_is_cap: false,
+        power_of_two: largest(&|t| t.batch_size.is_power_of_two()).unwrap_or(0),
+        recommended: largest(&|t| t.peak_bytes.is_some_and(|p| p <= allowed)),
+        plan: None,
+    }
+}
+
+/// The report of a search: its trials, the sizes, and what follows from them (the
+/// schedule, the memory model, the throughput note). `interrupted` marks a search stopped
+/// early, whose sizes are those verified so far.
+pub fn report(
+    model: ModelInfo,
+    device: DeviceInfo,
+    settings: SearchSettings,
+    trials: Vec<Trial>,
+    sizes: Sizes,
+    interrupted: bool,
+) -> Report {
+    let capacity = device.capacity_bytes;
+    let dataset = settings.dataset();
+    let schedule = match &dataset {
+        Some(d) if sizes.max > 0 => schedule_rows(d, &sizes, &trials),
+        _ => Vec::new(),
+    };
+    let (memory_model, throughput_note) = if interrupted {
+        (None, None)
+    } else {
+        (
+            analysis::memory_model(&trials, sizes.max, capacity, &model, settings.optimizer),
+            analysis::throughput_note(&trials, sizes.max),
+        )
+    };
+    Report {
+        model,
+        device,
+        settings,
+        trials,
+        max_batch_size: sizes.max,
+        max_is_cap: sizes.max_is_cap,
+        largest_power_of_two: sizes.power_of_two,
+        recommended_batch_size: sizes.recommended,
+        dataset,
+        schedule,
+        interrupted,
+        memory_model,
+        throughput_note,
+        accumulation: sizes.plan,
+    }
+}
+
+/// The schedule at the reported sizes, timed by the trials that ran there.
+fn schedule_rows(dataset: &schedule::Dataset, sizes: &Sizes, trials: &[Trial]) -> Vec<ScheduleRow> {
+    let timed = |b: usize| trial::fitting_trial(trials, b).and_then(|t| t.step_seconds);
+    let power_of_two = sizes.power_of_two.max(1);
+    schedule::rows(
+        dataset,
+        &[
+            ("max", Some(sizes.max), timed(sizes.max)),
+            (
+                "largest_power_of_two",
+                Some(power_of_two),
+                timed(power_of_two),
+            ),
+            (
+                "recommended",
+                sizes.recommended,
+                sizes.recommended.and_then(timed),
+            ),
+        ],
+        1,
+    )
+}

@@ -1,0 +1,179 @@
+//! Running trials one after another: where a trial runs ([`TrialSource`]: this process or
+//! a child process), the guard that refuses a CPU trial predicted to exhaust the machine,
+//! the stop flag (Ctrl-C), the observer that shows progress, and the warm-up step.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::memory::MemoryMeter;
+use crate::search::conservative_peak;
+use crate::trial::{self, Outcome, Trial};
+use crate::workload::TrainStep;
+
+/// Hooks called around each trial, for progress display. Every method defaults to
+/// doing nothing.
+pub trait Observer {
+    /// A trial at `batch_size` is about to run.
+    fn trial_started(&mut self, _batch_size: usize) {}
+    /// A trial has finished (or was predicted out of memory without running).
+    fn trial_finished(&mut self, _trial: &Trial) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Silent;
+
+impl Observer for Silent {}
+
+/// Where a trial at one batch size runs: in this process ([`InProcessTrials`]) or in a
+/// child process ([`ChildProcessTrials`](crate::isolate::ChildProcessTrials), `--isolate`).
+pub trait TrialSource {
+    /// Runs the trial at `batch_size`. Out of memory is an `Ok` trial; any other failure
+    /// is an `Err` that stops the search.
+    fn trial(&mut self, batch_size: usize) -> candle_core::Result<Trial>;
+
+    /// Bytes beyond which a trial must not even be started (see
+    /// [`MemoryMeter::hard_limit`]).
+    fn hard_limit(&self) -> Option<u64>;
+}
+
+/// Trials of a training step in this process, measured by a meter.
+pub struct InProcessTrials<'a> {
+    /// The training step.
+    pub step: &'a mut dyn TrainStep,
+    /// The device's meter.
+    pub meter: &'a mut dyn MemoryMeter,
+    /// Full training steps per trial.
+    pub steps: usize,
+}
+
+impl TrialSource for InProcessTrials<'_> {
+    fn trial(&mut self, batch_size: usize) -> candle_core::Result<Trial> {
+        trial::run(self.step, batch_size, self.steps, self.meter)
+    }
+
+    fn hard_limit(&self) -> Option<u64> {
+        self.meter.hard_limit()
+    }
+}
+
+/// Runs trials from a [`TrialSource`] one after another: remembers the measured fits for
+/// the guard's predictions, refuses a size predicted past the machine's limit, tells the
+/// observer, and starts no trial once the stop flag is set.
+pub struct TrialRunner<'a> {
+    source: &'a mut dyn TrialSource,
+    observer: &'a mut dyn Observer,
+    measured: Vec<(usize, u64)>,
+    stop: Option<Arc<AtomicBool>>,
+    interrupted: bool,
+}
+
+impl<'a> TrialRunner<'a> {
+    /// A runner of `source`'s trials that stops starting them once `stop` is set.
+    pub fn new(
+        source: &'a mut dyn TrialSource,
+        observer: &'a mut dyn Observer,
+        stop: Option<Arc<AtomicBool>>,
+    ) -> Self {
+        Self {
+            source,
+            observer,
+            measured: Vec::new(),
+            stop,
+            interrupted: false,
+        }
+    }
+
+    /// True once a trial was refused because the stop flag was set.
+    pub fn interrupted(&self) -> bool {
+        self.interrupted
+    }
+
+    /// The most a trial may be predicted to take before it is refused, where the device
+    /// has a hard limit (the CPU machine's memory).
+    pub fn machine_limit(&self) -> Option<u64> {
+        // Extrapolations err by a tenth or two where the curve bends: keep headroom.
+        let machine = self.source.hard_limit()?;
+        Some((machine as f64 * crate::memory::cpu::AVAILABLE_SHARE) as u64)
+    }
+
+    /// Runs the trial at `batch_size`, or refuses it: the stop flag is set (an error), or
+    /// its predicted peak is past the machine's limit (an out-of-memory trial marked
+    /// `predicted`).
+    pub fn run(&mut self, batch_size: usize) -> candle_core::Result<Trial> {
+        if self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+            self.interrupted = true;
+            candle_core::bail!("interrupted before the trial at batch size {batch_size}");
+        }
+        if let Some(limit) = self.machine_limit() {
+            if let Some(predicted) = conservative_peak(&self.measured, batch_size) {
+                if predicted > limit {
+                    let trial = Trial::predicted_oom(batch_size, predicted, limit);
+                    tracing::info!(
+                        batch_size,
+                        predicted,
+                        limit,
+                        "not run: predicted over the machine's memory"
+                    );
+                    self.observer.trial_finished(&trial);
+                    return Ok(trial);
+                }
+            }
+        }
+        self.observer.trial_started(batch_size);
+        let trial = self.source.trial(batch_size)?;
+        if let (Outcome::Fits, Some(peak)) = (trial.outcome, trial.peak_bytes) {
+            self.measured.push((batch_size, peak));
+        }
+        tracing::debug!(?trial, "trial finished");
+        self.observer.trial_finished(&trial);
+        Ok(trial)
+    }
+
+    /// Whether `batch_size` fits: from a trial there that fit, else by running it (and
+    /// adding it to `trials`).
+    pub fn fits_or_run(
+        &mut self,
+        batch_size: usize,
+        trials: &mut Vec<Trial>,
+    ) -> Result<bool, Error> {
+        if trial::fitting_trial(trials, batch_size).is_some() {
+            return Ok(true);
+        }
+        let trial = self
+            .run(batch_size)
+            .map_err(|e| Error::trial(batch_size, e))?;
+        let fits = trial.outcome == Outcome::Fits;
+        trials.push(trial);
+        Ok(fits)
+    }
+}
+
+/// Runs one step at batch size 1 when the meter asks for it, so that loading kernels and
+/// library workspaces does not inflate the first trial; returns the bytes then held outside
+/// the meter's count (the device's fixed overhead).
+pub fn warm_up(
+    step: &mut dyn TrainStep,
+    meter: &mut dyn MemoryMeter,
+) -> Result<Option<u64>, Error> {
+    if !meter.needs_warmup() {
+        return Ok(None);
+    }
+    let baseline = meter.current_bytes()?;
+    tracing::info!("warm-up step at batch size 1");
+    match step.step(1) {
+        Ok(()) => {}
+        Err(error) if meter.is_out_of_memory(&error) => {
+            return Err(Error::NothingFits {
+                needs: None,
+                capacity: meter.capacity().bytes,
+                hint: "the warm-up step at batch size 1 ran out of memory; free the device or \
+                       choose a smaller model",
+            })
+        }
+        Err(error) => return Err(Error::trial(1, error)),
+    }
+    meter.recover(baseline)?;
+    Ok(meter.outside_bytes()?)
+}

@@ -1,0 +1,254 @@
+//! The settings of one search, as plain data: everything the search and its report depend
+//! on besides the model and the device. Validated once, in [`SearchSettings::validate`];
+//! serialised into the report and into the result cache's key.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::schedule::Dataset;
+use crate::search::{Bounds, Strategy};
+use crate::workload::OptimizerKind;
+
+/// The largest batch size tried when neither a cap nor a dataset size is given.
+pub const DEFAULT_MAX_BATCH: usize = 65_536;
+
+/// A gradient-accumulation plan asked for: reach `target_batch` samples per optimizer step
+/// on `world_size` replicas, with micro-batches of `micro_batch` (default: the largest power
+/// of two ≤ the recommended size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccumulationTarget {
+    /// The global batch wanted.
+    pub target_batch: u64,
+    /// Data-parallel replicas.
+    pub world_size: u64,
+    /// The micro-batch, or `None` for the default.
+    pub micro_batch: Option<usize>,
+}
+
+/// How one search runs and what its report covers. [`Default`] gives the documented
+/// defaults: guided, start 1, 2 steps per trial, 5% margin, no dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchSettings {
+    /// How sizes are chosen.
+    pub strategy: Strategy,
+    /// The first batch size tried.
+    pub start: usize,
+    /// The largest batch size tried (`None`: the dataset size, else [`DEFAULT_MAX_BATCH`]).
+    pub max_batch: Option<usize>,
+    /// Full training steps per trial.
+    pub steps_per_trial: usize,
+    /// The fraction of the capacity the recommended size leaves free.
+    pub margin: f64,
+    /// The optimizer of a built-in workload, for the report (`None` for a caller's step).
+    pub optimizer: Option<OptimizerKind>,
+    /// Training samples, for the schedule (`None`: no schedule).
+    pub dataset_size: Option<u64>,
+    /// Passes over the dataset.
+    pub epochs: u64,
+    /// True when each epoch's last partial batch is dropped.
+    pub drop_last: bool,
+    /// The gradient-accumulation plan asked for.
+    pub accumulation: Option<AccumulationTarget>,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Guided,
+            start: 1,
+            max_batch: None,
+            steps_per_trial: 2,
+            margin: 0.05,
+            optimizer: None,
+            dataset_size: None,
+            epochs: 1,
+            drop_last: false,
+            accumulation: None,
+        }
+    }
+}
+
+impl SearchSettings {
+    /// The dataset the schedule is for, when a dataset size was given.
+    pub fn dataset(&self) -> Option<Dataset> {
+        self.dataset_size.map(|size| Dataset {
+            size,
+            epochs: self.epochs,
+            drop_last: self.drop_last,
+        })
+    }
+
+    /// The largest batch size the search may try: the cap, else the dataset size, else
+    /// [`DEFAULT_MAX_BATCH`].
+    pub fn max_batch_or_default(&self) -> usize {
+        self.max_batch.unwrap_or_else(|| {
+            self.dataset_size.map_or(DEFAULT_MAX_BATCH, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            })
+        })
+    }
+
+    /// Checks every setting and returns the search's batch-size bounds. The only place
+    /// settings are checked: the CLI calls it before building anything.
+    pub fn validate(&self) -> Result<Bounds, Error> {
+        let invalid = |m: String| Err(Error::InvalidSetting(m));
+        if self.start == 0 {
+            return invalid("--start must be at least 1".into());
+        }
+        if self.steps_per_trial == 0 {
+            return invalid("--steps-per-trial must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.margin) {
+            return invalid(format!(
+                "--margin {} is not a fraction in [0, 1); e.g. 0.05 leaves 5% free",
+                self.margin
+            ));
+        }
+        if let Some(plan) = self.accumulation {
+            if plan.target_batch == 0 || plan.world_size == 0 || plan.micro_batch == Some(0) {
+                return invalid(
+                    "--target-batch, --world-size and --micro-batch must be at least 1".into(),
+                );
+            }
+        }
+        if self.dataset_size == Some(0) {
+            return invalid("--dataset-size must be at least 1 sample".into());
+        }
+        if self.epochs == 0 {
+            return invalid("--epochs must be at least 1".into());
+        }
+        let max_batch = self.max_batch_or_default();
+        if max_batch < self.start {
+            return invalid(format!(
+                "--start {} is above the largest batch size {max_batch} \
+                 (--max-batch, or the dataset size)",
+                self.start
+            ));
+        }
+        Ok(Bounds {
+            start: self.start,
+            max_batch,
+        })
+    }
+
+    /// Checks the settings of a pre-flight check at `batch_size`.
+    pub fn validate_check(&self, batch_size: usize) -> Result<(), Error> {
+        if batch_size == 0 {
+            return Err(Error::InvalidSetting(
+                "--batch-size must be at least 1".into(),
+            ));
+        }
+        self.validate().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_bounded_by_the_default_cap() {
+        let bounds = SearchSettings::default().validate().unwrap();
+        assert_eq!((bounds.start, bounds.max_batch), (1, DEFAULT_MAX_BATCH));
+    }
+
+    #[test]
+    fn the_dataset_size_caps_the_search_unless_a_cap_is_given() {
+        let mut settings = SearchSettings {
+            dataset_size: Some(1000),
+            start: 4,
+            ..SearchSettings::default()
+        };
+        let bounds = settings.validate().unwrap();
+        assert_eq!((bounds.start, bounds.max_batch), (4, 1000));
+        settings.max_batch = Some(64);
+        assert_eq!(settings.validate().unwrap().max_batch, 64);
+    }
+
+    #[test]
+    fn every_bad_setting_is_refused_with_the_flag_to_change() {
+        let base = SearchSettings::default;
+        let cases = [
+            (SearchSettings { start: 0, ..base() }, "--start"),
+            (
+                SearchSettings {
+                    steps_per_trial: 0,
+                    ..base()
+                },
+                "--steps-per-trial",
+            ),
+            (
+                SearchSettings {
+                    margin: 1.0,
+                    ..base()
+                },
+                "--margin",
+            ),
+            (
+                SearchSettings {
+                    margin: -0.1,
+                    ..base()
+                },
+                "--margin",
+            ),
+            (
+                SearchSettings {
+                    dataset_size: Some(0),
+                    ..base()
+                },
+                "--dataset-size",
+            ),
+            (
+                SearchSettings {
+                    epochs: 0,
+                    ..base()
+                },
+                "--epochs",
+            ),
+            (
+                SearchSettings {
+                    start: 10,
+                    max_batch: Some(5),
+                    ..base()
+                },
+                "--start",
+            ),
+            (
+                SearchSettings {
+                    accumulation: Some(AccumulationTarget {
+                        target_batch: 64,
+                        world_size: 0,
+                        micro_batch: None,
+                    }),
+                    ..base()
+                },
+                "--world-size",
+            ),
+        ];
+        for (settings, flag) in cases {
+            let err = settings.validate().unwrap_err().to_string();
+            assert!(err.contains(flag), "{settings:?}: {err}");
+        }
+        assert!(base().validate_check(0).is_err());
+        assert!(base().validate_check(1).is_ok());
+    }
+
+    #[test]
+    fn the_dataset_is_derived_from_one_copy_of_each_setting() {
+        let settings = SearchSettings {
+            dataset_size: Some(50_000),
+            epochs: 3,
+            drop_last: true,
+            ..SearchSettings::default()
+        };
+        assert_eq!(
+            settings.dataset(),
+            Some(Dataset {
+                size: 50_000,
+                epochs: 3,
+                drop_last: true
+            })
+        );
+        assert_eq!(SearchSettings::default().dataset(), None);
+    }
+}
