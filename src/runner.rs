@@ -27,7 +27,7 @@ pub struct Silent;
 impl Observer for Silent {}
 
 /// Where a trial at one batch size runs: in this process ([`InProcessTrials`]) or in a
-/// child process ([`ChildProcessTrials`](crate::isolate::ChildProcessTrials), `--isolate`).
+/// child process (`isolate::ChildProcessTrials`, for `--isolate`).
 pub trait TrialSource {
     /// Runs the trial at `batch_size`. Out of memory is an `Ok` trial; any other failure
     /// is an `Err` that stops the search.

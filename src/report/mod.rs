@@ -307,4 +307,42 @@ pub(crate) mod tests {
         assert_eq!(value["device"]["kind"], "cuda");
         assert_eq!(value["trials"][6]["outcome"], "oom");
     }
+
+    // The analysis of a fixed report (analysis.rs is pure; its fixture lives here).
+    #[test]
+    fn the_model_recovers_a_straight_line_and_predicts_the_maximum() {
+        // The fixture's peaks are 100 MiB per sample from 0: fixed 0, slope 100 MiB.
+        let report = fixture("cuda:0", 6, Some(5));
+        let model = crate::analysis::memory_model(
+            &report.trials,
+            report.max_batch_size,
+            report.device.capacity_bytes,
+            &report.model,
+            report.settings.optimizer,
+        )
+        .unwrap();
+        assert_eq!(model.bytes_per_sample, 100 << 20);
+        assert_eq!(model.fixed_bytes, 0);
+        assert_eq!(model.fitted_from, [2, 5]);
+        assert_eq!(model.predicted_peak_bytes, model.measured_peak_bytes);
+        assert_eq!(model.relative_error, 0.0);
+        // 168,192 f32 parameters, AdamW's two moments.
+        assert_eq!(model.weights_bytes, Some(672_768));
+        assert_eq!(model.optimizer_bytes, Some(2 * 672_768));
+    }
+
+    #[test]
+    fn a_faster_smaller_size_is_noted() {
+        let mut report = fixture("cuda:0", 6, Some(5));
+        assert_eq!(
+            crate::analysis::throughput_note(&report.trials, report.max_batch_size),
+            None
+        ); // 0.5 s a step at every size
+        report.trials[5].step_seconds = Some(10.0); // the maximum, 6, slows down
+        let note = crate::analysis::throughput_note(&report.trials, report.max_batch_size).unwrap();
+        assert!(
+            note.starts_with("batch size 5 trained 10.0 samples/s"),
+            "{note}"
+        );
+    }
 }

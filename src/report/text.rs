@@ -249,11 +249,10 @@ fn analysis(out: &mut String, r: &Report) {
         {
             let _ = writeln!(
                 out,
-                "              weights {}, gradients {}, optimizer state {}; activations {} per sample",
+                "              from the parameter count (arithmetic, not measured): weights {}, gradients {}, optimizer state {}",
                 bytes(w),
                 bytes(g),
                 bytes(o),
-                bytes(m.bytes_per_sample)
             );
         }
     }
