@@ -3,7 +3,7 @@
 //! so asking again costs nothing. A corrupt or foreign file is ignored with a warning and
 //! rewritten; the cache never makes a run fail.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -24,19 +24,26 @@ pub struct CacheKey {
     pub device: String,
     /// The device's total memory (CUDA) or the CPU budget, in bytes.
     pub memory_bytes: u64,
-    /// The search's settings (strategy, start, cap, margin, steps per trial, optimizer,
-    /// dataset, accumulation plan).
+    /// The capacity the trials ran against, in bytes: the CPU budget, or a CUDA device's
+    /// `--memory` cap (`None`: the device's own memory, which `memory_bytes` names).
+    #[serde(default)]
+    pub capacity_bytes: Option<u64>,
+    /// The search's settings that decide the trials (strategy, start, the cap it ran under,
+    /// margin, steps per trial, optimizer, accumulation plan). The dataset size, epochs and
+    /// drop-last only change the schedule arithmetic: they are not in the key, and a cached
+    /// report's schedule is recomputed for the settings asked.
     pub settings: crate::settings::SearchSettings,
     /// maxbatch's version: a new version measures afresh.
     pub version: String,
 }
 
 impl CacheKey {
+    /// The file name: a hash of the key's JSON that does not change between Rust releases
+    /// (FNV-1a; std's `DefaultHasher` may). A collision is only a miss: the file holds the
+    /// whole key, and [`Cache::load`] compares it.
     fn file_name(&self) -> String {
-        let mut hasher = DefaultHasher::new();
-        serde_json::to_string(self)
-            .unwrap_or_default()
-            .hash(&mut hasher);
+        let mut hasher = fnv::FnvHasher::default();
+        hasher.write(serde_json::to_string(self).unwrap_or_default().as_bytes());
         format!("{:016x}.json", hasher.finish())
     }
 }
@@ -107,18 +114,39 @@ pub trait Cacheable: Serialize + DeserializeOwned {
     fn complete(&self) -> bool {
         true
     }
+
+    /// A stored answer, fitted to the settings of the run that asked for it (a report's
+    /// schedule depends on the dataset, which the key leaves out).
+    fn answered_from_cache(self, _settings: &crate::settings::SearchSettings) -> Self {
+        self
+    }
+}
+
+/// How a run uses the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheUse {
+    /// Answer from the cache when it can; store a new answer.
+    #[default]
+    Answer,
+    /// Measure again and store the new answer over the old one (`--no-cache`).
+    Refresh,
 }
 
 /// The answer from `cache` for `key` when it has one (and `true`), else `run`'s answer,
-/// stored for next time when it is complete (and `false`). Without a cache, `run`'s answer.
+/// stored for next time when it is complete (and `false`). With [`CacheUse::Refresh`] the
+/// stored answer is not read, only replaced. Without a cache, `run`'s answer.
 pub fn answer_or_run<T, E>(
     cache: Option<(&Cache, &CacheKey)>,
+    mode: CacheUse,
     run: impl FnOnce() -> Result<T, E>,
 ) -> Result<(T, bool), E>
 where
     T: Cacheable,
 {
-    if let Some(value) = cache.and_then(|(cache, key)| cache.load(key)) {
+    let stored = cache
+        .filter(|_| mode == CacheUse::Answer)
+        .and_then(|(cache, key)| cache.load(key));
+    if let Some(value) = stored {
         return Ok((value, true));
     }
     let value = run()?;
@@ -157,6 +185,7 @@ mod tests {
             input: "64 tokens".into(),
             device: "cpu".into(),
             memory_bytes: 1 << 30,
+            capacity_bytes: Some(1 << 30),
             settings: crate::settings::SearchSettings::default(),
             version: "0.1.0".into(),
         }
@@ -186,7 +215,7 @@ mod tests {
         let cache = Cache::at(temporary_dir("answer"));
         let mut runs = 0;
         let mut ask = || {
-            answer_or_run(Some((&cache, &key("search"))), || {
+            answer_or_run(Some((&cache, &key("search"))), CacheUse::Answer, || {
                 runs += 1;
                 Ok::<_, ()>(7u32)
             })
@@ -194,7 +223,10 @@ mod tests {
         assert_eq!(ask(), Ok((7, false)));
         assert_eq!(ask(), Ok((7, true)));
         assert_eq!(runs, 1);
-        assert_eq!(answer_or_run(None, || Ok::<_, ()>(8u32)), Ok((8, false)));
+        assert_eq!(
+            answer_or_run(None, CacheUse::Answer, || Ok::<_, ()>(8u32)),
+            Ok((8, false))
+        );
     }
 
     impl Cacheable for u32 {}
@@ -213,7 +245,11 @@ mod tests {
     fn an_incomplete_answer_is_not_stored() {
         let cache = Cache::at(temporary_dir("partial"));
         let key = key("search");
-        let ask = |n| answer_or_run(Some((&cache, &key)), || Ok::<_, ()>(Partial(n)));
+        let ask = |n| {
+            answer_or_run(Some((&cache, &key)), CacheUse::Answer, || {
+                Ok::<_, ()>(Partial(n))
+            })
+        };
         assert_eq!(ask(1), Ok((Partial(1), false)));
         assert_eq!(
             ask(3),
@@ -222,6 +258,29 @@ mod tests {
         );
         assert_eq!(ask(4), Ok((Partial(4), false)));
         assert_eq!(ask(5), Ok((Partial(4), true)));
+    }
+
+    #[test]
+    fn a_refresh_measures_again_and_replaces_the_entry() {
+        let cache = Cache::at(temporary_dir("refresh"));
+        let key = key("search");
+        let ask = |mode, n: u32| answer_or_run(Some((&cache, &key)), mode, || Ok::<_, ()>(n));
+        assert_eq!(ask(CacheUse::Answer, 1), Ok((1, false)));
+        assert_eq!(ask(CacheUse::Refresh, 2), Ok((2, false)));
+        assert_eq!(ask(CacheUse::Answer, 3), Ok((2, true)));
+    }
+
+    #[test]
+    fn file_names_do_not_depend_on_the_rust_release() {
+        // FNV-1a of the key's JSON, pinned: a new compiler must not move every entry.
+        let mut hasher = fnv::FnvHasher::default();
+        hasher.write(b"a");
+        assert_eq!(hasher.finish(), 0xaf63dc4c8601ec8c);
+        assert_eq!(
+            key("search").file_name().len(),
+            "0123456789abcdef.json".len()
+        );
+        assert_ne!(key("search").file_name(), key("check 4").file_name());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use clap::{Args, Parser, Subcommand};
 
 use candle_core::DType;
-use maxbatch::cache::Cache;
+use maxbatch::cache::{Cache, CacheUse};
 use maxbatch::device::DeviceRequest;
 use maxbatch::format::parse_bytes;
 use maxbatch::models::{parse_dtype, ModelOptions, ModelSource};
@@ -199,7 +199,7 @@ pub struct TargetArgs {
     pub json: bool,
 
     /// Measure again instead of answering from the result cache ($MAXBATCH_CACHE, or the
-    /// user's cache folder: ~/.cache/maxbatch on Linux).
+    /// user's cache folder: ~/.cache/maxbatch on Linux); the new answer replaces the cached one.
     #[arg(long)]
     pub no_cache: bool,
 
@@ -261,13 +261,15 @@ impl TargetArgs {
         args
     }
 
-    /// The result cache, unless --no-cache.
-    pub fn cache(&self) -> Option<Cache> {
-        if self.no_cache {
-            None
+    /// The result cache and how to use it: answer from it, or with --no-cache measure again
+    /// and replace its entry.
+    pub fn cache(&self) -> Option<(Cache, CacheUse)> {
+        let mode = if self.no_cache {
+            CacheUse::Refresh
         } else {
-            Cache::default_location()
-        }
+            CacheUse::Answer
+        };
+        Cache::default_location().map(|cache| (cache, mode))
     }
 
     /// The input-shape and dtype options of the model.

@@ -2,11 +2,11 @@
 //! calls the library, and prints the answer. The only place that prints results.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use anyhow::Result;
-use maxbatch::cache::{Cache, CacheKey, Cacheable};
+use maxbatch::cache::{Cache, CacheKey, CacheUse, Cacheable};
 use maxbatch::device::{self, DeviceRequest, ResolvedDevice};
 use maxbatch::format::{bytes, parameters};
 use maxbatch::isolate::ChildProcessTrials;
@@ -71,16 +71,19 @@ fn list_models(args: &ModelsArgs) -> Result<ExitCode> {
 fn find(args: &FindArgs) -> Result<ExitCode> {
     let settings = args.settings();
     settings.validate()?; // bad settings fail before the model is built
-    let stop = stop_on_ctrl_c();
+    if let Some(path) = &args.plot {
+        writable(path)?; // and an unwritable output before the first trial
+    }
+    let stop = stop_on_signals();
     let mut reports = Vec::new();
     for device in open_devices(&args.target)? {
         let mut setup = Setup::new(&args.target, device)?;
         let finder = setup
             .finder(args.target.cache())
             .settings(settings.clone())
-            .stop_when(stop.clone());
+            .stop_when(stop.flag.clone());
         let key = finder.cached("search", setup.meter.as_ref());
-        let report = cached(key, || {
+        let report = cached(&finder, key, || {
             let mut progress = Progress::new(args.target.json);
             if args.isolate {
                 let mut children = ChildProcessTrials::new(
@@ -102,20 +105,11 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
         }
     }
     if let Some(partial) = reports.iter().find(|r| r.interrupted) {
-        return interrupted(partial, args.target.json);
-    }
-    if let Some(path) = &args.plot {
-        for (i, report) in reports.iter().enumerate() {
-            let file = if reports.len() == 1 {
-                path.clone()
-            } else {
-                path.with_extension(format!("{i}.svg"))
-            };
-            let svg = maxbatch::report::plot::render(report).map_err(anyhow::Error::msg)?;
-            std::fs::write(&file, svg)
-                .map_err(|e| anyhow::anyhow!("cannot write the plot to {}: {e}", file.display()))?;
-            eprintln!("plot written to {}", file.display());
-        }
+        return interrupted(
+            partial,
+            args.target.json,
+            stop.exit_code.load(Ordering::SeqCst),
+        );
     }
     match reports.as_slice() {
         [one] if args.target.json => println!("{}", json::render(one)),
@@ -123,7 +117,46 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
         several if args.target.json => println!("{}", json::render_devices(several)),
         several => print!("\n{}", text::render_devices(several)),
     }
+    // After the report is printed: a failure here loses nothing measured.
+    if let Some(path) = &args.plot {
+        for (i, report) in reports.iter().enumerate() {
+            let file = plot_file(path, i, reports.len());
+            let svg = maxbatch::report::plot::render(report).map_err(anyhow::Error::msg)?;
+            std::fs::write(&file, svg)
+                .map_err(|e| anyhow::anyhow!("cannot write the plot to {}: {e}", file.display()))?;
+            eprintln!("plot written to {}", file.display());
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The SVG file of report `i` of `count`: the path itself for one report, `NAME.i.svg` for
+/// several.
+fn plot_file(path: &std::path::Path, i: usize, count: usize) -> std::path::PathBuf {
+    if count == 1 {
+        path.to_path_buf()
+    } else {
+        path.with_extension(format!("{i}.svg"))
+    }
+}
+
+/// Fails when `path` cannot be written, leaving no file behind that was not there.
+fn writable(path: &std::path::Path) -> Result<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write the plot to {}: {e}; choose another --plot path",
+                path.display()
+            )
+        })?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
 /// One trial for an `--isolate` parent: the trial as JSON on stdout, exit 0 whatever its
@@ -135,7 +168,9 @@ fn trial(args: &CheckArgs) -> Result<ExitCode> {
         .debug_abort_from
         .is_some_and(|from| args.batch_size >= from)
     {
-        std::process::abort();
+        // What a real allocation failure does: print "memory allocation of N bytes failed"
+        // and abort.
+        std::alloc::handle_alloc_error(std::alloc::Layout::new::<[u8; 4096]>());
     }
     let settings = args.target.check_settings();
     settings.validate_check(args.batch_size)?;
@@ -152,25 +187,50 @@ fn trial(args: &CheckArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A flag set by the first Ctrl-C (the search then stops after the running trial); a
-/// second Ctrl-C quits at once.
-fn stop_on_ctrl_c() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let handler_flag = flag.clone();
-    let installed = ctrlc::set_handler(move || {
-        if handler_flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("stopping after the running trial (Ctrl-C again to quit now)");
-    });
-    if let Err(error) = installed {
-        tracing::warn!("Ctrl-C will quit without a report: {error}");
-    }
-    flag
+/// How a stop request reached the process: the first SIGINT (Ctrl-C) or SIGTERM (how
+/// batch schedulers stop a job) sets `flag`, and the search stops after the running trial;
+/// `exit_code` is then 130 or 143, as a shell reports those signals. A second one quits at
+/// once.
+struct StopSignals {
+    flag: Arc<AtomicBool>,
+    exit_code: Arc<AtomicU8>,
 }
 
-/// Prints what an interrupted search measured and exits 130, as a shell does for SIGINT.
-fn interrupted(partial: &maxbatch::Report, json: bool) -> Result<ExitCode> {
+fn stop_on_signals() -> StopSignals {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = StopSignals {
+        flag: Arc::new(AtomicBool::new(false)),
+        exit_code: Arc::new(AtomicU8::new(130)),
+    };
+    let (flag, exit_code) = (stop.flag.clone(), stop.exit_code.clone());
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                for signal in signals.forever() {
+                    let code = if signal == SIGTERM { 143 } else { 130 };
+                    if flag.swap(true, Ordering::SeqCst) {
+                        std::process::exit(code.into());
+                    }
+                    exit_code.store(code, Ordering::SeqCst);
+                    eprintln!(
+                        "stopping after the running trial (send {} again to quit now)",
+                        if signal == SIGTERM {
+                            "SIGTERM"
+                        } else {
+                            "Ctrl-C"
+                        }
+                    );
+                }
+            });
+        }
+        Err(error) => tracing::warn!("Ctrl-C and SIGTERM will quit without a report: {error}"),
+    }
+    stop
+}
+
+/// Prints what an interrupted search measured and exits `code` (130 after SIGINT, 143 after
+/// SIGTERM), as a shell reports the signal.
+fn interrupted(partial: &maxbatch::Report, json: bool, code: u8) -> Result<ExitCode> {
     if json {
         println!("{}", json::render(partial));
     } else {
@@ -181,7 +241,7 @@ fn interrupted(partial: &maxbatch::Report, json: bool) -> Result<ExitCode> {
         partial.trials.len(),
         partial.max_batch_size
     );
-    Ok(ExitCode::from(130))
+    Ok(ExitCode::from(code))
 }
 
 fn check(args: &CheckArgs) -> Result<ExitCode> {
@@ -194,7 +254,7 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
         let finder = setup.finder(args.target.cache()).settings(settings.clone());
         let kind = format!("check {}", args.batch_size);
         let key = finder.cached(&kind, setup.meter.as_ref());
-        let trial: Trial = cached(key, || {
+        let trial: Trial = cached(&finder, key, || {
             let mut workload = setup.build()?;
             let mut progress = Progress::new(args.target.json);
             Ok(finder.check_with(
@@ -208,17 +268,30 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
         all_fit &= fits;
         if !args.target.json {
             let capacity = setup.meter.capacity();
+            let kind = if capacity.is_budget {
+                "budget"
+            } else {
+                "capacity"
+            };
+            let peak = match trial.peak_bytes {
+                Some(p) if fits => format!(
+                    "peak {}, {:.0}% of the {kind} {}",
+                    bytes(p),
+                    100.0 * p as f64 / capacity.bytes as f64,
+                    bytes(capacity.bytes)
+                ),
+                Some(p) => format!(
+                    "peak ≥ {} against the {kind} {}",
+                    bytes(p),
+                    bytes(capacity.bytes)
+                ),
+                None => format!("{kind} {}", bytes(capacity.bytes)),
+            };
             println!(
-                "batch size {} {} on {}: {} of {}",
+                "batch size {} {} on {}: {peak}",
                 args.batch_size,
                 if fits { "fits" } else { "does not fit" },
                 setup.device.name,
-                if capacity.is_budget {
-                    "budget"
-                } else {
-                    "capacity"
-                },
-                bytes(capacity.bytes)
             );
         }
         trials.push((setup.device.name.clone(), trial));
@@ -290,10 +363,12 @@ impl Setup {
 
     /// A finder on this device for this model, caching in `cache` (none: no cache) under
     /// the model's full shape.
-    fn finder(&self, cache: Option<Cache>) -> Finder {
+    fn finder(&self, cache: Option<(Cache, CacheUse)>) -> Finder {
         let finder = Finder::on_resolved(self.device.clone()).model(self.model.clone());
         match cache {
-            Some(cache) => finder.cache_in(cache, format!("{:?}", self.spec.architecture)),
+            Some((cache, mode)) => {
+                finder.cache_in(cache, format!("{:?}", self.spec.architecture), mode)
+            }
             None => finder,
         }
     }
@@ -324,14 +399,16 @@ impl Setup {
 /// The answer for a cache key (from [`Finder::cached`]) from the cache, saying so on
 /// stderr, or `run`'s, then stored.
 fn cached<T: Cacheable>(
+    finder: &Finder,
     cached: Option<(Cache, CacheKey)>,
     run: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    let (value, hit) = maxbatch::cache::answer_or_run(cached.as_ref().map(|(c, k)| (c, k)), run)?;
-    if let (true, Some((cache, key))) = (hit, &cached) {
+    let path = cached.as_ref().map(|(cache, key)| cache.path(key));
+    let (value, hit) = finder.answer_or_run(cached, run)?;
+    if let (true, Some(path)) = (hit, path) {
         eprintln!(
             "cached result ({}); --no-cache measures again",
-            cache.path(key).display()
+            path.display()
         );
     }
     Ok(value)

@@ -16,11 +16,11 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::cache::{Cache, CacheKey, Cacheable};
+use crate::cache::{Cache, CacheKey, CacheUse, Cacheable};
 use crate::device::ResolvedDevice;
 use crate::error::Error;
 use crate::finish::{self, Sizes};
-use crate::memory::MemoryMeter;
+use crate::memory::{CapacitySource, MemoryMeter};
 use crate::models::ModelInfo;
 use crate::report::{DeviceInfo, Report};
 use crate::runner::{self, InProcessTrials, Observer, Silent, TrialRunner, TrialSource};
@@ -43,7 +43,7 @@ pub struct Finder {
     settings: SearchSettings,
     budget: Option<u64>,
     model: Option<ModelInfo>,
-    cache: Option<(Cache, String)>,
+    cache: Option<(Cache, String, CacheUse)>,
     stop: Option<Arc<AtomicBool>>,
 }
 
@@ -94,14 +94,15 @@ impl Finder {
     /// that asking again costs nothing (default: no cache).
     pub fn cache_key(self, key: impl Into<String>) -> Self {
         match Cache::default_location() {
-            Some(cache) => self.cache_in(cache, key),
+            Some(cache) => self.cache_in(cache, key, CacheUse::Answer),
             None => self,
         }
     }
 
-    /// Caches answers under `key` in `cache` (see [`cache_key`](Self::cache_key)).
-    pub fn cache_in(mut self, cache: Cache, key: impl Into<String>) -> Self {
-        self.cache = Some((cache, key.into()));
+    /// Caches answers under `key` in `cache` (see [`cache_key`](Self::cache_key)), used
+    /// as `mode` says: answering from it, or measuring again and replacing the entry.
+    pub fn cache_in(mut self, cache: Cache, key: impl Into<String>, mode: CacheUse) -> Self {
+        self.cache = Some((cache, key.into(), mode));
         self
     }
 
@@ -214,10 +215,8 @@ impl Finder {
         self.settings.validate()?;
         let mut meter = crate::memory::meter_for(&self.device.device, self.budget)?;
         let cached = self.cached("search", meter.as_ref());
-        crate::cache::answer_or_run(cached.as_ref().map(|(c, k)| (c, k)), || {
-            self.find_with(step, meter.as_mut(), &mut Silent)
-        })
-        .map(|(report, _)| report)
+        self.answer_or_run(cached, || self.find_with(step, meter.as_mut(), &mut Silent))
+            .map(|(report, _)| report)
     }
 
     /// Runs one trial of `step` at `batch_size` on the finder's device: the pre-flight
@@ -226,7 +225,7 @@ impl Finder {
         self.settings.validate_check(batch_size)?;
         let mut meter = crate::memory::meter_for(&self.device.device, self.budget)?;
         let cached = self.cached(&format!("check {batch_size}"), meter.as_ref());
-        crate::cache::answer_or_run(cached.as_ref().map(|(c, k)| (c, k)), || {
+        self.answer_or_run(cached, || {
             self.check_with(step, meter.as_mut(), batch_size, &mut Silent)
         })
         .map(|(trial, _)| trial)
@@ -235,19 +234,48 @@ impl Finder {
     /// The cache and the key of a `kind` answer ("search", or "check N") measured by
     /// `meter`, when this finder caches: the one place a key is made.
     pub fn cached(&self, kind: &str, meter: &dyn MemoryMeter) -> Option<(Cache, CacheKey)> {
-        let (cache, model_key) = self.cache.as_ref()?;
+        let (cache, model_key, _) = self.cache.as_ref()?;
         let model = self.model_info();
+        let capacity = meter.capacity();
+        // The dataset only changes the schedule arithmetic, recomputed on a hit; the cap it
+        // implies does change the trials.
+        let settings = SearchSettings {
+            max_batch: Some(self.settings.max_batch_or_default()),
+            dataset_size: None,
+            epochs: 1,
+            drop_last: false,
+            ..self.settings.clone()
+        };
         let key = CacheKey {
             kind: kind.to_string(),
             model: model_key.clone(),
             dtype: model.dtype,
             input: model.input,
             device: self.device.name.clone(),
-            memory_bytes: meter.total_bytes().unwrap_or(meter.capacity().bytes),
-            settings: self.settings.clone(),
+            memory_bytes: meter.total_bytes().unwrap_or(capacity.bytes),
+            capacity_bytes: (capacity.source != CapacitySource::Device).then_some(capacity.bytes),
+            settings,
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
         Some((cache.clone(), key))
+    }
+
+    /// The answer for `cached` (from [`cached`](Self::cached)) from the cache, fitted to
+    /// this finder's settings (a report's schedule is recomputed for its dataset), or
+    /// `run`'s, stored for next time; `true` when it came from the cache.
+    pub fn answer_or_run<T: Cacheable, E>(
+        &self,
+        cached: Option<(Cache, CacheKey)>,
+        run: impl FnOnce() -> Result<T, E>,
+    ) -> Result<(T, bool), E> {
+        let mode = self.cache.as_ref().map_or(CacheUse::Answer, |c| c.2);
+        let (value, hit) =
+            crate::cache::answer_or_run(cached.as_ref().map(|(c, k)| (c, k)), mode, run)?;
+        Ok(if hit {
+            (value.answered_from_cache(&self.settings), true)
+        } else {
+            (value, false)
+        })
     }
 
     fn model_info(&self) -> ModelInfo {
@@ -386,6 +414,10 @@ impl Finder {
 impl Cacheable for Report {
     fn complete(&self) -> bool {
         !self.interrupted
+    }
+
+    fn answered_from_cache(self, settings: &SearchSettings) -> Self {
+        finish::rescheduled(self, settings)
     }
 }
 

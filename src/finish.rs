@@ -168,10 +168,12 @@ pub fn report(
             analysis::throughput_note(&trials, sizes.max),
         )
     };
+    let unmeasured_boundary = unmeasured_boundary(&trials, sizes.max);
     Report {
         model,
         device,
         settings,
+        unmeasured_boundary,
         trials,
         max_batch_size: sizes.max,
         max_is_cap: sizes.max_is_cap,
@@ -180,10 +182,58 @@ pub fn report(
         dataset,
         schedule,
         interrupted,
+        from_cache: false,
         memory_model,
         throughput_note,
         accumulation: sizes.plan,
     }
+}
+
+/// A cached report fitted to `settings`: the dataset, schedule and accumulation plan are
+/// recomputed for its dataset size, epochs and drop-last (the trials do not depend on them),
+/// and the report says it came from the cache.
+pub fn rescheduled(cached: Report, settings: &SearchSettings) -> Report {
+    let sizes = Sizes {
+        max: cached.max_batch_size,
+        max_is_cap: cached.max_is_cap,
+        power_of_two: cached.largest_power_of_two,
+        recommended: cached.recommended_batch_size,
+        plan: cached.accumulation.map(|p| {
+            schedule::accumulation(
+                p.target_batch,
+                p.world_size,
+                p.micro_batch,
+                settings.dataset().as_ref(),
+            )
+        }),
+    };
+    let settings = SearchSettings {
+        max_batch: cached.settings.max_batch,
+        ..settings.clone()
+    };
+    Report {
+        from_cache: true,
+        ..report(
+            cached.model,
+            cached.device,
+            settings,
+            cached.trials,
+            sizes,
+            cached.interrupted,
+        )
+    }
+}
+
+/// The smallest size above `max` that was tried, when no trial there ran (the guard refused
+/// it by prediction).
+fn unmeasured_boundary(trials: &[Trial], max: usize) -> Option<usize> {
+    let above = trials
+        .iter()
+        .map(|t| t.batch_size)
+        .filter(|&b| b > max)
+        .min()?;
+    let at = |b: usize| trials.iter().filter(move |t| t.batch_size == b);
+    at(above).all(|t| t.predicted).then_some(above)
 }
 
 /// The schedule at the reported sizes, timed by the trials that ran there.

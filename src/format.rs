@@ -37,9 +37,28 @@ pub fn rate(value: f64) -> String {
     }
 }
 
+/// The units `--memory` accepts: decimal (10³ⁿ) and binary (2¹⁰ⁿ) bytes. A lowercase "b"
+/// after a prefix ("Gb") is refused: it usually means bits.
+const UNITS: &str = "B, KB, MB, GB, TB (powers of 1000), KiB, MiB, GiB, TiB (powers of 1024), \
+                     or K, M, G, T (powers of 1000)";
+
 /// Parses a human byte size: "512MiB", "4GiB", "4G" (decimal: 4×10⁹), "1500000".
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let size: ByteSize = text.trim().parse().map_err(|_| {
+    let trimmed = text.trim();
+    let unit = trimmed.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.' || c == ' ');
+    let unit_ok = match unit.as_bytes() {
+        [] | [b'B'] => true,
+        [prefix] => b"kKmMgGtT".contains(prefix),
+        [prefix, b'B'] => b"kKmMgGtT".contains(prefix),
+        [prefix, b'i' | b'I', b'B'] => b"kKmMgGtT".contains(prefix),
+        _ => false,
+    };
+    if !unit_ok {
+        return Err(format!(
+            "{text:?} is not a size in bytes; write a number with one of {UNITS}, e.g. 512MiB or 4GiB"
+        ));
+    }
+    let size: ByteSize = trimmed.parse().map_err(|_| {
         format!(
             "{text:?} is not a size; write it like 512MiB, 4GiB or 4G (GiB = 2^30 bytes, G = 10^9)"
         )
@@ -58,6 +77,17 @@ mod tests {
         assert_eq!(parse_bytes("4G"), Ok(4_000_000_000));
         assert_eq!(parse_bytes("1.5 GiB"), Ok(3 << 29));
         assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("4GB"), Ok(4_000_000_000));
+        assert_eq!(parse_bytes("4 GiB"), Ok(4 << 30));
+        assert_eq!(parse_bytes("4g"), Ok(4_000_000_000));
+        // A lowercase b usually means bits: refused, naming the accepted spellings.
+        for bits in ["4Gb", "4gb", "512Mb", "4Gib", "1kb"] {
+            let err = parse_bytes(bits).unwrap_err();
+            assert!(
+                err.contains("GiB") && err.contains("powers of 1024"),
+                "{bits}: {err}"
+            );
+        }
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("4 parsecs").is_err());
         assert!(parse_bytes("").is_err());

@@ -1,8 +1,10 @@
 //! Isolated trials: each trial runs in a child process, so a trial that aborts (an
 //! allocation failure on the CPU aborts the process) or is killed (by the kernel's
-//! out-of-memory killer, say) costs the child, not the search. A child killed by a signal
-//! counts as out of memory, with the signal in the trial's detail; a child that reports an
-//! error stops the search with that error.
+//! out-of-memory killer, say) costs the child, not the search. Out of memory is a child
+//! killed by SIGKILL (the kernel's out-of-memory killer) or aborted after Rust's "memory
+//! allocation of N bytes failed"; the signal is in the trial's detail. Any other signal
+//! (SIGSEGV, SIGBUS, SIGILL, an abort after a panic) is a crash, and a child that reports an
+//! error stops the search with that error: neither is ever counted as out of memory.
 //!
 //! The child is the maxbatch binary's hidden `trial` subcommand, which prints the
 //! [`Trial`] as JSON on stdout and exits 0.
@@ -62,7 +64,7 @@ impl TrialSource for ChildProcessTrials {
             });
         }
         if let Some(signal) = killed_by(&output.status) {
-            return Ok(killed(batch_size, signal));
+            return killed(batch_size, signal, &stderr);
         }
         let message = stderr
             .lines()
@@ -88,18 +90,52 @@ fn killed_by(_status: &std::process::ExitStatus) -> Option<i32> {
     None
 }
 
-/// The trial of a child killed by `signal`: out of memory, with the reason.
-fn killed(batch_size: usize, signal: i32) -> Trial {
-    let name = match signal {
-        6 => " (SIGABRT: an allocation failure aborts)",
-        9 => " (SIGKILL: the kernel's out-of-memory killer, say)",
-        11 => " (SIGSEGV)",
-        _ => "",
+/// What Rust's default allocation-error handler prints before it aborts the process.
+const ALLOCATION_FAILED: &str = "memory allocation of ";
+
+/// The trial of a child killed by `signal`, whose standard error was `stderr`: out of
+/// memory for the kernel's out-of-memory kill (SIGKILL) and for an abort after an
+/// allocation failure; an error naming the signal for anything else (a crash).
+fn killed(batch_size: usize, signal: i32, stderr: &str) -> candle_core::Result<Trial> {
+    let allocation_failed = stderr
+        .lines()
+        .any(|l| l.contains(ALLOCATION_FAILED) && l.contains("failed"));
+    let oom = |why: &str| {
+        Ok(Trial::unmeasured_oom(
+            batch_size,
+            format!("trial process killed by signal {signal} ({why}): counted as out of memory"),
+        ))
     };
-    Trial::unmeasured_oom(
-        batch_size,
-        format!("trial process killed by signal {signal}{name}: counted as out of memory"),
-    )
+    match signal_name(signal) {
+        "SIGKILL" => oom("SIGKILL: the kernel's out-of-memory killer, or a job limit"),
+        "SIGABRT" if allocation_failed => oom("SIGABRT after an allocation failure"),
+        name => {
+            let last = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("nothing on stderr");
+            candle_core::bail!(
+                "the trial process at batch size {batch_size} crashed with signal {signal} \
+                 ({name}): {last}; this is not out of memory, rerun that size with \
+                 `maxbatch check --batch-size {batch_size}` to see the failure"
+            )
+        }
+    }
+}
+
+/// The usual name of a signal number.
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
 }
 
 #[cfg(all(test, unix))]
@@ -117,12 +153,35 @@ mod tests {
     }
 
     #[test]
-    fn a_child_killed_by_a_signal_is_out_of_memory() {
-        let trial = shell("kill -ABRT $$").trial(8).unwrap();
+    fn a_child_killed_for_memory_is_out_of_memory() {
+        let trial = shell("echo 'memory allocation of 4096 bytes failed' >&2; kill -ABRT $$")
+            .trial(8)
+            .unwrap();
         assert_eq!((trial.batch_size, trial.outcome), (8, Outcome::Oom));
         assert!(trial.detail.unwrap().contains("signal 6 (SIGABRT"));
         let trial = shell("kill -KILL $$").trial(8).unwrap();
+        assert_eq!(trial.outcome, Outcome::Oom);
         assert!(trial.detail.unwrap().contains("signal 9"));
+    }
+
+    #[test]
+    fn a_child_that_crashes_stops_the_search_naming_the_signal() {
+        for (script, name) in [
+            ("kill -SEGV $$", "SIGSEGV"),
+            ("kill -BUS $$", "SIGBUS"),
+            ("kill -ILL $$", "SIGILL"),
+            // A panic that aborts (panic = "abort") prints its message, not an allocation failure.
+            (
+                "echo 'thread main panicked at src/x.rs' >&2; kill -ABRT $$",
+                "SIGABRT",
+            ),
+        ] {
+            let err = shell(script).trial(8).unwrap_err().to_string();
+            assert!(
+                err.contains(name) && err.contains("not out of memory"),
+                "{script}: {err}"
+            );
+        }
     }
 
     #[test]

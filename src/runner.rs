@@ -91,11 +91,11 @@ impl<'a> TrialRunner<'a> {
     }
 
     /// The most a trial may be predicted to take before it is refused, where the device
-    /// has a hard limit (the CPU machine's memory).
+    /// has a hard limit (the CPU machine's memory): well above the default budget, so that
+    /// the sizes that decide the answer run and are measured (see docs/design.md).
     pub fn machine_limit(&self) -> Option<u64> {
-        // Extrapolations err by a tenth or two where the curve bends: keep headroom.
         let machine = self.source.hard_limit()?;
-        Some((machine as f64 * crate::memory::cpu::AVAILABLE_SHARE) as u64)
+        Some((machine as f64 * crate::memory::cpu::GUARD_SHARE) as u64)
     }
 
     /// Runs the trial at `batch_size`, or refuses it: the stop flag is set (an error), or

@@ -472,12 +472,18 @@ fn a_repeated_search_answers_from_the_cache_and_survives_a_corrupt_file() {
     };
     let (first, stderr) = run(&[]);
     assert!(!stderr.contains("cached result"), "{stderr}");
-    let (second, stderr) = run(&[]);
+    let (mut second, stderr) = run(&[]);
     assert!(stderr.contains("cached result"), "{stderr}");
     assert!(
         !stderr.contains("trial "),
         "a cached answer runs no trial: {stderr}"
     );
+    // The same report, saying where it came from.
+    assert_eq!(
+        (&first["from_cache"], &second["from_cache"]),
+        (&false.into(), &true.into())
+    );
+    second["from_cache"] = false.into();
     assert_eq!(first, second);
     let (_, stderr) = run(&["--no-cache"]);
     assert!(

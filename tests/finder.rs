@@ -197,8 +197,8 @@ fn sizes_predicted_past_the_machine_are_not_run() {
         ran_in_step.set(sizes);
         Ok(())
     };
-    // The budget allows batch 40 (5,000 bytes); 80% of the machine's 4,375 bytes only
-    // 3,500 (batch 25).
+    // The budget allows batch 40 (5,000 bytes); the guard's share of the machine's 4,375
+    // bytes only 4,156 (batch 31).
     let mut meter = LineMeter {
         peak,
         capacity: 5_000,
@@ -208,7 +208,10 @@ fn sizes_predicted_past_the_machine_are_not_run() {
         .model(model())
         .find_with(&mut step, &mut meter, &mut Silent)
         .unwrap();
-    assert_eq!(report.max_batch_size, 25);
+    let guard = (4_375.0 * maxbatch::memory::cpu::GUARD_SHARE) as u64;
+    let guarded_max = ((guard - 1000) / 100) as usize;
+    assert_eq!(guarded_max, 31);
+    assert_eq!(report.max_batch_size, guarded_max);
     let predicted: Vec<usize> = report
         .trials
         .iter()
@@ -218,10 +221,13 @@ fn sizes_predicted_past_the_machine_are_not_run() {
     assert!(!predicted.is_empty());
     let ran = ran.take();
     for b in &predicted {
-        assert!(*b > 25 && !ran.contains(b), "{b} was predicted yet ran");
+        assert!(
+            *b > guarded_max && !ran.contains(b),
+            "{b} was predicted yet ran"
+        );
     }
     assert!(
-        ran.iter().all(|&b| 1000 + 100 * b as u64 <= 3_500),
+        ran.iter().all(|&b| 1000 + 100 * b as u64 <= guard),
         "{ran:?}"
     );
     assert!(report
@@ -229,6 +235,8 @@ fn sizes_predicted_past_the_machine_are_not_run() {
         .iter()
         .filter(|t| t.predicted)
         .all(|t| t.outcome == Outcome::Oom && t.peak_bytes.is_none()));
+    // The size after the maximum was refused, not run: the report says so.
+    assert_eq!(report.unmeasured_boundary, Some(guarded_max + 1));
 }
 
 #[test]

@@ -19,6 +19,8 @@ pub enum CapacitySource {
     Flag,
     /// A share of the machine's available memory (`MemAvailable` in /proc/meminfo) at start.
     MemAvailable,
+    /// A share of what the process's memory cgroup (a container's limit) allowed at start.
+    Cgroup,
     /// The device's total memory as its driver reports it.
     Device,
 }
@@ -28,7 +30,10 @@ impl CapacitySource {
     pub fn describe(self) -> &'static str {
         match self {
             CapacitySource::Flag => "the --memory flag",
-            CapacitySource::MemAvailable => "80% of the machine's available memory at start",
+            CapacitySource::MemAvailable => "about 80% of the machine's available memory at start",
+            CapacitySource::Cgroup => {
+                "about 80% of what the container's memory limit (cgroup) left at start"
+            }
             CapacitySource::Device => "the device's total memory",
         }
     }
@@ -65,7 +70,7 @@ pub trait MemoryMeter {
 
     /// The most memory the machine can give, when running past it would not fail cleanly
     /// (on the CPU an allocation failure aborts the process): a trial predicted to need
-    /// more than [`cpu::AVAILABLE_SHARE`] of it is not started. `None` where the device
+    /// more than [`cpu::GUARD_SHARE`] of it is not started. `None` where the device
     /// reports out-of-memory as an error.
     fn hard_limit(&self) -> Option<u64> {
         None

@@ -176,6 +176,7 @@ impl ModelSpec {
 
     /// What the report says about this model with `options`; allocates nothing.
     pub fn info(&self, options: &ModelOptions) -> std::result::Result<ModelInfo, Error> {
+        self.check_options(options)?;
         let (input, summary) = match &self.architecture {
             Architecture::Mlp(c) => (c.input(), c.summary()),
             Architecture::Gpt(c) => (format!("{} tokens", c.seq_len(options)?), c.summary()),
@@ -195,6 +196,30 @@ impl ModelSpec {
             summary,
             dtype: options.dtype.as_str().to_string(),
         })
+    }
+
+    /// Refuses an input option this architecture does not have (`--seq-len` on the MLP or
+    /// the ResNet, `--image-size` on a transformer): it would change nothing, and the user
+    /// would believe it had.
+    fn check_options(&self, options: &ModelOptions) -> std::result::Result<(), Error> {
+        let (takes_tokens, takes_images) = match &self.architecture {
+            Architecture::Mlp(_) => (false, false),
+            Architecture::Gpt(_) | Architecture::Llama(..) => (true, false),
+            Architecture::ResNet(_) => (false, true),
+        };
+        let refuse = |flag: &str| {
+            Err(Error::InvalidSetting(format!(
+                "{flag} does not apply to {} (its input is fixed by the architecture); drop it",
+                self.name
+            )))
+        };
+        if options.seq_len.is_some() && !takes_tokens {
+            return refuse("--seq-len");
+        }
+        if options.image_size.is_some() && !takes_images {
+            return refuse("--image-size");
+        }
+        Ok(())
     }
 
     /// Builds the model with random weights from `vb`.

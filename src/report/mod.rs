@@ -79,6 +79,11 @@ pub struct Report {
     /// The largest run size whose peak leaves `settings.margin` of the capacity free
     /// (`None` when no size does).
     pub recommended_batch_size: Option<usize>,
+    /// The smallest size above the maximum that was tried, when it was refused by the
+    /// machine guard's prediction instead of run: a prediction, not a measurement, then
+    /// bounds the maximum, which may be larger.
+    #[serde(default)]
+    pub unmeasured_boundary: Option<usize>,
     /// The dataset the schedule is for (`None`: no `--dataset-size`).
     pub dataset: Option<Dataset>,
     /// The schedule at the reported sizes (empty without a dataset).
@@ -86,6 +91,9 @@ pub struct Report {
     /// True when the search was stopped early: the sizes are those verified so far.
     #[serde(default)]
     pub interrupted: bool,
+    /// True when this report was answered from the result cache, not measured by this run.
+    #[serde(default)]
+    pub from_cache: bool,
     /// peak ≈ fixed + per sample × batch size, and how well it predicted the maximum.
     #[serde(default)]
     pub memory_model: Option<crate::analysis::MemoryModel>,
@@ -220,6 +228,7 @@ pub(crate) mod tests {
             max_is_cap: false,
             largest_power_of_two: crate::search::largest_power_of_two_at_most(max),
             recommended_batch_size: recommended,
+            unmeasured_boundary: None,
             dataset: Some(Dataset {
                 size: 1000,
                 epochs: 2,
@@ -227,6 +236,7 @@ pub(crate) mod tests {
             }),
             schedule: vec![],
             interrupted: false,
+            from_cache: false,
             memory_model: None,
             throughput_note: None,
             accumulation: None,

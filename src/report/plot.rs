@@ -113,8 +113,12 @@ fn draw<'a>(report: &Report, svg: &'a mut String) -> Result<(), Box<dyn std::err
         }))?
         .label("fits")
         .legend(|(x, y)| Circle::new((x + 10, y), 4, BLUE.filled()));
+    let measured_oom = report
+        .trials
+        .iter()
+        .filter(|t| t.outcome == Outcome::Oom && !t.predicted);
     chart
-        .draw_series(point(Outcome::Oom).map(|t| {
+        .draw_series(measured_oom.map(|t| {
             let peak = t
                 .peak_bytes
                 .map_or(y_max * 0.97, |p| (p as f64 / GIB).min(y_max * 0.97));
@@ -122,6 +126,16 @@ fn draw<'a>(report: &Report, svg: &'a mut String) -> Result<(), Box<dyn std::err
         }))?
         .label("out of memory")
         .legend(|(x, y)| Cross::new((x + 10, y), 5, RED.stroke_width(2)));
+    // Sizes refused by the guard's prediction, never run: hollow, at the top of the chart.
+    if report.trials.iter().any(|t| t.predicted) {
+        let grey = RGBColor(120, 120, 120);
+        chart
+            .draw_series(report.trials.iter().filter(|t| t.predicted).map(|t| {
+                Circle::new((t.batch_size as f64, y_max * 0.97), 5, grey.stroke_width(2))
+            }))?
+            .label("not run: predicted out of memory")
+            .legend(move |(x, y)| Circle::new((x + 10, y), 5, grey.stroke_width(2)));
+    }
     let green = RGBColor(20, 150, 60);
     chart
         .draw_secondary_series(point(Outcome::Fits).filter_map(|t| {

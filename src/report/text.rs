@@ -94,6 +94,12 @@ fn header(out: &mut String, r: &Report) {
         bytes(d.capacity_bytes),
         d.capacity_source.describe()
     );
+    if let Some(reason) = &d.fallback {
+        let _ = writeln!(
+            out,
+            "          on the CPU, NOT the CUDA device asked for: {reason}"
+        );
+    }
     if d.capacity_is_budget {
         let _ = writeln!(
             out,
@@ -106,7 +112,7 @@ fn header(out: &mut String, r: &Report) {
     if let Some(baseline) = d.baseline_bytes {
         let _ = writeln!(
             out,
-            "          {} held before the first trial (weights, optimizer state)",
+            "          {} held before the first trial (weights, optimizer state, and whatever else the process held)",
             bytes(baseline)
         );
     }
@@ -116,9 +122,6 @@ fn header(out: &mut String, r: &Report) {
             "          {} held outside the pool after the warm-up step (CUDA context, cuBLAS workspace, kernels, other processes)",
             bytes(overhead)
         );
-    }
-    if let Some(reason) = &d.fallback {
-        let _ = writeln!(out, "          CPU fallback: {reason}");
     }
 }
 
@@ -175,6 +178,13 @@ fn results(out: &mut String, r: &Report) {
             "interrupted: the search stopped early; these are the sizes verified so far"
         );
     }
+    if r.from_cache {
+        let _ = writeln!(
+            out,
+            "from the result cache: measured by an earlier run with the same model, device and \
+             settings (--no-cache measures again)"
+        );
+    }
     let capacity = r.device.capacity_bytes;
     let share = |batch: usize| {
         r.fitting_trial(batch)
@@ -204,6 +214,14 @@ fn results(out: &mut String, r: &Report) {
         r.max_batch_size,
         share(r.max_batch_size)
     );
+    if let Some(b) = r.unmeasured_boundary {
+        let _ = writeln!(
+            out,
+            "{:<32}PREDICTED, not measured: batch size {b} was not run (its predicted peak \
+             passes the machine's memory), so the true maximum may be larger",
+            ""
+        );
+    }
     let _ = writeln!(
         out,
         "{:<26}{:>6}  {}",

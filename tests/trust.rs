@@ -1,0 +1,272 @@
+//! Answers a user can trust on every path (one test per point of the issue that asked for
+//! them): the default CPU budget measured, not predicted; stopping on SIGTERM; a cache that
+//! sees every setting and can be refreshed; nothing lost to a bad output path; flags that do
+//! not apply refused; what `check` says.
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+/// The binary with a result cache of its own (`cache` names it within this test binary).
+fn maxbatch(cache: &str) -> Command {
+    let dir = std::env::temp_dir().join(format!("maxbatch-trust-{}-{cache}", std::process::id()));
+    let mut cmd = Command::cargo_bin("maxbatch").unwrap();
+    cmd.env_remove("RUST_LOG").env("MAXBATCH_CACHE", dir);
+    cmd
+}
+
+const TINY: &[&str] = &[
+    "--model",
+    "transformer-tiny",
+    "--device",
+    "cpu",
+    "--seq-len",
+    "32",
+];
+
+fn json(cmd: &mut Command) -> Value {
+    let output = cmd.output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn trial_at(report: &Value, batch_size: u64) -> Option<&Value> {
+    report["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|t| t["batch_size"] == batch_size)
+}
+
+/// The default budget on a small machine (injected: 200 MiB available) gives the same
+/// maximum as `--memory` equal to that budget, and the size after it ran and was measured
+/// out of memory, in both runs: no prediction decides the answer.
+#[test]
+fn the_default_cpu_budget_is_measured_like_an_explicit_one() {
+    let available = (200u64 << 20).to_string();
+    let default = json(
+        maxbatch("default")
+            .env("MAXBATCH_TEST_AVAILABLE_BYTES", &available)
+            .args(TINY)
+            .args(["--json", "--no-cache"]),
+    );
+    assert_eq!(default["device"]["capacity_source"], "mem_available");
+    let budget = default["device"]["capacity_bytes"].as_u64().unwrap();
+    let explicit = json(
+        maxbatch("explicit")
+            .env("MAXBATCH_TEST_AVAILABLE_BYTES", &available)
+            .args(TINY)
+            .args(["--json", "--no-cache", "--memory", &format!("{budget}B")]),
+    );
+    assert_eq!(explicit["device"]["capacity_bytes"], budget);
+    for report in [&default, &explicit] {
+        let max = report["max_batch_size"].as_u64().unwrap();
+        assert_eq!(max, default["max_batch_size"].as_u64().unwrap(), "{report}");
+        let next = trial_at(report, max + 1).expect("the size after the maximum was tried");
+        assert_eq!(next["outcome"], "oom", "{next}");
+        assert_eq!(
+            next["predicted"], false,
+            "max + 1 was refused by prediction: {next}"
+        );
+        assert!(next["peak_bytes"].as_u64().unwrap() > budget, "{next}");
+        assert_eq!(report["unmeasured_boundary"], Value::Null);
+    }
+}
+
+/// Where the machine, not the budget, bounds the search, the guard's prediction decides;
+/// the headline, the JSON and the plot say so.
+#[test]
+fn a_maximum_bounded_by_prediction_says_so() {
+    let plot = std::env::temp_dir().join(format!("maxbatch-trust-{}.svg", std::process::id()));
+    let output = maxbatch("predicted")
+        .env("MAXBATCH_TEST_AVAILABLE_BYTES", (60u64 << 20).to_string())
+        .args(TINY)
+        .args(["--memory", "2GiB", "--no-cache", "--plot"])
+        .arg(&plot)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("PREDICTED, not measured"), "{stdout}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.contains("not run: predicted"), "no marker in the plot");
+    std::fs::remove_file(&plot).ok();
+
+    let report = json(
+        maxbatch("predicted-json")
+            .env("MAXBATCH_TEST_AVAILABLE_BYTES", (60u64 << 20).to_string())
+            .args(TINY)
+            .args(["--memory", "2GiB", "--no-cache", "--json"]),
+    );
+    let boundary = report["unmeasured_boundary"].as_u64().expect("a boundary");
+    assert_eq!(trial_at(&report, boundary).unwrap()["predicted"], true);
+}
+
+/// SIGTERM, as a batch scheduler sends it, stops the search after the running trial, prints
+/// what it verified, and exits 143.
+#[test]
+fn sigterm_stops_after_the_running_trial_and_exits_143() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("maxbatch"))
+        .args(TINY)
+        .args(["--memory", "2GiB", "--no-cache", "--strategy", "doubling"])
+        .env(
+            "MAXBATCH_CACHE",
+            std::env::temp_dir().join("maxbatch-trust-term"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut trials = 0;
+    while trials < 3 {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "ended early");
+        trials += usize::from(line.starts_with("trial"));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(143), "{rest}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("interrupted: the search stopped early"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("max batch size"), "{stdout}");
+}
+
+/// The dataset size and epochs only change the schedule: a second run with other epochs is
+/// answered from the cache, says so, and has the schedule of its own epochs. `--no-cache`
+/// measures again and replaces the entry.
+#[test]
+fn the_cache_recomputes_the_schedule_and_no_cache_refreshes_it() {
+    let run = |extra: &[&str]| {
+        json(
+            maxbatch("schedule")
+                .args(TINY)
+                .args(["--memory", "48MiB", "--json", "--dataset-size", "1000"])
+                .args(extra),
+        )
+    };
+    let first = run(&["--epochs", "3"]);
+    assert_eq!(first["from_cache"], false);
+    let second = run(&["--epochs", "5"]);
+    assert_eq!(
+        second["from_cache"], true,
+        "another epoch count measured again"
+    );
+    assert_eq!(second["trials"], first["trials"]);
+    let steps = |r: &Value| r["schedule"][0]["total_steps"].as_u64().unwrap();
+    assert_eq!(steps(&second) * 3, steps(&first) * 5);
+    assert_eq!(second["dataset"]["epochs"], 5);
+
+    let refreshed = run(&["--epochs", "3", "--no-cache"]);
+    assert_eq!(refreshed["from_cache"], false);
+    let third = run(&["--epochs", "3"]);
+    assert_eq!(third["from_cache"], true);
+    // The entry now holds the refreshed trials, not the first run's (their timings differ).
+    assert_eq!(third["trials"], refreshed["trials"]);
+    assert_ne!(third["trials"], first["trials"]);
+}
+
+/// An output path that cannot be written fails before the first trial, not after minutes
+/// of them.
+#[test]
+fn an_unwritable_plot_fails_before_any_trial() {
+    let output = maxbatch("plot")
+        .args(TINY)
+        .args([
+            "--memory",
+            "48MiB",
+            "--no-cache",
+            "--plot",
+            "/nonexistent-dir/x.svg",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot write the plot"), "{stderr}");
+    assert!(!stderr.lines().any(|l| l.starts_with("trial")), "{stderr}");
+}
+
+/// A flag that does not apply to the model, or a size whose unit is ambiguous, is refused
+/// with exit 2 before any trial.
+#[test]
+fn flags_that_do_not_apply_and_ambiguous_units_are_refused() {
+    for (args, needle) in [
+        (
+            &["--model", "mlp", "--device", "cpu", "--seq-len", "0"][..],
+            "--seq-len does not apply to mlp",
+        ),
+        (
+            &[
+                "--model",
+                "transformer-tiny",
+                "--device",
+                "cpu",
+                "--image-size",
+                "16",
+            ][..],
+            "--image-size does not apply",
+        ),
+        (
+            &["--model", "cnn", "--device", "cpu", "--seq-len", "16"][..],
+            "--seq-len does not apply to cnn",
+        ),
+        (
+            &["--model", "mlp", "--device", "cpu", "--memory", "4Gb"][..],
+            "powers of 1024",
+        ),
+    ] {
+        let output = maxbatch("flags").args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.lines().any(|l| l.starts_with("trial")), "{stderr}");
+    }
+}
+
+/// `check` says how much of the capacity the size used, and warnings in a log file carry no
+/// colour codes.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn check_prints_the_share_of_the_budget_and_logs_have_no_colour_codes() {
+    let output = maxbatch("check")
+        .arg("check")
+        .args([
+            "--model",
+            "transformer-tiny",
+            "--seq-len",
+            "32",
+            "--device",
+            "cuda:0",
+        ])
+        .args(["--memory", "48MiB", "--batch-size", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("fits on cpu: peak"), "{stdout}");
+    assert!(stdout.contains("% of the budget 48.0 MiB"), "{stdout}");
+    assert!(stderr.contains("WARN"), "the CPU fallback warns: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe: {stderr:?}"
+    );
+}
