@@ -95,8 +95,12 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
                 let device = DeviceInfo::of(&setup.device, setup.meter.as_ref());
                 return Ok(finder.search(&mut children, device, &mut progress)?);
             }
-            let mut workload = setup.build()?;
-            Ok(finder.find_with(&mut workload, setup.meter.as_mut(), &mut progress)?)
+            let (mut workload, built) = setup.build()?;
+            Ok(finder.clone().model_holds(built).find_with(
+                &mut workload,
+                setup.meter.as_mut(),
+                &mut progress,
+            )?)
         })?;
         let interrupted = report.interrupted;
         reports.push(report);
@@ -176,13 +180,17 @@ fn trial(args: &CheckArgs) -> Result<ExitCode> {
     settings.validate_check(args.batch_size)?;
     let device = device::resolve(args.target.device.0[0], false)?;
     let mut setup = Setup::new(&args.target, device)?;
-    let mut workload = setup.build()?;
-    let trial = setup.finder(None).settings(settings).check_with(
-        &mut workload,
-        setup.meter.as_mut(),
-        args.batch_size,
-        &mut Silent,
-    )?;
+    let (mut workload, built) = setup.build()?;
+    let trial = setup
+        .finder(None)
+        .settings(settings)
+        .model_holds(built)
+        .check_with(
+            &mut workload,
+            setup.meter.as_mut(),
+            args.batch_size,
+            &mut Silent,
+        )?;
     println!("{}", serde_json::to_string(&trial)?);
     Ok(ExitCode::SUCCESS)
 }
@@ -255,9 +263,9 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
         let kind = format!("check {}", args.batch_size);
         let key = finder.cached(&kind, setup.meter.as_ref());
         let trial: Trial = cached(&finder, key, || {
-            let mut workload = setup.build()?;
+            let (mut workload, built) = setup.build()?;
             let mut progress = Progress::new(args.target.json);
-            Ok(finder.check_with(
+            Ok(finder.clone().model_holds(built).check_with(
                 &mut workload,
                 setup.meter.as_mut(),
                 args.batch_size,
@@ -375,24 +383,30 @@ impl Setup {
 
     /// Builds the model with random weights, after checking that its weights and
     /// optimizer state fit: building ones that cannot would abort the process on the CPU.
-    fn build(&self) -> Result<Workload> {
+    /// Returns the workload and the bytes building it added (the weights and the optimizer
+    /// state, as the meter counts them).
+    fn build(&mut self) -> Result<(Workload, u64)> {
         let weight_bytes = self.model.weight_bytes().unwrap_or(0);
         let needs = weight_bytes * (1 + self.optimizer.state_copies());
         let capacity = self.meter.capacity().bytes;
         if needs > capacity {
             return Err(Error::ModelExceedsCapacity {
                 held: needs,
+                workspace: 0,
                 capacity,
             }
             .into());
         }
         tracing::info!(model = %self.model.name, device = %self.device.name, "building the model");
-        Ok(Workload::new(
+        let before = self.meter.current_bytes()?;
+        let workload = Workload::new(
             &self.spec,
             &self.options,
             self.optimizer,
             &self.device.device,
-        )?)
+        )?;
+        let built = self.meter.current_bytes()?.saturating_sub(before);
+        Ok((workload, built))
     }
 }
 

@@ -35,13 +35,16 @@ pub enum Error {
 
     /// The model and optimizer state alone are over the capacity.
     #[error(
-        "the model alone (weights and optimizer state) needs {}, more than the capacity {}; \
+        "the model alone (weights and optimizer state{}) needs {}, more than the capacity {}; \
          raise --memory, or choose a smaller model, --dtype bf16 or --optimizer sgd",
+        if *workspace > 0 { format!(", with {} of matrix-multiply workspaces", bytes(*workspace)) } else { String::new() },
         bytes(*held), bytes(*capacity)
     )]
     ModelExceedsCapacity {
         /// Bytes held before any trial.
         held: u64,
+        /// Of them, the CPU's matrix-multiply workspaces (0 when not counted).
+        workspace: u64,
         /// The capacity.
         capacity: u64,
     },

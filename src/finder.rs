@@ -45,6 +45,7 @@ pub struct Finder {
     model: Option<ModelInfo>,
     cache: Option<(Cache, String, CacheUse)>,
     stop: Option<Arc<AtomicBool>>,
+    model_holds: Option<u64>,
 }
 
 impl Finder {
@@ -65,6 +66,7 @@ impl Finder {
             model: None,
             cache: None,
             stop: None,
+            model_holds: None,
         }
     }
 
@@ -186,6 +188,16 @@ impl Finder {
         self
     }
 
+    /// The bytes the model and its optimizer hold (default: everything the process holds
+    /// when the search starts). CPU trials are then measured as these bytes plus what the
+    /// trial adds, so that what else the process holds (your dataset, the search's own
+    /// bookkeeping) is not counted against the budget, and a trial measures the same in any
+    /// process (see docs/design.md).
+    pub fn model_holds(mut self, bytes: u64) -> Self {
+        self.model_holds = Some(bytes);
+        self
+    }
+
     /// The settings as they stand.
     pub fn search_settings(&self) -> &SearchSettings {
         &self.settings
@@ -278,6 +290,12 @@ impl Finder {
         })
     }
 
+    /// What a trial counts as held before it: the model's bytes and the meter's own (see
+    /// [`model_holds`](Self::model_holds)), or `None` for everything held.
+    fn counted_held(&self, meter: &dyn MemoryMeter) -> Option<u64> {
+        self.model_holds.map(|model| model + meter.own_bytes())
+    }
+
     fn model_info(&self) -> ModelInfo {
         self.model.clone().unwrap_or_else(|| ModelInfo {
             name: "custom".into(),
@@ -297,14 +315,15 @@ impl Finder {
     ) -> Result<Report, Error> {
         self.settings.validate()?;
         let capacity = meter.capacity();
-        let baseline = meter.current_bytes()?;
+        let overhead_bytes = runner::warm_up(step, meter)?;
+        let baseline = meter.mark_reference(self.counted_held(meter))?;
         if baseline > capacity.bytes {
             return Err(Error::ModelExceedsCapacity {
                 held: baseline,
+                workspace: meter.own_bytes(),
                 capacity: capacity.bytes,
             });
         }
-        let overhead_bytes = runner::warm_up(step, meter)?;
         let device = DeviceInfo {
             baseline_bytes: Some(baseline),
             overhead_bytes,
@@ -328,6 +347,7 @@ impl Finder {
     ) -> Result<Trial, Error> {
         self.settings.validate_check(batch_size)?;
         runner::warm_up(step, meter)?;
+        meter.mark_reference(self.counted_held(meter))?;
         let mut source = InProcessTrials {
             step,
             meter,

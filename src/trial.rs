@@ -159,6 +159,8 @@ pub fn run(
 ) -> candle_core::Result<Trial> {
     let capacity = meter.capacity().bytes;
     let baseline = meter.current_bytes()?;
+    // What earlier trials' bookkeeping holds is not this trial's (see MemoryMeter::drift_bytes).
+    let drift = meter.drift_bytes()?;
     meter.reset_peak()?;
     let started = Instant::now();
     let mut completed = 0;
@@ -168,7 +170,7 @@ pub fn run(
     let mut phase_peaks = Vec::new();
     for step_index in 0..steps {
         let mut boundary = |phase: Phase| {
-            let peak_bytes = meter.peak_bytes()?;
+            let peak_bytes = meter.peak_bytes()?.saturating_sub(drift);
             if step_index == 0 {
                 phase_peaks.push(PhasePeak { phase, peak_bytes });
             }
@@ -205,7 +207,7 @@ pub fn run(
             Err(error) => return Err(error),
         }
     }
-    let peak = meter.peak_bytes()?;
+    let peak = meter.peak_bytes()?.saturating_sub(drift);
     let reserved_bytes = meter.reserved_peak_bytes()?;
     let leaked_bytes = meter.recover(baseline)?;
     if let Some(leaked) = leaked_bytes.filter(|&l| l > 0) {

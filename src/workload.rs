@@ -185,15 +185,17 @@ impl TrainStep for Workload {
         batch_size: usize,
         boundary: &mut dyn FnMut(Phase) -> Result<()>,
     ) -> Result<()> {
+        // The loop candle users write, `opt.backward_step(&loss)?`: the loss, and with it the
+        // graph and the activations it holds, stays alive through the optimizer's update
+        // (see docs/design.md). A loop that drops the graph before the update peaks lower.
         let loss = self.loss(batch_size)?;
         boundary(Phase::Forward)?;
         let grads = loss.backward()?;
-        // The graph (and the activations it holds) is freed before the update, as a
-        // training loop that lets the loss go out of scope does.
-        drop(loss);
         boundary(Phase::Backward)?;
         self.optimizer.step(&grads)?;
         drop(grads);
-        boundary(Phase::Update)
+        boundary(Phase::Update)?;
+        drop(loss);
+        Ok(())
     }
 }

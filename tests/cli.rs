@@ -282,7 +282,8 @@ fn bad_input_is_one_clear_line_and_exit_2() {
 
 #[test]
 fn a_budget_below_batch_one_says_what_it_needs() {
-    // Enough for the tiny model's weights and optimizer state, not for one batch.
+    // Enough for the tiny model's weights and optimizer state (2 MiB) and the CPU's
+    // matrix-multiply workspaces (2 MiB a thread), not for one batch.
     fails_cleanly(
         &[
             "--model",
@@ -290,7 +291,7 @@ fn a_budget_below_batch_one_says_what_it_needs() {
             "--device",
             "cpu",
             "--memory",
-            "4MiB",
+            "12MiB",
         ],
         "does not fit even at batch size 1: needs at least",
     );

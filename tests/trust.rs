@@ -270,3 +270,46 @@ fn check_prints_the_share_of_the_budget_and_logs_have_no_colour_codes() {
         "colour codes in a pipe: {stderr:?}"
     );
 }
+
+/// In this process, in child processes (`--isolate`) and in a fresh `check`, a size fits or
+/// not alike: the search's maximum fits when checked and the size after it does not, and the
+/// isolated search finds the same maximum, on every family.
+#[test]
+fn the_search_check_and_isolated_trials_agree_on_every_family() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let llama = format!("{fixtures}/tiny-llama.json");
+    let families: [&[&str]; 3] = [
+        &["--model", "mlp", "--memory", "128MiB"],
+        &["--model", "cnn", "--image-size", "8", "--memory", "480MiB"],
+        &["--config", &llama, "--seq-len", "16", "--memory", "64MiB"],
+    ];
+    for family in families {
+        let search = |extra: &[&str]| {
+            json(
+                maxbatch("agree")
+                    .args(family)
+                    .args(["--device", "cpu", "--no-cache", "--json"])
+                    .args(extra),
+            )
+        };
+        let report = search(&[]);
+        let max = report["max_batch_size"].as_u64().unwrap();
+        for (size, fits) in [(max, true), (max + 1, false)] {
+            let output = maxbatch("agree")
+                .arg("check")
+                .args(family)
+                .args(["--device", "cpu", "--no-cache", "--batch-size"])
+                .arg(size.to_string())
+                .output()
+                .unwrap();
+            let expected = if fits { 0 } else { 1 };
+            assert_eq!(
+                output.status.code(),
+                Some(expected),
+                "{family:?} check {size}: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        assert_eq!(search(&["--isolate"])["max_batch_size"], max, "{family:?}");
+    }
+}

@@ -127,6 +127,8 @@ pub struct MachineLimit {
 pub struct CpuMeter {
     capacity: Capacity,
     machine_limit: Option<MachineLimit>,
+    reference: Option<u64>,
+    own_bytes: u64,
 }
 
 impl CpuMeter {
@@ -135,6 +137,7 @@ impl CpuMeter {
     /// Fails when [`CountingAllocator`] is not the global allocator.
     pub fn with_budget(budget: u64) -> Result<Self, Error> {
         ensure_installed()?;
+        let own_bytes = reserve_matmul_workspace();
         Ok(Self {
             capacity: Capacity {
                 bytes: budget,
@@ -142,6 +145,8 @@ impl CpuMeter {
                 is_budget: true,
             },
             machine_limit: machine_limit().ok(),
+            reference: None,
+            own_bytes,
         })
     }
 
@@ -155,6 +160,7 @@ impl CpuMeter {
     /// memory cannot be read (give a budget with [`CpuMeter::with_budget`] then).
     pub fn from_available_memory() -> Result<Self, Error> {
         ensure_installed()?;
+        let own_bytes = reserve_matmul_workspace();
         let limit = machine_limit()?;
         Ok(Self {
             capacity: Capacity {
@@ -163,6 +169,8 @@ impl CpuMeter {
                 is_budget: true,
             },
             machine_limit: Some(limit),
+            reference: None,
+            own_bytes,
         })
     }
 
@@ -193,6 +201,46 @@ impl MemoryMeter for CpuMeter {
     fn hard_limit(&self) -> Option<u64> {
         self.machine_limit()
     }
+
+    fn mark_reference(&mut self, held: Option<u64>) -> candle_core::Result<u64> {
+        let held = held.unwrap_or_else(CountingAllocator::current_bytes);
+        self.reference = Some(held);
+        Ok(held)
+    }
+
+    fn own_bytes(&self) -> u64 {
+        self.own_bytes
+    }
+
+    fn drift_bytes(&mut self) -> candle_core::Result<u64> {
+        Ok(self
+            .reference
+            .map_or(0, |r| CountingAllocator::current_bytes().saturating_sub(r)))
+    }
+}
+
+/// Makes the process hold the matrix-multiply workspaces it keeps for the rest of its life,
+/// and returns their bytes. candle's CPU matrix products (the gemm crate) give each thread
+/// that runs one a buffer the size of the L2 cache, and never free it. Which threads had run
+/// one depended on the trials before, and on which worker happened to pick up a task, so a
+/// trial measured in a search differed from the same trial in a fresh process (`check`,
+/// `--isolate`) by a buffer or two (2 MiB each here). Held from the start by this thread and
+/// every worker of the thread pool, they are in every mode's baseline alike (see
+/// docs/design.md).
+fn reserve_matmul_workspace() -> u64 {
+    let before = CountingAllocator::current_bytes();
+    // A product of two rows runs on the calling thread, whichever it is.
+    let small_product = || {
+        use candle_core::{DType, Device, Tensor};
+        let product = Tensor::ones((2, 512), DType::F32, &Device::Cpu)
+            .and_then(|a| a.matmul(&Tensor::ones((512, 512), DType::F32, &Device::Cpu)?));
+        if let Err(error) = product {
+            tracing::debug!("could not reserve the matrix-multiply workspace: {error}");
+        }
+    };
+    small_product();
+    rayon::broadcast(|_| small_product());
+    CountingAllocator::current_bytes().saturating_sub(before)
 }
 
 /// `bytes` rounded down to its five most significant bits.

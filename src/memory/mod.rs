@@ -115,6 +115,30 @@ pub trait MemoryMeter {
     fn total_bytes(&self) -> Option<u64> {
         None
     }
+
+    /// Sets what every trial counts as held before it: `held` bytes, or everything in use
+    /// now (`None`); returns that figure. Called once, before the first trial.
+    fn mark_reference(&mut self, held: Option<u64>) -> candle_core::Result<u64> {
+        match held {
+            Some(bytes) => Ok(bytes),
+            None => self.current_bytes(),
+        }
+    }
+
+    /// Bytes the meter itself made the process hold (the CPU's matrix-multiply
+    /// workspaces), which every trial counts. 0 elsewhere.
+    fn own_bytes(&self) -> u64 {
+        0
+    }
+
+    /// Bytes in use now beyond what trials count as held (see
+    /// [`mark_reference`](Self::mark_reference)): what else the process holds, and what the
+    /// search's own bookkeeping added since. A trial's peak is counted without them, so that
+    /// it does not depend on the process or the trials before it. 0 where the meter counts
+    /// only the device's memory.
+    fn drift_bytes(&mut self) -> candle_core::Result<u64> {
+        Ok(0)
+    }
 }
 
 /// The meter for `device`: the CPU's counting allocator against `budget` (default: the

@@ -27,8 +27,10 @@ pub struct DeviceInfo {
     pub capacity_source: CapacitySource,
     /// True when the capacity is a budget maxbatch enforces (CPU), not the hardware's.
     pub capacity_is_budget: bool,
-    /// Bytes held before the first trial (weights, optimizer state, runtime); `None` when
-    /// the trials ran in child processes.
+    /// Bytes every trial counts as held before it: the model, its optimizer state and the
+    /// CPU's matrix-multiply workspaces (or, for a library call without
+    /// `Finder::model_holds`, everything the process held); `None` when the trials ran in
+    /// child processes.
     pub baseline_bytes: Option<u64>,
     /// The device's total memory (CUDA; `None` on the CPU).
     pub total_bytes: Option<u64>,

@@ -112,7 +112,7 @@ fn header(out: &mut String, r: &Report) {
     if let Some(baseline) = d.baseline_bytes {
         let _ = writeln!(
             out,
-            "          {} held before the first trial (weights, optimizer state, and whatever else the process held)",
+            "          {} counted as held before every trial (weights, optimizer state, workspaces)",
             bytes(baseline)
         );
     }
