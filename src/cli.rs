@@ -49,6 +49,18 @@ pub enum Command {
     /// outcome.
     #[command(hide = true)]
     Trial(CheckArgs),
+    /// Acceptance check on a GPU (scripts/gpu-check.sh): allocate 1 GiB through candle and
+    /// check that the memory pool counts it and gives it back; JSON on stdout, exit 1 if not.
+    #[command(hide = true)]
+    PoolSelfTest(PoolSelfTestArgs),
+}
+
+/// Flags of `maxbatch pool-self-test`.
+#[derive(Debug, Args)]
+pub struct PoolSelfTestArgs {
+    /// The CUDA device, e.g. cuda:0.
+    #[arg(long, short, default_value = "cuda:0", value_parser = parse_devices, value_name = "DEVICE")]
+    pub device: Devices,
 }
 
 /// Flags of `maxbatch models`.

@@ -7,14 +7,16 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use maxbatch::cache::{Cache, CacheKey, CacheUse, Cacheable};
-use maxbatch::device::{self, DeviceRequest, ResolvedDevice};
+use maxbatch::device::{self, DeviceKind, DeviceRequest, ResolvedDevice};
 use maxbatch::format::{bytes, parameters};
 use maxbatch::isolate::ChildProcessTrials;
 use maxbatch::models::{self, ModelSource, ModelSpec, PRESETS};
 use maxbatch::report::{json, text, DeviceInfo};
-use maxbatch::{Error, Finder, MemoryMeter, OptimizerKind, Outcome, Silent, Trial, Workload};
+use maxbatch::{
+    Error, Finder, MemoryMeter, OptimizerKind, Outcome, SearchSettings, Silent, Trial, Workload,
+};
 
-use crate::cli::{CheckArgs, Cli, Command, FindArgs, ModelsArgs, TargetArgs};
+use crate::cli::{CheckArgs, Cli, Command, FindArgs, ModelsArgs, PoolSelfTestArgs, TargetArgs};
 use crate::progress::Progress;
 
 /// Runs the command line; the exit code of success and of "does not fit".
@@ -23,6 +25,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Models(args)) => list_models(&args),
         Some(Command::Check(args)) => check(&args),
         Some(Command::Trial(args)) => trial(&args),
+        Some(Command::PoolSelfTest(args)) => pool_self_test(&args),
         None => find(&cli.find),
     }
 }
@@ -76,37 +79,56 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
     }
     let stop = stop_on_signals();
     let mut reports = Vec::new();
+    // Several devices are only searched when each opened as asked (no CPU fallback), so the
+    // i-th report is the i-th request's.
+    let requests = args.target.device.0.clone();
     for device in open_devices(&args.target)? {
         let mut setup = Setup::new(&args.target, device)?;
+        let settings = setup.settings_for_device(&settings)?;
         let finder = setup
             .finder(args.target.cache())
             .settings(settings.clone())
             .stop_when(stop.flag.clone());
         let key = finder.cached("search", setup.meter.as_ref());
-        let report = cached(&finder, key, || {
-            let mut progress = Progress::new(args.target.json);
-            if args.isolate {
-                let mut children = ChildProcessTrials::new(
-                    std::env::current_exe()?,
-                    args.target
-                        .child_args(&setup.device.name, setup.meter.capacity().bytes),
-                    setup.meter.hard_limit(),
-                );
-                let device = DeviceInfo::of(&setup.device, setup.meter.as_ref());
-                return Ok(finder.search(&mut children, device, &mut progress)?);
-            }
-            let (mut workload, built) = setup.build()?;
-            Ok(finder.clone().model_holds(built).find_with(
-                &mut workload,
-                setup.meter.as_mut(),
-                &mut progress,
-            )?)
-        })?;
+        let report = if args.isolate {
+            let device = DeviceInfo::of(&setup.device, setup.meter.as_ref());
+            let mut children = ChildProcessTrials::new(
+                std::env::current_exe()?,
+                args.target
+                    .child_args(&setup.device.name, setup.meter.capacity().bytes),
+                setup.meter.hard_limit(),
+            );
+            // The parent lets go of the device before the children run: a CUDA context of
+            // its own would hold memory that each child's measurement then lacks.
+            drop(finder);
+            setup.release_device();
+            let finder = setup
+                .finder(args.target.cache())
+                .settings(settings)
+                .stop_when(stop.flag.clone());
+            cached(&finder, key, || {
+                let mut progress = Progress::new(args.target.json);
+                Ok(finder.search(&mut children, device, &mut progress)?)
+            })?
+        } else {
+            cached(&finder, key, || {
+                let mut progress = Progress::new(args.target.json);
+                let (mut workload, built) = setup.build()?;
+                Ok(finder.clone().model_holds(built).find_with(
+                    &mut workload,
+                    setup.meter.as_mut(),
+                    &mut progress,
+                )?)
+            })?
+        };
         let interrupted = report.interrupted;
         reports.push(report);
         if interrupted {
             break;
         }
+    }
+    if reports.len() > 1 && !reports.iter().any(|r| r.interrupted) {
+        verify_on_every_device(args, &requests, &mut reports)?;
     }
     if let Some(partial) = reports.iter().find(|r| r.interrupted) {
         return interrupted(
@@ -132,6 +154,39 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs, on each device, the data-parallel sizes (the minimum over the devices) that its
+/// own search skipped, so that every size reported for the replicas ran on every device.
+fn verify_on_every_device(
+    args: &FindArgs,
+    requests: &[DeviceRequest],
+    reports: &mut [maxbatch::Report],
+) -> Result<()> {
+    for (i, size) in maxbatch::report::unverified_on_devices(reports) {
+        let device = device::resolve(requests[i], false)?;
+        let mut setup = Setup::new(&args.target, device)?;
+        let (mut workload, built) = setup.build()?;
+        let trial = setup
+            .finder(None)
+            .settings(args.target.check_settings())
+            .model_holds(built)
+            .check_with(
+                &mut workload,
+                setup.meter.as_mut(),
+                size,
+                &mut Progress::new(args.target.json),
+            )?;
+        if trial.outcome != Outcome::Fits {
+            tracing::warn!(
+                "batch size {size} fit on another device but not on {}; the data-parallel \
+                 sizes are not safe for every replica",
+                setup.device.name
+            );
+        }
+        reports[i].trials.push(trial);
+    }
+    Ok(())
 }
 
 /// The SVG file of report `i` of `count`: the path itself for one report, `NAME.i.svg` for
@@ -369,6 +424,37 @@ impl Setup {
         })
     }
 
+    /// `settings` for this device: on CUDA the largest batch size is capped where a tensor
+    /// would pass the elements candle's CUDA kernels can index.
+    fn settings_for_device(&self, settings: &SearchSettings) -> Result<SearchSettings> {
+        if self.device.kind != DeviceKind::Cuda {
+            return Ok(settings.clone());
+        }
+        let capped = self
+            .spec
+            .cuda_batch_cap(&self.options)?
+            .and_then(|cap| settings.capped_at(cap));
+        Ok(match capped {
+            Some(capped) => {
+                tracing::warn!(
+                    "{}: batch sizes above {} make a tensor of more than 2^32 elements, which \
+                     candle's CUDA kernels cannot index; the search stops there",
+                    self.device.name,
+                    capped.max_batch_or_default()
+                );
+                capped
+            }
+            None => settings.clone(),
+        })
+    }
+
+    /// Gives up the device (its CUDA context and memory pool) after its capacity was read:
+    /// the meter keeps only the figures, and the model cannot be built here any more.
+    fn release_device(&mut self) {
+        self.meter = Box::new(ReadMeter::of(self.meter.as_ref()));
+        self.device.device = candle_core::Device::Cpu;
+    }
+
     /// A finder on this device for this model, caching in `cache` (none: no cache) under
     /// the model's full shape.
     fn finder(&self, cache: Option<(Cache, CacheUse)>) -> Finder {
@@ -407,6 +493,71 @@ impl Setup {
         )?;
         let built = self.meter.current_bytes()?.saturating_sub(before);
         Ok((workload, built))
+    }
+}
+
+/// The GPU acceptance script's pool self-test (see `maxbatch::memory::cuda::pool_self_test`).
+fn pool_self_test(args: &PoolSelfTestArgs) -> Result<ExitCode> {
+    let device = device::resolve(args.device.0[0], false)?;
+    pool_self_test_on(&device.device)
+}
+
+#[cfg(feature = "cuda")]
+fn pool_self_test_on(device: &candle_core::Device) -> Result<ExitCode> {
+    let test = maxbatch::memory::cuda::pool_self_test(device)?;
+    println!("{}", serde_json::to_string(&test)?);
+    Ok(if test.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn pool_self_test_on(_device: &candle_core::Device) -> Result<ExitCode> {
+    anyhow::bail!("the pool self-test needs a build with `--features cuda` and a GPU")
+}
+
+/// A device's figures, read before it was given up: what a search in child processes needs
+/// of the parent's meter.
+struct ReadMeter {
+    capacity: maxbatch::memory::Capacity,
+    total: Option<u64>,
+    hard_limit: Option<u64>,
+}
+
+impl ReadMeter {
+    fn of(meter: &dyn MemoryMeter) -> Self {
+        Self {
+            capacity: meter.capacity(),
+            total: meter.total_bytes(),
+            hard_limit: meter.hard_limit(),
+        }
+    }
+
+    fn released<T>() -> candle_core::Result<T> {
+        candle_core::bail!("the device was given up to the child processes")
+    }
+}
+
+impl MemoryMeter for ReadMeter {
+    fn capacity(&self) -> maxbatch::memory::Capacity {
+        self.capacity
+    }
+    fn reset_peak(&mut self) -> candle_core::Result<()> {
+        Self::released()
+    }
+    fn peak_bytes(&mut self) -> candle_core::Result<u64> {
+        Self::released()
+    }
+    fn current_bytes(&mut self) -> candle_core::Result<u64> {
+        Self::released()
+    }
+    fn hard_limit(&self) -> Option<u64> {
+        self.hard_limit
+    }
+    fn total_bytes(&self) -> Option<u64> {
+        self.total
     }
 }
 

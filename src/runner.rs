@@ -175,5 +175,6 @@ pub fn warm_up(
         Err(error) => return Err(Error::trial(1, error)),
     }
     meter.recover(baseline)?;
+    meter.after_warmup()?;
     Ok(meter.outside_bytes()?)
 }

@@ -131,6 +131,15 @@ impl SearchSettings {
         })
     }
 
+    /// These settings with the largest batch size lowered to `cap` (a device's limit), or
+    /// `None` when the search would not pass it anyway.
+    pub fn capped_at(&self, cap: usize) -> Option<SearchSettings> {
+        (cap < self.max_batch_or_default()).then(|| SearchSettings {
+            max_batch: Some(cap),
+            ..self.clone()
+        })
+    }
+
     /// Checks the settings of a pre-flight check at `batch_size`.
     pub fn validate_check(&self, batch_size: usize) -> Result<(), Error> {
         if batch_size == 0 {
@@ -231,6 +240,23 @@ mod tests {
         }
         assert!(base().validate_check(0).is_err());
         assert!(base().validate_check(1).is_ok());
+    }
+
+    #[test]
+    fn a_device_cap_lowers_the_largest_size_only_when_it_binds() {
+        let settings = SearchSettings {
+            dataset_size: Some(1000),
+            ..SearchSettings::default()
+        };
+        let capped = settings.capped_at(262).unwrap();
+        assert_eq!(capped.validate().unwrap().max_batch, 262);
+        assert_eq!(
+            capped.dataset_size,
+            Some(1000),
+            "the schedule keeps its dataset"
+        );
+        assert_eq!(settings.capped_at(1000), None);
+        assert_eq!(settings.capped_at(5000), None);
     }
 
     #[test]

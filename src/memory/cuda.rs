@@ -25,8 +25,11 @@ pub struct CudaMeter {
     stream: Arc<CudaStream>,
     pool: Option<sys::CUmemoryPool>,
     capacity: Capacity,
+    budget: Option<u64>,
     total_bytes: u64,
     sampled_peak: u64,
+    /// The pool's release threshold before the meter raised it, restored on drop.
+    release_threshold: Option<u64>,
 }
 
 impl std::fmt::Debug for CudaMeter {
@@ -74,14 +77,35 @@ impl CudaMeter {
                 source: CapacitySource::Device,
                 is_budget: false,
             },
+            budget,
             total_bytes: total as u64,
             sampled_peak: 0,
+            release_threshold: None,
         };
-        let reserved = meter
+        meter.capacity = meter.available(free as u64)?;
+        // With a release threshold of 0 (the default) every synchronisation, three a step,
+        // hands the pool's reservations back to the driver and the next step maps them
+        // again: trials would time slower than training runs. The threshold is raised while
+        // the meter lives; `recover` trims the pool after each trial, and the used high-water
+        // mark stays the measure.
+        if let Some(pool) = meter.pool {
+            let previous = meter
+                .pool_attribute(PoolFigure::ReleaseThreshold)?
+                .unwrap_or(0);
+            meter.set_pool_attribute(pool, PoolFigure::ReleaseThreshold, u64::MAX)?;
+            meter.release_threshold = Some(previous);
+        }
+        Ok(meter)
+    }
+
+    /// The capacity with `free` bytes free on the device: those plus what the pool holds
+    /// (this process's own tensors), or the budget when that is smaller.
+    fn available(&self, free: u64) -> candle_core::Result<Capacity> {
+        let reserved = self
             .pool_attribute(PoolFigure::ReservedCurrent)?
             .unwrap_or(0);
-        let available = free as u64 + reserved;
-        meter.capacity = match budget {
+        let available = free + reserved;
+        Ok(match self.budget {
             Some(b) if b < available => Capacity {
                 bytes: b,
                 source: CapacitySource::Flag,
@@ -92,8 +116,7 @@ impl CudaMeter {
                 source: CapacitySource::Device,
                 is_budget: false,
             },
-        };
-        Ok(meter)
+        })
     }
 
     fn device_used(&self) -> candle_core::Result<u64> {
@@ -120,18 +143,40 @@ impl CudaMeter {
 
     fn reset_high_marks(&self, pool: sys::CUmemoryPool) -> candle_core::Result<()> {
         for figure in [PoolFigure::UsedHigh, PoolFigure::ReservedHigh] {
-            let mut zero: u64 = 0;
-            // SAFETY: as in `pool_attribute`; the high marks may only be set to 0.
-            unsafe {
-                result::mem_pool::set_attribute(
-                    pool,
-                    figure.attribute(),
-                    (&mut zero as *mut u64).cast::<c_void>(),
-                )
-            }
-            .map_err(driver)?;
+            // The high marks may only be set to 0.
+            self.set_pool_attribute(pool, figure, 0)?;
         }
         Ok(())
+    }
+
+    fn set_pool_attribute(
+        &self,
+        pool: sys::CUmemoryPool,
+        figure: PoolFigure,
+        value: u64,
+    ) -> candle_core::Result<()> {
+        let mut value = value;
+        // SAFETY: as in `pool_attribute`; every attribute set here is a cuuint64_t.
+        unsafe {
+            result::mem_pool::set_attribute(
+                pool,
+                figure.attribute(),
+                (&mut value as *mut u64).cast::<c_void>(),
+            )
+        }
+        .map_err(driver)
+    }
+}
+
+impl Drop for CudaMeter {
+    fn drop(&mut self) {
+        if let (Some(pool), Some(previous)) = (self.pool, self.release_threshold) {
+            if let Err(error) =
+                self.set_pool_attribute(pool, PoolFigure::ReleaseThreshold, previous)
+            {
+                tracing::warn!("could not restore the memory pool's release threshold: {error}");
+            }
+        }
     }
 }
 
@@ -141,6 +186,7 @@ enum PoolFigure {
     UsedHigh,
     ReservedCurrent,
     ReservedHigh,
+    ReleaseThreshold,
 }
 
 impl PoolFigure {
@@ -151,6 +197,7 @@ impl PoolFigure {
             PoolFigure::UsedHigh => A::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
             PoolFigure::ReservedCurrent => A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
             PoolFigure::ReservedHigh => A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+            PoolFigure::ReleaseThreshold => A::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
         }
     }
 }
@@ -213,6 +260,15 @@ impl MemoryMeter for CudaMeter {
         true
     }
 
+    fn after_warmup(&mut self) -> candle_core::Result<()> {
+        // The context's growth, lazily loaded kernels and cuBLAS's workspace now hold memory
+        // outside the pool: what is free now, not at start, is what trials can have.
+        self.stream.synchronize().map_err(driver)?;
+        let (free, _) = self.stream.context().mem_get_info().map_err(driver)?;
+        self.capacity = self.available(free as u64)?;
+        Ok(())
+    }
+
     fn outside_bytes(&mut self) -> candle_core::Result<Option<u64>> {
         self.stream.synchronize().map_err(driver)?;
         let reserved = self
@@ -228,6 +284,51 @@ impl MemoryMeter for CudaMeter {
     fn is_out_of_memory(&self, error: &candle_core::Error) -> bool {
         is_cuda_out_of_memory(error)
     }
+}
+
+/// What the pool self-test saw: the pool's bytes in use before a 1 GiB tensor was made, with
+/// it, and after it was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PoolSelfTest {
+    /// Bytes the tensor took.
+    pub tensor_bytes: u64,
+    /// The pool's used bytes before.
+    pub before: u64,
+    /// With the tensor alive.
+    pub with_tensor: u64,
+    /// After it was dropped.
+    pub after_drop: u64,
+}
+
+impl PoolSelfTest {
+    /// True when the pool counted the tensor (used rose by at least its bytes) and gave it
+    /// back (used fell to where it was).
+    pub fn passed(&self) -> bool {
+        self.with_tensor >= self.before + self.tensor_bytes && self.after_drop <= self.before
+    }
+}
+
+/// Allocates a 1 GiB tensor through candle on `device` and reads the pool around it: the
+/// acceptance check that the meter sees what candle allocates.
+pub fn pool_self_test(device: &Device) -> Result<PoolSelfTest, Error> {
+    let mut meter = CudaMeter::new(device, None)?;
+    if meter.pool.is_none() {
+        return Err(Error::InvalidSetting(
+            "this device has no memory pool: peaks are sampled, not counted".into(),
+        ));
+    }
+    let before = meter.current_bytes()?;
+    let elements = 1usize << 28; // 1 GiB of f32
+    let tensor = candle_core::Tensor::zeros(elements, candle_core::DType::F32, device)?;
+    let with_tensor = meter.current_bytes()?;
+    drop(tensor);
+    let after_drop = meter.current_bytes()?;
+    Ok(PoolSelfTest {
+        tensor_bytes: (elements * 4) as u64,
+        before,
+        with_tensor,
+        after_drop,
+    })
 }
 
 /// True when `error` is CUDA running out of memory: the driver's
@@ -298,6 +399,25 @@ mod tests {
         assert!(is_cuda_out_of_memory(&candle_core::Error::Cuda(Box::new(
             DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)
         ))));
+    }
+
+    #[test]
+    fn the_pool_self_test_passes_only_when_the_pool_counts_and_frees() {
+        let test = |with_tensor, after_drop| PoolSelfTest {
+            tensor_bytes: 1 << 30,
+            before: 100,
+            with_tensor,
+            after_drop,
+        };
+        assert!(test(100 + (1 << 30), 100).passed());
+        assert!(
+            !test(100 + (1 << 29), 100).passed(),
+            "a tensor the pool did not see"
+        );
+        assert!(
+            !test(100 + (1 << 30), 100 + (1 << 30)).passed(),
+            "a tensor never freed"
+        );
     }
 
     #[test]

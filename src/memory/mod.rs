@@ -21,7 +21,8 @@ pub enum CapacitySource {
     MemAvailable,
     /// A share of what the process's memory cgroup (a container's limit) allowed at start.
     Cgroup,
-    /// The device's total memory as its driver reports it.
+    /// The device's free memory after the warm-up step, plus what this process's memory
+    /// pool holds.
     Device,
 }
 
@@ -34,7 +35,9 @@ impl CapacitySource {
             CapacitySource::Cgroup => {
                 "about 80% of what the container's memory limit (cgroup) left at start"
             }
-            CapacitySource::Device => "the device's total memory",
+            CapacitySource::Device => {
+                "the device's free memory after the warm-up step, with what the pool holds"
+            }
         }
     }
 }
@@ -103,6 +106,12 @@ pub trait MemoryMeter {
     /// the first trial, so one warm-up step should run before the search.
     fn needs_warmup(&self) -> bool {
         false
+    }
+
+    /// After the warm-up step: re-reads the capacity where the warm-up took memory the
+    /// meter does not count (a CUDA context's growth, kernels, library workspaces).
+    fn after_warmup(&mut self) -> candle_core::Result<()> {
+        Ok(())
     }
 
     /// Bytes the device holds outside what the meter counts (driver context, library

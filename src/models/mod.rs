@@ -96,6 +96,11 @@ pub enum Architecture {
     ResNet(resnet::ResNetConfig),
 }
 
+/// The most elements one tensor may have on CUDA: candle's CUDA kernels index elements with
+/// `u32`, so a larger tensor would crash or compute garbage. The search never tries a batch
+/// size past it.
+pub const CUDA_MAX_ELEMENTS: u64 = u32::MAX as u64;
+
 /// The built-in presets, in the order `maxbatch models` lists them.
 pub const PRESETS: &[(&str, Architecture)] = &[
     ("mlp", Architecture::Mlp(mlp::MlpConfig::DEFAULT)),
@@ -220,6 +225,45 @@ impl ModelSpec {
             return refuse("--image-size");
         }
         Ok(())
+    }
+
+    /// The elements of the largest tensor one sample adds to a training step with
+    /// `options`: the logits (tokens × vocabulary), the attention scores (heads × tokens²) or
+    /// the MLP's hidden layer for a transformer; the convolutions' unfolded inputs (64
+    /// channels × 9 × the image's pixels, in the first stage) for the ResNet. Arithmetic from
+    /// the shapes; see [`CUDA_MAX_ELEMENTS`].
+    pub fn elements_per_sample(&self, options: &ModelOptions) -> std::result::Result<u64, Error> {
+        let tokens_times = |seq: usize, widths: &[usize], heads: usize| {
+            let seq = seq as u64;
+            let widest = widths.iter().map(|&w| seq * w as u64).max().unwrap_or(0);
+            widest.max(heads as u64 * seq * seq)
+        };
+        Ok(match &self.architecture {
+            Architecture::Mlp(c) => [c.inputs, c.width, c.classes]
+                .into_iter()
+                .max()
+                .unwrap_or(0) as u64,
+            Architecture::Gpt(c) => tokens_times(c.seq_len(options)?, &[c.vocab, c.ffn], c.heads),
+            Architecture::Llama(c, _) => tokens_times(
+                llama_seq_len(c, options)?,
+                &[c.vocab, c.intermediate],
+                c.heads,
+            ),
+            Architecture::ResNet(_) => {
+                let side = image_size(options)? as u64;
+                64 * 9 * side * side
+            }
+        })
+    }
+
+    /// The largest batch size whose tensors candle's CUDA kernels can index (see
+    /// [`CUDA_MAX_ELEMENTS`]), or `None` when no batch size below `usize::MAX` reaches it.
+    pub fn cuda_batch_cap(
+        &self,
+        options: &ModelOptions,
+    ) -> std::result::Result<Option<usize>, Error> {
+        let per_sample = self.elements_per_sample(options)?.max(1);
+        Ok(usize::try_from(CUDA_MAX_ELEMENTS / per_sample).ok())
     }
 
     /// Builds the model with random weights from `vb`.
@@ -358,6 +402,25 @@ mod tests {
                 vec![0.0, 0.0, 0.0]
             ]
         );
+    }
+
+    #[test]
+    fn the_cuda_cap_keeps_the_largest_tensor_indexable() {
+        let options = ModelOptions::default();
+        for (name, _) in PRESETS {
+            let spec = ModelSpec::preset(name).unwrap();
+            let per_sample = spec.elements_per_sample(&options).unwrap();
+            let cap = spec.cuda_batch_cap(&options).unwrap().unwrap() as u64;
+            assert!(cap * per_sample <= CUDA_MAX_ELEMENTS, "{name}");
+            assert!((cap + 1) * per_sample > CUDA_MAX_ELEMENTS, "{name}");
+        }
+        // transformer-small at 512 tokens: the logits, 512 × 32,000 per sample.
+        let small = ModelSpec::preset("transformer-small").unwrap();
+        assert_eq!(small.elements_per_sample(&options).unwrap(), 512 * 32_000);
+        assert_eq!(small.cuda_batch_cap(&options).unwrap(), Some(262));
+        // The MLP's widest layer is 1,024 wide: about four million samples.
+        let mlp = ModelSpec::preset("mlp").unwrap();
+        assert_eq!(mlp.cuda_batch_cap(&options).unwrap(), Some(4_194_303));
     }
 
     #[test]

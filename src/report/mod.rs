@@ -132,6 +132,27 @@ pub struct DataParallel<'a> {
     pub schedule: Vec<ScheduleRow>,
 }
 
+/// The sizes a data-parallel run uses (the minimum maximum, largest power of two and
+/// recommended size over `reports`) that did not run on some device: `(device index, batch
+/// size)`, to be run there before they are reported as fitting on every device.
+pub fn unverified_on_devices(reports: &[Report]) -> Vec<(usize, usize)> {
+    let dp = DataParallel::new(reports);
+    let sizes = [
+        Some(dp.max_batch_size),
+        Some(dp.largest_power_of_two),
+        dp.recommended_batch_size,
+    ];
+    let mut missing = Vec::new();
+    for (i, report) in reports.iter().enumerate() {
+        for size in sizes.into_iter().flatten().filter(|&b| b > 0) {
+            if report.fitting_trial(size).is_none() && !missing.contains(&(i, size)) {
+                missing.push((i, size));
+            }
+        }
+    }
+    missing
+}
+
 impl<'a> DataParallel<'a> {
     /// Combines the reports of one search per device (at least one).
     pub fn new(devices: &'a [Report]) -> Self {
@@ -269,6 +290,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn sizes_a_device_skipped_are_run_there_before_they_are_reported() {
+        // cuda:1's minimum (6) ran on cuda:0 in the fixture (every size up to its max did).
+        let reports = [fixture("cuda:0", 9, Some(8)), fixture("cuda:1", 6, Some(5))];
+        assert_eq!(unverified_on_devices(&reports), []);
+        // A search that skipped sizes (the guided search does): cuda:0 only ran 1, 4, 9, 10.
+        let mut sparse = fixture("cuda:0", 9, Some(8));
+        sparse
+            .trials
+            .retain(|t| [1, 4, 9, 10].contains(&t.batch_size));
+        let reports = [sparse, fixture("cuda:1", 6, Some(5))];
+        assert_eq!(unverified_on_devices(&reports), [(0, 6), (0, 5)]);
+    }
+
+    #[test]
     fn the_text_report_names_every_figure() {
         let mut report = fixture("cuda:0", 6, Some(5));
         report.trials[2].leaked_bytes = Some(3 << 20);
@@ -276,7 +311,7 @@ pub(crate) mod tests {
         let text = super::text::render(&report);
         for needle in [
             "transformer-tiny (168.2K parameters, 64 tokens per sample, f32, adamw, 2 steps per trial)",
-            "cuda:0, capacity 1.0 GiB from the device's total memory",
+            "cuda:0, capacity 1.0 GiB from the device's free memory after the warm-up step",
             "device total 2.0 GiB",
             "500.0 MiB held outside the pool after the warm-up step",
             "LEAKED 3.0 MiB after the trial",
