@@ -178,3 +178,62 @@ pub fn warm_up(
     meter.after_warmup()?;
     Ok(meter.outside_bytes()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::memory::{Capacity, CapacitySource};
+
+    /// A device whose warm-up takes memory outside the meter's count (a CUDA context, a
+    /// library workspace): its capacity shrinks when it is read after the warm-up step.
+    struct Shrinking {
+        capacity: u64,
+        events: Rc<RefCell<Vec<&'static str>>>,
+    }
+
+    impl MemoryMeter for Shrinking {
+        fn capacity(&self) -> Capacity {
+            Capacity {
+                bytes: self.capacity,
+                source: CapacitySource::Device,
+                is_budget: false,
+            }
+        }
+        fn reset_peak(&mut self) -> candle_core::Result<()> {
+            Ok(())
+        }
+        fn peak_bytes(&mut self) -> candle_core::Result<u64> {
+            Ok(0)
+        }
+        fn current_bytes(&mut self) -> candle_core::Result<u64> {
+            Ok(0)
+        }
+        fn needs_warmup(&self) -> bool {
+            true
+        }
+        fn after_warmup(&mut self) -> candle_core::Result<()> {
+            self.events.borrow_mut().push("capacity read");
+            self.capacity -= 300;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_capacity_is_read_again_after_the_warm_up_step() {
+        let events = Rc::new(RefCell::new(Vec::new()));
+        let mut meter = Shrinking {
+            capacity: 1000,
+            events: events.clone(),
+        };
+        let mut step = |_: usize| -> candle_core::Result<()> {
+            events.borrow_mut().push("warm-up step");
+            Ok(())
+        };
+        warm_up(&mut step, &mut meter).unwrap();
+        assert_eq!(*events.borrow(), ["warm-up step", "capacity read"]);
+        assert_eq!(meter.capacity().bytes, 700);
+    }
+}

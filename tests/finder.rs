@@ -167,14 +167,16 @@ struct LineMeter {
     peak: Rc<Cell<u64>>,
     capacity: u64,
     hard_limit: Option<u64>,
+    total: Option<u64>,
+    source: CapacitySource,
 }
 
 impl MemoryMeter for LineMeter {
     fn capacity(&self) -> Capacity {
         Capacity {
             bytes: self.capacity,
-            source: CapacitySource::Flag,
-            is_budget: true,
+            source: self.source,
+            is_budget: self.source != CapacitySource::Device,
         }
     }
     fn reset_peak(&mut self) -> candle_core::Result<()> {
@@ -189,6 +191,9 @@ impl MemoryMeter for LineMeter {
     }
     fn hard_limit(&self) -> Option<u64> {
         self.hard_limit
+    }
+    fn total_bytes(&self) -> Option<u64> {
+        self.total
     }
 }
 
@@ -210,6 +215,8 @@ fn sizes_predicted_past_the_machine_are_not_run() {
         peak,
         capacity: 5_000,
         hard_limit: Some(4_375),
+        total: None,
+        source: CapacitySource::Flag,
     };
     let report = Finder::on_resolved(cpu())
         .model(model())
@@ -359,4 +366,41 @@ fn a_cache_key_makes_the_second_call_free() {
     assert_eq!(second.max_batch_size, 20);
     std::env::remove_var("MAXBATCH_CACHE");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_cache_key_sees_a_cuda_memory_cap_and_leaves_the_dataset_out() {
+    // A device with its own memory (16 GiB) under a --memory cap: the cap decides the answer.
+    let meter = |capacity: u64, source| LineMeter {
+        peak: Rc::new(Cell::new(0)),
+        capacity,
+        hard_limit: None,
+        total: Some(16 << 30),
+        source,
+    };
+    let dir = std::env::temp_dir().join("maxbatch-key-test");
+    let finder = Finder::on(&candle_core::Device::Cpu).cache_in(
+        maxbatch::cache::Cache::at(&dir),
+        "my model",
+        maxbatch::cache::CacheUse::Answer,
+    );
+    let key = |f: &Finder, m: &LineMeter| f.cached("search", m).unwrap().1;
+    let capped = key(&finder, &meter(8 << 30, CapacitySource::Flag));
+    let other_cap = key(&finder, &meter(4 << 30, CapacitySource::Flag));
+    let uncapped = key(&finder, &meter(15 << 30, CapacitySource::Device));
+    assert_ne!(capped, other_cap);
+    assert_ne!(capped, uncapped);
+    // The free memory at start varies from run to run; the device's total does not.
+    assert_eq!(
+        uncapped,
+        key(&finder, &meter(14 << 30, CapacitySource::Device))
+    );
+    // Epochs only change the schedule: the same key. A plan for accumulation is another one.
+    let epochs = finder.clone().epochs(5);
+    assert_eq!(capped, key(&epochs, &meter(8 << 30, CapacitySource::Flag)));
+    let accumulate = finder.clone().accumulate(256, 4, None);
+    assert_ne!(
+        capped,
+        key(&accumulate, &meter(8 << 30, CapacitySource::Flag))
+    );
 }
