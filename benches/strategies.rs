@@ -25,7 +25,7 @@ use maxbatch::search::{self, Bounds, Fits, Measured};
 use maxbatch::{trial, CountingAllocator, CpuMeter, OptimizerKind, Workload};
 
 #[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
+static ALLOCATOR: CountingAllocator = CountingAllocator::new();
 
 /// One trial as every strategy sees it.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use candle_nn::{linear, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMa
 use maxbatch::Finder;
 
 #[global_allocator]
-static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator;
+static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator::new();
 
 const SAMPLES: usize = 20_000;
 const FEATURES: usize = 32;

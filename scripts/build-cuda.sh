@@ -59,6 +59,8 @@ cuModuleGetFunction cuLaunchKernel cuStreamDestroy_v2 cuStreamSynchronize cuStre
 cuEventCreate cuEventDestroy_v2 cuEventRecord cuMemAlloc_v2 cuMemFree_v2 cuMemAllocAsync cuMemFreeAsync
 cuMemsetD8Async cuMemcpyPeerAsync cuMemcpyDtoDAsync_v2 cuMemcpyDtoHAsync_v2 cuMemcpyHtoDAsync_v2"
 
+PROJECT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
 setup_toolchain() {
   mkdir -p "$WHEELS" "$ROOT"
   write_requirements
@@ -87,17 +89,25 @@ setup_toolchain() {
   # comes from the NVIDIA driver on the GPU machine. Placed in lib/stubs, which
   # cudarc's build.rs adds to the link search path when CUDA_HOME is set.
   local stub="$CUDA_HOME_DIR/lib/stubs/libcuda.so"
-  if [ ! -f "$stub" ]; then
+  # The stub exports every driver function cudarc can load, read from cudarc's sources:
+  # fetch them first (a build without --features cuda never downloads cudarc), and
+  # regenerate the stub whenever that list changes (a stub made before the fetch lacked the
+  # memory-pool functions, and the CUDA binary failed to link).
+  ( cd "$PROJECT_DIR" && cargo fetch >&2 )
+  local syms="$CUDA13_DIR/cuda_syms.txt"
+  { echo "$FALLBACK_CU_SYMS" | tr ' ' '\n'
+    for f in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-*/src/driver/sys/mod.rs; do
+      if [ -f "$f" ]; then grep -oE 'load::<_F>\("cu[A-Za-z0-9_]+"\)' "$f" | sed -E 's/.*\("([^"]+)"\)/\1/' || true; fi
+    done; } | grep -E '^cu' | sort -u > "$syms.new"
+  if [ ! -f "$stub" ] || ! cmp -s "$syms.new" "$syms"; then
     log "generating stub $stub"
     mkdir -p "$(dirname "$stub")"
-    local syms="$CUDA13_DIR/cuda_syms.txt"
-    { echo "$FALLBACK_CU_SYMS" | tr ' ' '\n'
-      for f in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-*/src/driver/sys/mod.rs; do
-        if [ -f "$f" ]; then grep -oE 'load::<_F>\("cu[A-Za-z0-9_]+"\)' "$f" | sed -E 's/.*\("([^"]+)"\)/\1/' || true; fi
-      done; } | grep -E '^cu' | sort -u > "$syms"
+    mv "$syms.new" "$syms"
     awk '{print "void " $1 "(void) {}"}' "$syms" > "$CUDA13_DIR/stub_libcuda.c"
     gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub" "$CUDA13_DIR/stub_libcuda.c"
     log "stub exports $(wc -l < "$syms") symbols"
+  else
+    rm -f "$syms.new"
   fi
   "$CUDA_HOME_DIR/bin/nvcc" --version | grep -q 'release 13.0' || { log "nvcc is not 13.0"; exit 1; }
 }
@@ -120,9 +130,6 @@ case "${1:-}" in
   --env)   setup_toolchain; print_env; exit 0 ;;
 esac
 
-PROJECT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# fetch crates first so the stub can be generated from the exact cudarc sources
-( cd "$PROJECT_DIR" && cargo fetch >&2 )
 setup_toolchain
 eval "$(print_env)"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PROJECT_DIR/target-cuda}

@@ -3,14 +3,15 @@
 
 use crate::format::{bytes, candle_error};
 
-/// Everything that can stop maxbatch short of an answer.
-#[derive(Debug, thiserror::Error)]
+/// Everything that can stop maxbatch short of an answer. Its `Debug` form is its message
+/// too, so that a `main` returning `Result<_, Box<dyn Error>>` prints what to do next.
+#[derive(thiserror::Error)]
 pub enum Error {
     /// The CPU meter needs the counting allocator as the global allocator.
     #[error(
         "maxbatch's counting allocator is not installed, so CPU memory cannot be measured; \
-         add `#[global_allocator] static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator;` \
-         to your binary"
+         add `#[global_allocator] static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator::new();` \
+         to your binary (or `CountingAllocator::wrapping(YourAllocator)` around another one)"
     )]
     AllocatorNotInstalled,
 
@@ -100,6 +101,12 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
 impl Error {
     /// A trial at `batch_size` that failed with `error` (not out of memory).
     pub fn trial(batch_size: usize, error: candle_core::Error) -> Self {
@@ -119,5 +126,18 @@ fn dtype_hint(error: &candle_core::Error) -> String {
             dtype.as_str()
         ),
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debug_form_carries_the_fix() {
+        // `fn main() -> Result<(), Box<dyn std::error::Error>>` prints the Debug form.
+        let debug = format!("{:?}", Error::AllocatorNotInstalled);
+        assert!(debug.contains("#[global_allocator]"), "{debug}");
+        assert_eq!(debug, Error::AllocatorNotInstalled.to_string());
     }
 }

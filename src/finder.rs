@@ -16,6 +16,8 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use candle_nn::VarMap;
+
 use crate::cache::{Cache, CacheKey, CacheUse, Cacheable};
 use crate::device::ResolvedDevice;
 use crate::error::Error;
@@ -23,7 +25,7 @@ use crate::finish::{self, Sizes};
 use crate::memory::{CapacitySource, MemoryMeter};
 use crate::models::ModelInfo;
 use crate::report::{DeviceInfo, Report};
-use crate::runner::{self, InProcessTrials, Observer, Silent, TrialRunner, TrialSource};
+use crate::runner::{self, InProcessTrials, Observer, TrialRunner, TrialSource};
 use crate::search::{self, SearchError, Strategy};
 use crate::settings::{AccumulationTarget, SearchSettings};
 use crate::trial::Trial;
@@ -37,7 +39,7 @@ use crate::workload::{OptimizerKind, TrainStep};
 /// ```compile_fail
 /// let finder = maxbatch::Finder::new();
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Finder {
     device: ResolvedDevice,
     settings: SearchSettings,
@@ -46,6 +48,25 @@ pub struct Finder {
     cache: Option<(Cache, String, CacheUse)>,
     stop: Option<Arc<AtomicBool>>,
     model_holds: Option<u64>,
+    varmap: Option<VarMap>,
+    on_trial: Option<Arc<TrialCallback>>,
+}
+
+/// What [`Finder::on_trial`] calls after each trial.
+pub type TrialCallback = dyn Fn(&Trial) + Send + Sync;
+
+impl std::fmt::Debug for Finder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finder")
+            .field("device", &self.device.name)
+            .field("settings", &self.settings)
+            .field("budget", &self.budget)
+            .field("model", &self.model)
+            .field("cache", &self.cache.as_ref().map(|c| &c.1))
+            .field("model_holds", &self.model_holds)
+            .field("varmap", &self.varmap.as_ref().map(|v| v.all_vars().len()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Finder {
@@ -67,6 +88,8 @@ impl Finder {
             cache: None,
             stop: None,
             model_holds: None,
+            varmap: None,
+            on_trial: None,
         }
     }
 
@@ -84,7 +107,8 @@ impl Finder {
         self
     }
 
-    /// What the report says about the model (default: "custom", 0 parameters).
+    /// What the report says about the model (default: from the VarMap when one is given,
+    /// else "your model", parameters unknown).
     pub fn model(mut self, info: ModelInfo) -> Self {
         self.model = Some(info);
         self
@@ -198,6 +222,36 @@ impl Finder {
         self
     }
 
+    /// The model is `varmap`'s variables (default: none known). The report describes it
+    /// (parameter count, dtype; the weights, gradients and optimizer state when
+    /// [`optimizer`](Self::optimizer) names the optimizer), CPU trials count its weights and
+    /// optimizer state as held (AdamW's two moments unless `optimizer` says otherwise; see
+    /// [`model_holds`](Self::model_holds)) and nothing else the program holds, and
+    /// [`find`](Self::find) and [`check`](Self::check) leave its variables as they found
+    /// them: they are copied to host memory before the trials (which train them) and
+    /// restored after. The optimizer's own state lives in your optimizer and is not
+    /// restored: make a new optimizer after the search.
+    pub fn varmap(mut self, varmap: &VarMap) -> Self {
+        self.varmap = Some(varmap.clone());
+        self
+    }
+
+    /// Calls `callback` after each trial (and each size refused without running), for your
+    /// own logger (default: nothing).
+    pub fn on_trial(mut self, callback: impl Fn(&Trial) + Send + Sync + 'static) -> Self {
+        self.on_trial = Some(Arc::new(callback));
+        self
+    }
+
+    /// Prints a line per trial on stderr, as the command line does (default: silent).
+    pub fn progress_to_stderr(self) -> Self {
+        let count = std::sync::atomic::AtomicUsize::new(0);
+        self.on_trial(move |trial| {
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            eprintln!("trial {n:>2}: {}", crate::report::text::trial_line(trial));
+        })
+    }
+
     /// The settings as they stand.
     pub fn search_settings(&self) -> &SearchSettings {
         &self.settings
@@ -213,7 +267,7 @@ impl Finder {
     /// use maxbatch::Finder;
     ///
     /// #[global_allocator]
-    /// static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator;
+    /// static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator::new();
     ///
     /// # fn train_step(b: usize) -> candle_core::Result<()> { Ok(()) }
     /// let report = Finder::on(&Device::Cpu)
@@ -227,8 +281,10 @@ impl Finder {
         self.settings.validate()?;
         let mut meter = crate::memory::meter_for(&self.device.device, self.budget)?;
         let cached = self.cached("search", meter.as_ref());
-        self.answer_or_run(cached, || self.find_with(step, meter.as_mut(), &mut Silent))
-            .map(|(report, _)| report)
+        self.answer_or_run(cached, || {
+            self.restoring(|| self.find_with(step, meter.as_mut(), &mut self.observer()))
+        })
+        .map(|(report, _)| report)
     }
 
     /// Runs one trial of `step` at `batch_size` on the finder's device: the pre-flight
@@ -238,7 +294,9 @@ impl Finder {
         let mut meter = crate::memory::meter_for(&self.device.device, self.budget)?;
         let cached = self.cached(&format!("check {batch_size}"), meter.as_ref());
         self.answer_or_run(cached, || {
-            self.check_with(step, meter.as_mut(), batch_size, &mut Silent)
+            self.restoring(|| {
+                self.check_with(step, meter.as_mut(), batch_size, &mut self.observer())
+            })
         })
         .map(|(trial, _)| trial)
     }
@@ -293,17 +351,77 @@ impl Finder {
     /// What a trial counts as held before it: the model's bytes and the meter's own (see
     /// [`model_holds`](Self::model_holds)), or `None` for everything held.
     fn counted_held(&self, meter: &dyn MemoryMeter) -> Option<u64> {
-        self.model_holds.map(|model| model + meter.own_bytes())
+        let model = self.model_holds.or_else(|| {
+            self.varmap.as_ref()?;
+            let weights = self.model_info().weight_bytes()?;
+            let copies = self
+                .settings
+                .optimizer
+                .unwrap_or(OptimizerKind::AdamW)
+                .state_copies();
+            Some(weights * (1 + copies))
+        })?;
+        Some(model + meter.own_bytes())
     }
 
+    /// What the report says about the model: as given, else from the VarMap, else words
+    /// for a step maxbatch knows nothing about.
     fn model_info(&self) -> ModelInfo {
-        self.model.clone().unwrap_or_else(|| ModelInfo {
-            name: "custom".into(),
-            parameters: 0,
-            input: "your batches".into(),
-            summary: "your training step".into(),
-            dtype: String::new(),
-        })
+        if let Some(info) = &self.model {
+            return info.clone();
+        }
+        match &self.varmap {
+            Some(varmap) => {
+                let vars = varmap.all_vars();
+                ModelInfo {
+                    name: "your model".into(),
+                    parameters: vars.iter().map(|v| v.elem_count() as u64).sum(),
+                    input: "your batches".into(),
+                    summary: format!("{} variables from a VarMap", vars.len()),
+                    dtype: vars
+                        .first()
+                        .map(|v| v.dtype().as_str().to_string())
+                        .unwrap_or_default(),
+                }
+            }
+            None => ModelInfo {
+                name: "your model".into(),
+                parameters: 0,
+                input: "your batches".into(),
+                summary: "your training step".into(),
+                dtype: String::new(),
+            },
+        }
+    }
+
+    /// The observer of a library call: the `on_trial` callback, or nothing.
+    fn observer(&self) -> CallbackObserver {
+        CallbackObserver(self.on_trial.clone())
+    }
+
+    /// Runs `search` with the VarMap's variables copied to host memory first and restored
+    /// after, whatever `search` returns.
+    fn restoring<T>(&self, search: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+        let Some(varmap) = &self.varmap else {
+            return search();
+        };
+        let saved = varmap
+            .all_vars()
+            .into_iter()
+            .map(|var| {
+                // `copy` makes a buffer of its own where the variable already is on the CPU.
+                let host = var
+                    .as_tensor()
+                    .to_device(&candle_core::Device::Cpu)?
+                    .copy()?;
+                Ok((var, host))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let result = search();
+        for (var, host) in saved {
+            var.set(&host.to_device(var.device())?)?;
+        }
+        result
     }
 
     /// Runs the search with `step` measured by `meter` in this process, and reports it.
@@ -427,6 +545,17 @@ impl Finder {
                 model, device, settings, trials, sizes, false,
             )),
             Err(error) => partial(&runner, trials).ok_or(error),
+        }
+    }
+}
+
+/// Calls a library caller's `on_trial` callback after each trial.
+struct CallbackObserver(Option<Arc<TrialCallback>>);
+
+impl Observer for CallbackObserver {
+    fn trial_finished(&mut self, trial: &Trial) {
+        if let Some(callback) = &self.0 {
+            callback(trial);
         }
     }
 }

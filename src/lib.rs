@@ -20,7 +20,7 @@
 //! use maxbatch::models::{ModelOptions, ModelSpec};
 //!
 //! #[global_allocator]
-//! static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator;
+//! static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator::new();
 //!
 //! # fn main() -> Result<(), maxbatch::Error> {
 //! let device = device::resolve(device::DeviceRequest::Cpu, true)?;
@@ -66,8 +66,8 @@ pub use report::Report;
 pub use runner::{Observer, Silent};
 pub use settings::SearchSettings;
 pub use trial::{Outcome, Trial};
-pub use workload::{OptimizerKind, Phase, TrainStep, Workload};
+pub use workload::{phased, Boundaries, OptimizerKind, Phase, Phased, TrainStep, Workload};
 
 #[cfg(test)]
 #[global_allocator]
-static TEST_ALLOCATOR: CountingAllocator = CountingAllocator;
+static TEST_ALLOCATOR: CountingAllocator = CountingAllocator::new();

@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 /// Counts every heap byte, so CPU trials measure their peak.
 #[global_allocator]
-static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator;
+static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator::new();
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

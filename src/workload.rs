@@ -43,8 +43,10 @@ pub trait TrainStep {
 
     /// Runs one step, calling `boundary` after the forward pass and after the backward
     /// pass. When `boundary` returns an error the step must stop and return it: that is how
-    /// a trial over its memory budget stops early. The default runs [`step`](Self::step)
-    /// and calls `boundary` after the update only.
+    /// a trial over its memory budget stops early. An override need not report the update:
+    /// the trial reads the peak when the step returns. The default runs
+    /// [`step`](Self::step) and calls `boundary` after the update only. A closure reports
+    /// its boundaries through [`phased`].
     fn step_with_boundaries(
         &mut self,
         batch_size: usize,
@@ -58,6 +60,81 @@ pub trait TrainStep {
 impl<F: FnMut(usize) -> Result<()>> TrainStep for F {
     fn step(&mut self, batch_size: usize) -> Result<()> {
         self(batch_size)
+    }
+}
+
+/// The handle a [`phased`] training step reports its phase boundaries through.
+pub struct Boundaries<'a> {
+    report: Option<&'a mut dyn FnMut(Phase) -> Result<()>>,
+}
+
+impl Boundaries<'_> {
+    /// Call once the loss is computed; return its error at once (`?`): the trial is then
+    /// over its budget and stops before the backward pass.
+    pub fn after_forward(&mut self) -> Result<()> {
+        self.report(Phase::Forward)
+    }
+
+    /// Call once the gradients are computed; return its error at once (`?`): the trial is
+    /// then over its budget and stops before the optimizer's update.
+    pub fn after_backward(&mut self) -> Result<()> {
+        self.report(Phase::Backward)
+    }
+
+    fn report(&mut self, phase: Phase) -> Result<()> {
+        match &mut self.report {
+            Some(report) => report(phase),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A training step written as a closure that reports its phase boundaries, so that an
+/// over-budget trial stops after the forward or the backward pass instead of running the
+/// whole step:
+/// ```
+/// # use candle_core::Result;
+/// # fn forward(b: usize) -> Result<()> { Ok(()) }
+/// # fn backward() -> Result<()> { Ok(()) }
+/// # fn update() -> Result<()> { Ok(()) }
+/// let mut step = maxbatch::phased(|batch_size, phases| {
+///     forward(batch_size)?;
+///     phases.after_forward()?;
+///     backward()?;
+///     phases.after_backward()?;
+///     update()
+/// });
+/// ```
+pub fn phased<F>(step: F) -> Phased<F>
+where
+    F: FnMut(usize, &mut Boundaries<'_>) -> Result<()>,
+{
+    Phased(step)
+}
+
+/// A closure that reports its phase boundaries (see [`phased`]).
+pub struct Phased<F>(F);
+
+impl<F> TrainStep for Phased<F>
+where
+    F: FnMut(usize, &mut Boundaries<'_>) -> Result<()>,
+{
+    fn step(&mut self, batch_size: usize) -> Result<()> {
+        (self.0)(batch_size, &mut Boundaries { report: None })
+    }
+
+    fn step_with_boundaries(
+        &mut self,
+        batch_size: usize,
+        boundary: &mut dyn FnMut(Phase) -> Result<()>,
+    ) -> Result<()> {
+        (self.0)(
+            batch_size,
+            &mut Boundaries {
+                report: Some(&mut *boundary),
+            },
+        )?;
+        boundary(Phase::Update)
     }
 }
 

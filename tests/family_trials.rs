@@ -12,7 +12,7 @@ use maxbatch::{
 };
 
 #[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
+static ALLOCATOR: CountingAllocator = CountingAllocator::new();
 
 #[test]
 fn one_trial_per_family_fits_a_budget_and_is_measured() {

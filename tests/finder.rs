@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Mutex;
 
+use candle_core::Device;
 use maxbatch::device::{resolve, DeviceRequest, ResolvedDevice};
 use maxbatch::memory::{Capacity, CapacitySource};
 use maxbatch::models::ModelInfo;
@@ -13,7 +14,7 @@ use maxbatch::{
 };
 
 #[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
+static ALLOCATOR: CountingAllocator = CountingAllocator::new();
 
 /// Tests that measure the process heap must not overlap.
 static HEAP: Mutex<()> = Mutex::new(());
@@ -320,7 +321,7 @@ fn the_device_level_call_takes_a_closure_and_reports_like_the_cli() {
         .unwrap();
     assert_eq!(report.max_batch_size, 40);
     assert_eq!(report.device.kind, maxbatch::device::DeviceKind::Cpu);
-    assert_eq!(report.model.name, "custom");
+    assert_eq!(report.model.name, "your model");
     assert_eq!(report.schedule[0].total_steps, 2 * 25);
     let trial = Finder::on(&candle_core::Device::Cpu)
         .budget(budget)
@@ -403,4 +404,116 @@ fn the_cache_key_sees_a_cuda_memory_cap_and_leaves_the_dataset_out() {
         capped,
         key(&accumulate, &meter(8 << 30, CapacitySource::Flag))
     );
+}
+
+/// A candle user's model: a VarMap, two linear layers, AdamW, `backward_step`.
+struct Regression {
+    varmap: candle_nn::VarMap,
+    first: candle_nn::Linear,
+    second: candle_nn::Linear,
+}
+
+impl Regression {
+    fn new() -> Self {
+        let varmap = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(
+            &varmap,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        );
+        let first = candle_nn::linear(64, 256, vb.pp("first")).unwrap();
+        let second = candle_nn::linear(256, 1, vb.pp("second")).unwrap();
+        Self {
+            varmap,
+            first,
+            second,
+        }
+    }
+
+    fn loss(&self, inputs: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        use candle_core::Module;
+        let hidden = self.first.forward(inputs)?.relu()?;
+        let out = self.second.forward(&hidden)?;
+        out.sqr()?.mean_all()
+    }
+}
+
+#[test]
+fn a_varmap_model_is_described_counted_alone_and_left_as_it_was() {
+    use candle_nn::Optimizer;
+    let _heap = HEAP.lock().unwrap_or_else(|e| e.into_inner());
+    let model = Regression::new();
+    let data = candle_core::Tensor::ones((4096, 64), candle_core::DType::F32, &Device::Cpu)
+        .unwrap()
+        .affine(0.01, 0.5)
+        .unwrap(); // 1 MiB of "dataset", held by the program, not the model
+    let evaluate = || model.loss(&data).unwrap().to_scalar::<f32>().unwrap();
+    let before = evaluate();
+    let mut optimizer = candle_nn::AdamW::new(
+        model.varmap.all_vars(),
+        candle_nn::ParamsAdamW {
+            lr: 0.05,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let forwards = Cell::new(0);
+    let updates = Cell::new(0);
+    let mut step = maxbatch::phased(|batch_size, phases| {
+        let batch = data.narrow(0, 0, batch_size.min(4096))?;
+        let loss = model.loss(&batch)?;
+        forwards.set(forwards.get() + 1);
+        phases.after_forward()?;
+        optimizer.backward_step(&loss)?;
+        updates.set(updates.get() + 1);
+        Ok(())
+    });
+    let trials = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = trials.clone();
+    // What a trial counts as held: the weights, AdamW's moments, the workspaces.
+    CpuMeter::with_budget(1).unwrap();
+    let weights_and_state = 16_897 * 4 * 3;
+    let budget = weights_and_state + CpuMeter::workspace_bytes() + 4 * MIB as u64;
+    let report = Finder::on(&Device::Cpu)
+        .budget(budget)
+        .varmap(&model.varmap)
+        .max_batch(4096)
+        .on_trial(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+        .find(&mut step)
+        .unwrap();
+    // Described from the VarMap: 64·256 + 256 + 256 + 1 parameters, in f32.
+    assert_eq!(report.model.parameters, 16_897);
+    assert_eq!(report.model.dtype, "f32");
+    // The weights, AdamW's moments and the workspaces are what a trial counts as held, not
+    // the dataset or anything else the program holds.
+    assert_eq!(
+        report.device.baseline_bytes,
+        Some(weights_and_state + CpuMeter::workspace_bytes())
+    );
+    // Every trial reached the callback.
+    assert_eq!(
+        trials.load(std::sync::atomic::Ordering::SeqCst),
+        report.trials.len()
+    );
+    // The trials trained the weights; the search put them back.
+    assert!(updates.get() > 0);
+    assert_eq!(evaluate(), before, "the search left the weights changed");
+
+    // A size whose forward pass alone passes the budget stops there: no backward, no update.
+    let (forwards_then, updates_then) = (forwards.get(), updates.get());
+    let trial = Finder::on(&Device::Cpu)
+        .budget(budget)
+        .varmap(&model.varmap)
+        .check(&mut step, 4096)
+        .unwrap();
+    assert_eq!(trial.stopped_after, Some(Phase::Forward), "{trial:?}");
+    assert_eq!(forwards.get(), forwards_then + 1);
+    assert_eq!(
+        updates.get(),
+        updates_then,
+        "the update ran after the budget was crossed"
+    );
+    assert_eq!(evaluate(), before);
 }

@@ -10,7 +10,7 @@ use maxbatch::models::{Architecture, ModelOptions, ModelSource, ModelSpec, PRESE
 use maxbatch::{CountingAllocator, OptimizerKind, TrainStep, Workload};
 
 #[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
+static ALLOCATOR: CountingAllocator = CountingAllocator::new();
 
 /// Short inputs keep every model quick; the variables are the same at any length.
 fn small_inputs() -> ModelOptions {

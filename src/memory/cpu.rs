@@ -16,21 +16,44 @@ use crate::error::Error;
 
 static CURRENT: AtomicU64 = AtomicU64::new(0);
 static PEAK: AtomicU64 = AtomicU64::new(0);
+/// The bytes of the matrix-multiply workspaces the meters made the process hold.
+static WORKSPACES: AtomicU64 = AtomicU64::new(0);
 
-/// A global allocator that counts the heap bytes in use and their peak.
+/// A global allocator that counts the heap bytes in use and their peak, around any other
+/// global allocator (the system's by default).
 ///
 /// A binary that measures CPU trials installs it:
 /// ```
 /// #[global_allocator]
-/// static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator;
+/// static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator::new();
 /// ```
-/// It forwards to the system allocator; the count costs two relaxed atomic operations
-/// per allocation.
+/// or, around another allocator (mimalloc, jemalloc):
+/// ```
+/// # use std::alloc::System as MiMalloc;
+/// #[global_allocator]
+/// static ALLOCATOR: maxbatch::CountingAllocator<MiMalloc> =
+///     maxbatch::CountingAllocator::wrapping(MiMalloc);
+/// ```
+/// The count costs two relaxed atomic operations per allocation.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct CountingAllocator;
+pub struct CountingAllocator<A = System> {
+    inner: A,
+}
 
-impl CountingAllocator {
-    /// Heap bytes in use now (0 if this is not the global allocator).
+impl<A> CountingAllocator<A> {
+    /// Counts the allocations of `inner`, which does the allocating.
+    pub const fn wrapping(inner: A) -> Self {
+        Self { inner }
+    }
+}
+
+impl CountingAllocator<System> {
+    /// Counts the system allocator's allocations.
+    pub const fn new() -> Self {
+        Self { inner: System }
+    }
+
+    /// Heap bytes in use now (0 if no counting allocator is the global allocator).
     pub fn current_bytes() -> u64 {
         CURRENT.load(Ordering::Relaxed)
     }
@@ -45,7 +68,7 @@ impl CountingAllocator {
         PEAK.store(CURRENT.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
-    /// True when this allocator is the process's global allocator.
+    /// True when a counting allocator is the process's global allocator.
     pub fn is_installed() -> bool {
         let probe = std::hint::black_box(vec![1u8; 4096]);
         let installed = Self::current_bytes() >= probe.len() as u64;
@@ -63,11 +86,11 @@ fn shrank(bytes: usize) {
     CURRENT.fetch_sub(bytes as u64, Ordering::Relaxed);
 }
 
-// SAFETY: every call forwards to `System` with the caller's arguments unchanged; the
-// counters are only bookkeeping and never affect the returned memory.
-unsafe impl GlobalAlloc for CountingAllocator {
+// SAFETY: every call forwards to the wrapped allocator with the caller's arguments
+// unchanged; the counters are only bookkeeping and never affect the returned memory.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for CountingAllocator<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = System.alloc(layout);
+        let ptr = self.inner.alloc(layout);
         if !ptr.is_null() {
             grew(layout.size());
         }
@@ -75,7 +98,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let ptr = System.alloc_zeroed(layout);
+        let ptr = self.inner.alloc_zeroed(layout);
         if !ptr.is_null() {
             grew(layout.size());
         }
@@ -83,12 +106,12 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
+        self.inner.dealloc(ptr, layout);
         shrank(layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new_ptr = System.realloc(ptr, layout, new_size);
+        let new_ptr = self.inner.realloc(ptr, layout, new_size);
         if !new_ptr.is_null() {
             if new_size >= layout.size() {
                 grew(new_size - layout.size());
@@ -174,6 +197,12 @@ impl CpuMeter {
         })
     }
 
+    /// The bytes of the matrix-multiply workspaces every CPU meter made the process hold
+    /// (each trial counts them as held).
+    pub fn workspace_bytes() -> u64 {
+        WORKSPACES.load(Ordering::Relaxed)
+    }
+
     /// The most heap this process can reach without exhausting the machine or its container.
     pub fn machine_limit(&self) -> Option<u64> {
         self.machine_limit.map(|l| l.bytes)
@@ -240,7 +269,8 @@ fn reserve_matmul_workspace() -> u64 {
     };
     small_product();
     rayon::broadcast(|_| small_product());
-    CountingAllocator::current_bytes().saturating_sub(before)
+    let grown = CountingAllocator::current_bytes().saturating_sub(before);
+    WORKSPACES.fetch_add(grown, Ordering::Relaxed) + grown
 }
 
 /// `bytes` rounded down to its five most significant bits.

@@ -72,15 +72,19 @@ fn header(out: &mut String, r: &Report) {
         .optimizer
         .map(|o| format!(", {o}"))
         .unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "model:    {} ({} parameters, {} per sample, {}{optimizer}, {} steps per trial)",
-        m.name,
-        parameters(m.parameters),
-        m.input,
-        m.dtype,
-        r.settings.steps_per_trial
-    );
+    // A caller's own step may come with nothing known but its name: say only what is.
+    let mut about = Vec::new();
+    if m.parameters > 0 {
+        about.push(format!("{} parameters", parameters(m.parameters)));
+    }
+    about.push(format!("{} per sample", m.input));
+    if !m.dtype.is_empty() {
+        about.push(format!("{}{optimizer}", m.dtype));
+    } else if !optimizer.is_empty() {
+        about.push(optimizer.trim_start_matches(", ").to_string());
+    }
+    about.push(format!("{} steps per trial", r.settings.steps_per_trial));
+    let _ = writeln!(out, "model:    {} ({})", m.name, about.join(", "));
     let d = &r.device;
     let kind = if d.capacity_is_budget {
         "budget"
