@@ -444,6 +444,7 @@ impl Finder {
         }
         let device = DeviceInfo {
             baseline_bytes: Some(baseline),
+            baseline_is_whole_heap: capacity.is_budget && self.counted_held(meter).is_none(),
             overhead_bytes,
             ..DeviceInfo::of(&self.device, meter)
         };

@@ -68,6 +68,11 @@ pub use settings::SearchSettings;
 pub use trial::{Outcome, Trial};
 pub use workload::{phased, Boundaries, OptimizerKind, Phase, Phased, TrainStep, Workload};
 
+/// The README's Rust examples, compiled by `cargo test` so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[cfg(test)]
 #[global_allocator]
 static TEST_ALLOCATOR: CountingAllocator = CountingAllocator::new();

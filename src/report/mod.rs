@@ -32,6 +32,10 @@ pub struct DeviceInfo {
     /// `Finder::model_holds`, everything the process held); `None` when the trials ran in
     /// child processes.
     pub baseline_bytes: Option<u64>,
+    /// True when `baseline_bytes` is everything the process held when the search started
+    /// (a library call on the CPU that named no model bytes: its data counts too).
+    #[serde(default)]
+    pub baseline_is_whole_heap: bool,
     /// The device's total memory (CUDA; `None` on the CPU).
     pub total_bytes: Option<u64>,
     /// Bytes the device holds outside the measured allocator after the warm-up step:
@@ -53,6 +57,7 @@ impl DeviceInfo {
             capacity_source: capacity.source,
             capacity_is_budget: capacity.is_budget,
             baseline_bytes: None,
+            baseline_is_whole_heap: false,
             total_bytes: meter.total_bytes(),
             overhead_bytes: None,
             fallback: device.fallback.clone(),
@@ -232,6 +237,7 @@ pub(crate) mod tests {
                 capacity_source: CapacitySource::Device,
                 capacity_is_budget: false,
                 baseline_bytes: Some(1 << 20),
+                baseline_is_whole_heap: false,
                 total_bytes: Some(2 << 30),
                 overhead_bytes: Some(500 << 20),
                 fallback: None,

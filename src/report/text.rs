@@ -114,9 +114,15 @@ fn header(out: &mut String, r: &Report) {
         let _ = writeln!(out, "          device total {}", bytes(total));
     }
     if let Some(baseline) = d.baseline_bytes {
+        let what = if d.baseline_is_whole_heap {
+            "everything the process held when the search started: the model, its optimizer \
+             state, your data"
+        } else {
+            "weights, optimizer state, workspaces"
+        };
         let _ = writeln!(
             out,
-            "          {} counted as held before every trial (weights, optimizer state, workspaces)",
+            "          {} counted as held before every trial ({what})",
             bytes(baseline)
         );
     }
