@@ -2,22 +2,20 @@
 //! calls the library, and prints the answer. The only place that prints results.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::Result;
-use maxbatch::cache::{Cache, CacheKey, CacheUse, Cacheable};
-use maxbatch::device::{self, DeviceKind, DeviceRequest, ResolvedDevice};
+use maxbatch::device::{self, DeviceRequest};
 use maxbatch::format::{bytes, parameters};
 use maxbatch::isolate::ChildProcessTrials;
 use maxbatch::models::{self, ModelSource, ModelSpec, PRESETS};
 use maxbatch::report::{json, text, DeviceInfo};
-use maxbatch::{
-    Error, Finder, MemoryMeter, OptimizerKind, Outcome, SearchSettings, Silent, Trial, Workload,
-};
+use maxbatch::{Error, Outcome, Silent, Trial};
 
-use crate::cli::{CheckArgs, Cli, Command, FindArgs, ModelsArgs, PoolSelfTestArgs, TargetArgs};
+use crate::cli::{CheckArgs, Cli, Command, FindArgs, ModelsArgs, PoolSelfTestArgs};
 use crate::progress::Progress;
+use crate::setup::{cached, open_devices, Setup};
+use crate::signals::stop_on_signals;
 
 /// Runs the command line; the exit code of success and of "does not fit".
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -250,47 +248,6 @@ fn trial(args: &CheckArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How a stop request reached the process: the first SIGINT (Ctrl-C) or SIGTERM (how
-/// batch schedulers stop a job) sets `flag`, and the search stops after the running trial;
-/// `exit_code` is then 130 or 143, as a shell reports those signals. A second one quits at
-/// once.
-struct StopSignals {
-    flag: Arc<AtomicBool>,
-    exit_code: Arc<AtomicU8>,
-}
-
-fn stop_on_signals() -> StopSignals {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let stop = StopSignals {
-        flag: Arc::new(AtomicBool::new(false)),
-        exit_code: Arc::new(AtomicU8::new(130)),
-    };
-    let (flag, exit_code) = (stop.flag.clone(), stop.exit_code.clone());
-    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
-        Ok(mut signals) => {
-            std::thread::spawn(move || {
-                for signal in signals.forever() {
-                    let code = if signal == SIGTERM { 143 } else { 130 };
-                    if flag.swap(true, Ordering::SeqCst) {
-                        std::process::exit(code.into());
-                    }
-                    exit_code.store(code, Ordering::SeqCst);
-                    eprintln!(
-                        "stopping after the running trial (send {} again to quit now)",
-                        if signal == SIGTERM {
-                            "SIGTERM"
-                        } else {
-                            "Ctrl-C"
-                        }
-                    );
-                }
-            });
-        }
-        Err(error) => tracing::warn!("Ctrl-C and SIGTERM will quit without a report: {error}"),
-    }
-    stop
-}
-
 /// Prints what an interrupted search measured and exits `code` (130 after SIGINT, 143 after
 /// SIGTERM), as a shell reports the signal.
 fn interrupted(partial: &maxbatch::Report, json: bool, code: u8) -> Result<ExitCode> {
@@ -378,124 +335,6 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
     })
 }
 
-/// Opens the devices of `--device`. When a CUDA device cannot be used and falling back is
-/// allowed, the whole run moves to the CPU once, with one warning.
-fn open_devices(target: &TargetArgs) -> Result<Vec<ResolvedDevice>> {
-    let requests = &target.device.0;
-    let mut devices = Vec::new();
-    for &request in requests {
-        let device = device::resolve(request, !target.no_fallback)?;
-        if let Some(reason) = &device.fallback {
-            if request != DeviceRequest::Auto {
-                tracing::warn!("--device {request}: {reason}; running on the CPU");
-            } else {
-                tracing::info!("--device auto: {reason}; running on the CPU");
-            }
-            return Ok(vec![device]);
-        }
-        devices.push(device);
-    }
-    Ok(devices)
-}
-
-/// The model, device and meter the flags ask for, before the model is built.
-struct Setup {
-    spec: ModelSpec,
-    options: models::ModelOptions,
-    model: models::ModelInfo,
-    device: ResolvedDevice,
-    meter: Box<dyn MemoryMeter>,
-    optimizer: OptimizerKind,
-}
-
-impl Setup {
-    fn new(target: &TargetArgs, device: ResolvedDevice) -> Result<Self> {
-        let spec = ModelSpec::load(&target.model_source())?;
-        let options = target.model_options();
-        let model = spec.info(&options)?;
-        let meter = maxbatch::memory::meter_for(&device.device, target.memory)?;
-        Ok(Self {
-            spec,
-            options,
-            model,
-            device,
-            meter,
-            optimizer: target.optimizer,
-        })
-    }
-
-    /// `settings` for this device: on CUDA the largest batch size is capped where a tensor
-    /// would pass the elements candle's CUDA kernels can index.
-    fn settings_for_device(&self, settings: &SearchSettings) -> Result<SearchSettings> {
-        if self.device.kind != DeviceKind::Cuda {
-            return Ok(settings.clone());
-        }
-        let capped = self
-            .spec
-            .cuda_batch_cap(&self.options)?
-            .and_then(|cap| settings.capped_at(cap));
-        Ok(match capped {
-            Some(capped) => {
-                tracing::warn!(
-                    "{}: batch sizes above {} make a tensor of more than 2^32 elements, which \
-                     candle's CUDA kernels cannot index; the search stops there",
-                    self.device.name,
-                    capped.max_batch_or_default()
-                );
-                capped
-            }
-            None => settings.clone(),
-        })
-    }
-
-    /// Gives up the device (its CUDA context and memory pool) after its capacity was read:
-    /// the meter keeps only the figures, and the model cannot be built here any more.
-    fn release_device(&mut self) {
-        self.meter = Box::new(ReadMeter::of(self.meter.as_ref()));
-        self.device.device = candle_core::Device::Cpu;
-    }
-
-    /// A finder on this device for this model, caching in `cache` (none: no cache) under
-    /// the model's full shape.
-    fn finder(&self, cache: Option<(Cache, CacheUse)>) -> Finder {
-        let finder = Finder::on_resolved(self.device.clone()).model(self.model.clone());
-        match cache {
-            Some((cache, mode)) => {
-                finder.cache_in(cache, format!("{:?}", self.spec.architecture), mode)
-            }
-            None => finder,
-        }
-    }
-
-    /// Builds the model with random weights, after checking that its weights and
-    /// optimizer state fit: building ones that cannot would abort the process on the CPU.
-    /// Returns the workload and the bytes building it added (the weights and the optimizer
-    /// state, as the meter counts them).
-    fn build(&mut self) -> Result<(Workload, u64)> {
-        let weight_bytes = self.model.weight_bytes().unwrap_or(0);
-        let needs = weight_bytes * (1 + self.optimizer.state_copies());
-        let capacity = self.meter.capacity().bytes;
-        if needs > capacity {
-            return Err(Error::ModelExceedsCapacity {
-                held: needs,
-                workspace: 0,
-                capacity,
-            }
-            .into());
-        }
-        tracing::info!(model = %self.model.name, device = %self.device.name, "building the model");
-        let before = self.meter.current_bytes()?;
-        let workload = Workload::new(
-            &self.spec,
-            &self.options,
-            self.optimizer,
-            &self.device.device,
-        )?;
-        let built = self.meter.current_bytes()?.saturating_sub(before);
-        Ok((workload, built))
-    }
-}
-
 /// The GPU acceptance script's pool self-test (see `maxbatch::memory::cuda::pool_self_test`).
 fn pool_self_test(args: &PoolSelfTestArgs) -> Result<ExitCode> {
     let device = device::resolve(args.device.0[0], false)?;
@@ -516,65 +355,4 @@ fn pool_self_test_on(device: &candle_core::Device) -> Result<ExitCode> {
 #[cfg(not(feature = "cuda"))]
 fn pool_self_test_on(_device: &candle_core::Device) -> Result<ExitCode> {
     anyhow::bail!("the pool self-test needs a build with `--features cuda` and a GPU")
-}
-
-/// A device's figures, read before it was given up: what a search in child processes needs
-/// of the parent's meter.
-struct ReadMeter {
-    capacity: maxbatch::memory::Capacity,
-    total: Option<u64>,
-    hard_limit: Option<u64>,
-}
-
-impl ReadMeter {
-    fn of(meter: &dyn MemoryMeter) -> Self {
-        Self {
-            capacity: meter.capacity(),
-            total: meter.total_bytes(),
-            hard_limit: meter.hard_limit(),
-        }
-    }
-
-    fn released<T>() -> candle_core::Result<T> {
-        candle_core::bail!("the device was given up to the child processes")
-    }
-}
-
-impl MemoryMeter for ReadMeter {
-    fn capacity(&self) -> maxbatch::memory::Capacity {
-        self.capacity
-    }
-    fn reset_peak(&mut self) -> candle_core::Result<()> {
-        Self::released()
-    }
-    fn peak_bytes(&mut self) -> candle_core::Result<u64> {
-        Self::released()
-    }
-    fn current_bytes(&mut self) -> candle_core::Result<u64> {
-        Self::released()
-    }
-    fn hard_limit(&self) -> Option<u64> {
-        self.hard_limit
-    }
-    fn total_bytes(&self) -> Option<u64> {
-        self.total
-    }
-}
-
-/// The answer for a cache key (from [`Finder::cached`]) from the cache, saying so on
-/// stderr, or `run`'s, then stored.
-fn cached<T: Cacheable>(
-    finder: &Finder,
-    cached: Option<(Cache, CacheKey)>,
-    run: impl FnOnce() -> Result<T>,
-) -> Result<T> {
-    let path = cached.as_ref().map(|(cache, key)| cache.path(key));
-    let (value, hit) = finder.answer_or_run(cached, run)?;
-    if let (true, Some(path)) = (hit, path) {
-        eprintln!(
-            "cached result ({}); --no-cache measures again",
-            path.display()
-        );
-    }
-    Ok(value)
 }

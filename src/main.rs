@@ -4,6 +4,8 @@
 mod cli;
 mod commands;
 mod progress;
+mod setup;
+mod signals;
 
 use std::process::ExitCode;
 

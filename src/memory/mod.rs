@@ -3,6 +3,7 @@
 //! A meter knows the capacity trials are measured against and the peak bytes in use since
 //! its last reset. Devices differ only here: the search and the probe see a meter.
 
+pub mod available;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

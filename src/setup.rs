@@ -1,0 +1,191 @@
+//! What the flags ask for, before anything is measured: the devices, the model's shape, the
+//! meter and a finder for them; building the model; the result cache's answer.
+
+use anyhow::Result;
+use maxbatch::cache::{Cache, CacheKey, CacheUse, Cacheable};
+use maxbatch::device::{self, DeviceKind, DeviceRequest, ResolvedDevice};
+use maxbatch::models::{self, ModelSpec};
+use maxbatch::{Error, Finder, MemoryMeter, OptimizerKind, SearchSettings, Workload};
+
+use crate::cli::TargetArgs;
+
+/// Opens the devices of `--device`. When a CUDA device cannot be used and falling back is
+/// allowed, the whole run moves to the CPU once, with one warning.
+pub fn open_devices(target: &TargetArgs) -> Result<Vec<ResolvedDevice>> {
+    let requests = &target.device.0;
+    let mut devices = Vec::new();
+    for &request in requests {
+        let device = device::resolve(request, !target.no_fallback)?;
+        if let Some(reason) = &device.fallback {
+            if request != DeviceRequest::Auto {
+                tracing::warn!("--device {request}: {reason}; running on the CPU");
+            } else {
+                tracing::info!("--device auto: {reason}; running on the CPU");
+            }
+            return Ok(vec![device]);
+        }
+        devices.push(device);
+    }
+    Ok(devices)
+}
+
+/// The model, device and meter the flags ask for, before the model is built.
+pub struct Setup {
+    spec: ModelSpec,
+    options: models::ModelOptions,
+    model: models::ModelInfo,
+    /// The device.
+    pub device: ResolvedDevice,
+    /// Its meter.
+    pub meter: Box<dyn MemoryMeter>,
+    optimizer: OptimizerKind,
+}
+
+impl Setup {
+    pub fn new(target: &TargetArgs, device: ResolvedDevice) -> Result<Self> {
+        let spec = ModelSpec::load(&target.model_source())?;
+        let options = target.model_options();
+        let model = spec.info(&options)?;
+        let meter = maxbatch::memory::meter_for(&device.device, target.memory)?;
+        Ok(Self {
+            spec,
+            options,
+            model,
+            device,
+            meter,
+            optimizer: target.optimizer,
+        })
+    }
+
+    /// `settings` for this device: on CUDA the largest batch size is capped where a tensor
+    /// would pass the elements candle's CUDA kernels can index.
+    pub fn settings_for_device(&self, settings: &SearchSettings) -> Result<SearchSettings> {
+        if self.device.kind != DeviceKind::Cuda {
+            return Ok(settings.clone());
+        }
+        let capped = self
+            .spec
+            .cuda_batch_cap(&self.options)?
+            .and_then(|cap| settings.capped_at(cap));
+        Ok(match capped {
+            Some(capped) => {
+                tracing::warn!(
+                    "{}: batch sizes above {} make a tensor of more than 2^32 elements, which \
+                     candle's CUDA kernels cannot index; the search stops there",
+                    self.device.name,
+                    capped.max_batch_or_default()
+                );
+                capped
+            }
+            None => settings.clone(),
+        })
+    }
+
+    /// Gives up the device (its CUDA context and memory pool) after its capacity was read:
+    /// the meter keeps only the figures, and the model cannot be built here any more.
+    pub fn release_device(&mut self) {
+        self.meter = Box::new(ReadMeter::of(self.meter.as_ref()));
+        self.device.device = candle_core::Device::Cpu;
+    }
+
+    /// A finder on this device for this model, caching in `cache` (none: no cache) under
+    /// the model's full shape.
+    pub fn finder(&self, cache: Option<(Cache, CacheUse)>) -> Finder {
+        let finder = Finder::on_resolved(self.device.clone()).model(self.model.clone());
+        match cache {
+            Some((cache, mode)) => {
+                finder.cache_in(cache, format!("{:?}", self.spec.architecture), mode)
+            }
+            None => finder,
+        }
+    }
+
+    /// Builds the model with random weights, after checking that its weights and
+    /// optimizer state fit: building ones that cannot would abort the process on the CPU.
+    /// Returns the workload and the bytes building it added (the weights and the optimizer
+    /// state, as the meter counts them).
+    pub fn build(&mut self) -> Result<(Workload, u64)> {
+        let weight_bytes = self.model.weight_bytes().unwrap_or(0);
+        let needs = weight_bytes * (1 + self.optimizer.state_copies());
+        let capacity = self.meter.capacity().bytes;
+        if needs > capacity {
+            return Err(Error::ModelExceedsCapacity {
+                held: needs,
+                workspace: 0,
+                capacity,
+            }
+            .into());
+        }
+        tracing::info!(model = %self.model.name, device = %self.device.name, "building the model");
+        let before = self.meter.current_bytes()?;
+        let workload = Workload::new(
+            &self.spec,
+            &self.options,
+            self.optimizer,
+            &self.device.device,
+        )?;
+        let built = self.meter.current_bytes()?.saturating_sub(before);
+        Ok((workload, built))
+    }
+}
+
+/// A device's figures, read before it was given up: what a search in child processes needs
+/// of the parent's meter.
+struct ReadMeter {
+    capacity: maxbatch::memory::Capacity,
+    total: Option<u64>,
+    hard_limit: Option<u64>,
+}
+
+impl ReadMeter {
+    fn of(meter: &dyn MemoryMeter) -> Self {
+        Self {
+            capacity: meter.capacity(),
+            total: meter.total_bytes(),
+            hard_limit: meter.hard_limit(),
+        }
+    }
+
+    fn released<T>() -> candle_core::Result<T> {
+        candle_core::bail!("the device was given up to the child processes")
+    }
+}
+
+impl MemoryMeter for ReadMeter {
+    fn capacity(&self) -> maxbatch::memory::Capacity {
+        self.capacity
+    }
+    fn reset_peak(&mut self) -> candle_core::Result<()> {
+        Self::released()
+    }
+    fn peak_bytes(&mut self) -> candle_core::Result<u64> {
+        Self::released()
+    }
+    fn current_bytes(&mut self) -> candle_core::Result<u64> {
+        Self::released()
+    }
+    fn hard_limit(&self) -> Option<u64> {
+        self.hard_limit
+    }
+    fn total_bytes(&self) -> Option<u64> {
+        self.total
+    }
+}
+
+/// The answer for a cache key (from [`Finder::cached`]) from the cache, saying so on
+/// stderr, or `run`'s, then stored.
+pub fn cached<T: Cacheable>(
+    finder: &Finder,
+    cached: Option<(Cache, CacheKey)>,
+    run: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let path = cached.as_ref().map(|(cache, key)| cache.path(key));
+    let (value, hit) = finder.answer_or_run(cached, run)?;
+    if let (true, Some(path)) = (hit, path) {
+        eprintln!(
+            "cached result ({}); --no-cache measures again",
+            path.display()
+        );
+    }
+    Ok(value)
+}
