@@ -432,8 +432,9 @@ impl Finder {
         observer: &mut dyn Observer,
     ) -> Result<Report, Error> {
         self.settings.validate()?;
-        let capacity = meter.capacity();
         let overhead_bytes = runner::warm_up(step, meter)?;
+        // Read after the warm-up: on CUDA it takes memory outside the pool.
+        let capacity = meter.capacity();
         let baseline = meter.mark_reference(self.counted_held(meter))?;
         if baseline > capacity.bytes {
             return Err(Error::ModelExceedsCapacity {
