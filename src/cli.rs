@@ -183,8 +183,10 @@ pub struct TargetArgs {
     #[arg(long)]
     pub no_fallback: bool,
 
-    /// CPU memory budget, e.g. 512MiB, 4GiB, 4G (= 4×10^9 bytes). [default: 80% of the machine's
-    /// available memory]
+    /// The memory budget, e.g. 512MiB, 4GiB, 4G (= 4×10^9 bytes), 4GB; a bare number is bytes.
+    /// On the CPU a budget maxbatch enforces (a trial may pass it by one phase before it is
+    /// stopped); on CUDA a cap below the device's free memory. [default: about 80% of the
+    /// memory available (machine or container)]
     #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
     pub memory: Option<u64>,
 

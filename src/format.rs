@@ -54,8 +54,15 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         _ => false,
     };
     if !unit_ok {
+        let bits = unit.len() >= 2 && unit.ends_with('b');
+        let hint = if bits {
+            " (a lowercase b means bits: write B for bytes, e.g. 4GB or 4GiB)"
+        } else {
+            ""
+        };
         return Err(format!(
-            "{text:?} is not a size in bytes; write a number with one of {UNITS}, e.g. 512MiB or 4GiB"
+            "{text:?} is not a size in bytes{hint}; write a number (bytes) with one of {UNITS}, \
+             e.g. 512MiB or 4GiB, with no space"
         ));
     }
     let size: ByteSize = trimmed.parse().map_err(|_| {

@@ -212,9 +212,14 @@ impl ModelSpec {
             Architecture::Gpt(_) | Architecture::Llama(..) => (true, false),
             Architecture::ResNet(_) => (false, true),
         };
+        let takes = match (takes_tokens, takes_images) {
+            (true, _) => "its input is set by --seq-len",
+            (_, true) => "its input is set by --image-size",
+            _ => "its input is fixed by the architecture",
+        };
         let refuse = |flag: &str| {
             Err(Error::InvalidSetting(format!(
-                "{flag} does not apply to {} (its input is fixed by the architecture); drop it",
+                "{flag} does not apply to {} ({takes}); drop it",
                 self.name
             )))
         };
