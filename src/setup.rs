@@ -69,7 +69,7 @@ impl Setup {
             .and_then(|cap| settings.capped_at(cap));
         Ok(match capped {
             Some(capped) => {
-                tracing::warn!(
+                tracing::info!(
                     "{}: batch sizes above {} make a tensor of more than 2^32 elements, which \
                      candle's CUDA kernels cannot index; the search stops there",
                     self.device.name,

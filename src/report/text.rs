@@ -210,7 +210,8 @@ fn results(out: &mut String, r: &Report) {
     };
     let cap_note = if r.max_is_cap {
         format!(
-            " (the cap, --max-batch {}: larger sizes not tried)",
+            " (the cap, {}: larger sizes not tried; it is --max-batch, the dataset size or, \
+             on CUDA, the 2^32-element limit)",
             r.settings.max_batch.unwrap_or(r.max_batch_size)
         )
     } else {
