@@ -240,7 +240,7 @@ fn unmeasured_boundary(trials: &[Trial], max: usize) -> Option<usize> {
 fn schedule_rows(dataset: &schedule::Dataset, sizes: &Sizes, trials: &[Trial]) -> Vec<ScheduleRow> {
     let timed = |b: usize| trial::fitting_trial(trials, b).and_then(|t| t.step_seconds);
     let power_of_two = sizes.power_of_two.max(1);
-    schedule::rows(
+    let mut rows = schedule::rows(
         dataset,
         &[
             ("max", Some(sizes.max), timed(sizes.max)),
@@ -256,5 +256,58 @@ fn schedule_rows(dataset: &schedule::Dataset, sizes: &Sizes, trials: &[Trial]) -
             ),
         ],
         1,
-    )
+    );
+    rows.extend(
+        sizes
+            .plan
+            .as_ref()
+            .and_then(|plan| accumulation_row(plan, timed(plan.micro_batch as usize))),
+    );
+    rows
+}
+
+/// The accumulation plan's row: optimizer steps per epoch and in total at the global batch,
+/// timed as accumulation steps × the micro-batch's measured seconds per step on one replica,
+/// which assumes the replicas run in parallel with perfect scaling. `None` without a dataset.
+fn accumulation_row(plan: &AccumulationPlan, micro_seconds: Option<f64>) -> Option<ScheduleRow> {
+    let steps_per_epoch = plan.optimizer_steps_per_epoch?;
+    let total_steps = plan.total_optimizer_steps?;
+    let seconds_per_step = micro_seconds.map(|s| s * plan.accumulation_steps as f64);
+    Some(ScheduleRow {
+        label: "accumulation".to_string(),
+        batch_size: plan.global_batch,
+        steps_per_epoch,
+        total_steps,
+        seconds_per_step,
+        epoch_seconds: seconds_per_step.map(|s| s * steps_per_epoch as f64),
+        total_seconds: seconds_per_step.map(|s| s * total_steps as f64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accumulation_plan_gets_its_own_schedule_row() {
+        // 50,000 samples, 3 epochs; micro-batch 32 × 2 accumulation steps × 4 replicas = 256.
+        let dataset = schedule::Dataset {
+            size: 50_000,
+            epochs: 3,
+            drop_last: false,
+        };
+        let plan = schedule::accumulation(256, 4, 32, Some(&dataset));
+        let row = accumulation_row(&plan, Some(0.5)).unwrap();
+        assert_eq!(row.batch_size, 256);
+        assert_eq!(row.steps_per_epoch, 196); // ceil(50,000 / 256)
+        assert_eq!(row.total_steps, 588);
+        // Two micro-steps of 0.5 s per optimizer step on each replica, in parallel.
+        assert_eq!(row.seconds_per_step, Some(1.0));
+        assert_eq!(row.epoch_seconds, Some(196.0));
+        assert_eq!(row.total_seconds, Some(588.0));
+        let untimed = accumulation_row(&plan, None).unwrap();
+        assert_eq!(untimed.epoch_seconds, None);
+        let no_dataset = schedule::accumulation(256, 4, 32, None);
+        assert_eq!(accumulation_row(&no_dataset, Some(0.5)), None);
+    }
 }

@@ -692,6 +692,12 @@ fn accumulation_plan_memory_model_throughput_and_plot() {
         assert!((t["samples_per_second"].as_f64().unwrap() - expected).abs() < 1e-6 * expected);
     }
     assert!(r["schedule"][0]["epoch_seconds"].as_f64().unwrap() > 0.0);
+    // The plan has its own schedule row: the global batch's optimizer steps.
+    let row = &r["schedule"][3];
+    assert_eq!(row["label"], "accumulation");
+    assert_eq!(row["batch_size"], global);
+    assert_eq!(row["steps_per_epoch"], plan["optimizer_steps_per_epoch"]);
+    assert!(row["epoch_seconds"].as_f64().unwrap() > 0.0, "{row}");
 
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("peak memory (GiB)"));

@@ -332,6 +332,7 @@ fn schedule_rows(out: &mut String, rows: &[ScheduleRow]) {
     for row in rows {
         let label = match row.label.as_str() {
             "largest_power_of_two" => "largest power of two",
+            "accumulation" => "accumulation plan*",
             other => other,
         };
         let epoch = row.epoch_seconds.map_or_else(|| "-".to_string(), duration);
@@ -340,6 +341,13 @@ fn schedule_rows(out: &mut String, rows: &[ScheduleRow]) {
             out,
             "{label:<26}{:>6}  {:>12}  {:>12}  {epoch:>12}  {total:>12}",
             row.batch_size, row.steps_per_epoch, row.total_steps
+        );
+    }
+    if rows.iter().any(|r| r.label == "accumulation") {
+        let _ = writeln!(
+            out,
+            "* the global batch's optimizer steps; times are the micro-batch's measured step \
+             × accumulation steps on one replica, assuming the replicas scale perfectly"
         );
     }
 }
