@@ -525,45 +525,62 @@ fn a_repeated_search_answers_from_the_cache_and_survives_a_corrupt_file() {
     std::fs::remove_dir_all(&cache).ok();
 }
 
-#[test]
-fn ctrl_c_stops_after_the_running_trial_with_the_sizes_so_far() {
+/// Starts a search with `args` (no cache), waits until `trials` trials have started, sends
+/// `signal` (as `kill -SIGNAL`), and returns the exit code, stdout, and what stderr printed
+/// after the signal.
+fn interrupt_after(args: &[&str], trials: usize, signal: &str) -> (Option<i32>, String, String) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("maxbatch"))
-        .args([
-            "--model",
-            "transformer-tiny",
-            "--device",
-            "cpu",
-            "--memory",
-            "2GiB",
-            "--no-cache",
-        ])
+        .args(args)
+        .arg("--no-cache")
+        .env(
+            "MAXBATCH_CACHE",
+            std::env::temp_dir().join(format!("maxbatch-cli-signals-{}", std::process::id())),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
-    let mut trials = 0;
-    while trials < 4 {
+    let mut started = 0;
+    while started < trials {
         line.clear();
         assert!(
             stderr.read_line(&mut line).unwrap() > 0,
-            "ended before 4 trials"
+            "ended before {trials} trials"
         );
-        trials += usize::from(line.starts_with("trial"));
+        started += usize::from(line.starts_with("trial"));
     }
     let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([format!("-{signal}"), child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(130), "{rest}");
     let stdout = String::from_utf8(output.stdout).unwrap();
+    (output.status.code(), stdout, rest)
+}
+
+#[test]
+fn ctrl_c_stops_after_the_running_trial_with_the_sizes_so_far() {
+    let trials = 4;
+    let (code, stdout, rest) = interrupt_after(
+        &[
+            "--model",
+            "transformer-tiny",
+            "--device",
+            "cpu",
+            "--memory",
+            "2GiB",
+        ],
+        trials,
+        "INT",
+    );
+    assert_eq!(code, Some(130), "{rest}");
     assert!(
         stdout.contains("interrupted: the search stopped early"),
         "{stdout}"
@@ -577,6 +594,34 @@ fn ctrl_c_stops_after_the_running_trial_with_the_sizes_so_far() {
         .count();
     assert_eq!(rows, ran, "{stdout}\n{rest}");
     assert!(ran < 12, "the search ran on after Ctrl-C: {rest}");
+}
+
+/// SIGTERM, as a batch scheduler sends it, stops the search after the running trial, prints
+/// what it verified, and exits 143.
+#[test]
+fn sigterm_stops_after_the_running_trial_and_exits_143() {
+    let (code, stdout, rest) = interrupt_after(
+        &[
+            "--model",
+            "transformer-tiny",
+            "--device",
+            "cpu",
+            "--seq-len",
+            "32",
+            "--memory",
+            "2GiB",
+            "--strategy",
+            "doubling",
+        ],
+        3,
+        "TERM",
+    );
+    assert_eq!(code, Some(143), "{rest}");
+    assert!(
+        stdout.contains("interrupted: the search stopped early"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("max batch size"), "{stdout}");
 }
 
 #[test]
