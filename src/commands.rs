@@ -164,17 +164,8 @@ fn verify_on_every_device(
     for (i, size) in maxbatch::report::unverified_on_devices(reports) {
         let device = device::resolve(requests[i], false)?;
         let mut setup = Setup::new(&args.target, device)?;
-        let (mut workload, built) = setup.build()?;
-        let trial = setup
-            .finder(None)
-            .settings(args.target.check_settings())
-            .model_holds(built)
-            .check_with(
-                &mut workload,
-                setup.meter.as_mut(),
-                size,
-                &mut Progress::new(args.target.json),
-            )?;
+        let finder = setup.finder(None).settings(args.target.check_settings());
+        let trial = setup.check(&finder, size, &mut Progress::new(args.target.json))?;
         if trial.outcome != Outcome::Fits {
             tracing::warn!(
                 "batch size {size} fit on another device but not on {}; the data-parallel \
@@ -233,17 +224,8 @@ fn trial(args: &CheckArgs) -> Result<ExitCode> {
     settings.validate_check(args.batch_size)?;
     let device = device::resolve(args.target.device.0[0], false)?;
     let mut setup = Setup::new(&args.target, device)?;
-    let (mut workload, built) = setup.build()?;
-    let trial = setup
-        .finder(None)
-        .settings(settings)
-        .model_holds(built)
-        .check_with(
-            &mut workload,
-            setup.meter.as_mut(),
-            args.batch_size,
-            &mut Silent,
-        )?;
+    let finder = setup.finder(None).settings(settings);
+    let trial = setup.check(&finder, args.batch_size, &mut Silent)?;
     println!("{}", serde_json::to_string(&trial)?);
     Ok(ExitCode::SUCCESS)
 }
@@ -275,14 +257,11 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
         let kind = format!("check {}", args.batch_size);
         let key = finder.cached(&kind, setup.meter.as_ref());
         let trial: Trial = cached(&finder, key, || {
-            let (mut workload, built) = setup.build()?;
-            let mut progress = Progress::new(args.target.json);
-            Ok(finder.clone().model_holds(built).check_with(
-                &mut workload,
-                setup.meter.as_mut(),
+            setup.check(
+                &finder,
                 args.batch_size,
-                &mut progress,
-            )?)
+                &mut Progress::new(args.target.json),
+            )
         })?;
         let fits = trial.outcome == Outcome::Fits;
         all_fit &= fits;

@@ -252,11 +252,6 @@ impl Finder {
         })
     }
 
-    /// The settings as they stand.
-    pub fn search_settings(&self) -> &SearchSettings {
-        &self.settings
-    }
-
     /// Finds the largest batch size `step` can train at on the finder's device.
     ///
     /// `step` runs one full training step (forward, loss, backward, optimizer update) at
@@ -435,7 +430,8 @@ impl Finder {
         let overhead_bytes = runner::warm_up(step, meter)?;
         // Read after the warm-up: on CUDA it takes memory outside the pool.
         let capacity = meter.capacity();
-        let baseline = meter.mark_reference(self.counted_held(meter))?;
+        let counted_held = self.counted_held(meter);
+        let baseline = meter.mark_reference(counted_held)?;
         if baseline > capacity.bytes {
             return Err(Error::ModelExceedsCapacity {
                 held: baseline,
@@ -445,7 +441,7 @@ impl Finder {
         }
         let device = DeviceInfo {
             baseline_bytes: Some(baseline),
-            baseline_is_whole_heap: capacity.is_budget && self.counted_held(meter).is_none(),
+            baseline_is_whole_heap: capacity.is_budget && counted_held.is_none(),
             overhead_bytes,
             ..DeviceInfo::of(&self.device, meter)
         };
@@ -504,8 +500,8 @@ impl Finder {
         };
         let model = self.model_info();
         let partial = |runner: &TrialRunner, trials: Vec<Trial>| {
-            let sizes = finish::partial_sizes(&trials, capacity, settings.margin);
             runner.interrupted().then(|| {
+                let sizes = finish::partial_sizes(&trials, capacity, settings.margin);
                 finish::report(
                     model.clone(),
                     device.clone(),

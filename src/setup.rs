@@ -100,6 +100,24 @@ impl Setup {
         }
     }
 
+    /// Builds the model and runs one trial of it at `batch_size` with `finder`'s settings:
+    /// the pre-flight check, an `--isolate` child's trial, a data-parallel size a device
+    /// skipped. The trial counts the bytes building the model added as held.
+    pub fn check(
+        &mut self,
+        finder: &Finder,
+        batch_size: usize,
+        observer: &mut dyn maxbatch::Observer,
+    ) -> Result<maxbatch::Trial> {
+        let (mut workload, built) = self.build()?;
+        Ok(finder.clone().model_holds(built).check_with(
+            &mut workload,
+            self.meter.as_mut(),
+            batch_size,
+            observer,
+        )?)
+    }
+
     /// Builds the model with random weights, after checking that its weights and
     /// optimizer state fit: building ones that cannot would abort the process on the CPU.
     /// Returns the workload and the bytes building it added (the weights and the optimizer
