@@ -204,9 +204,11 @@ pub struct TargetArgs {
     #[arg(long, value_name = "PIXELS")]
     pub image_size: Option<usize>,
 
-    /// Full training steps (forward, loss, backward, optimizer update) per trial.
-    #[arg(long, default_value_t = 2, value_name = "N")]
-    pub steps_per_trial: usize,
+    /// Full training steps (forward, loss, backward, optimizer update) per trial. [default:
+    /// 1 on the CPU, where a second step peaks where the first did; 2 on CUDA, where memory
+    /// pools and library workspaces may grow in the second step]
+    #[arg(long, value_name = "N")]
+    pub steps_per_trial: Option<usize>,
 
     /// Print JSON on stdout instead of the table.
     #[arg(long)]
@@ -260,7 +262,9 @@ impl TargetArgs {
         flag("--memory", capacity.to_string());
         flag("--optimizer", self.optimizer.to_string());
         flag("--dtype", self.dtype.as_str().to_string());
-        flag("--steps-per-trial", self.steps_per_trial.to_string());
+        if let Some(n) = self.steps_per_trial {
+            flag("--steps-per-trial", n.to_string());
+        }
         if let Some(n) = self.seq_len {
             flag("--seq-len", n.to_string());
         }
@@ -304,7 +308,7 @@ impl FindArgs {
             strategy: self.strategy,
             start: self.start,
             max_batch: self.max_batch,
-            steps_per_trial: self.target.steps_per_trial,
+            steps_per_trial: self.target.steps_per_trial(),
             margin: self.margin,
             optimizer: Some(self.target.optimizer),
             dataset_size: self.dataset_size,
@@ -320,10 +324,17 @@ impl FindArgs {
 }
 
 impl TargetArgs {
+    /// `--steps-per-trial`, to validate; where it is not given, the device's default
+    /// replaces this later (`Setup::settings_for_device`).
+    fn steps_per_trial(&self) -> usize {
+        self.steps_per_trial
+            .unwrap_or(SearchSettings::default().steps_per_trial)
+    }
+
     /// The settings of a pre-flight check (or a child's trial) these flags describe.
     pub fn check_settings(&self) -> SearchSettings {
         SearchSettings {
-            steps_per_trial: self.steps_per_trial,
+            steps_per_trial: self.steps_per_trial(),
             optimizer: Some(self.optimizer),
             ..SearchSettings::default()
         }

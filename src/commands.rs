@@ -164,7 +164,8 @@ fn verify_on_every_device(
     for (i, size) in maxbatch::report::unverified_on_devices(reports) {
         let device = device::resolve(requests[i], false)?;
         let mut setup = Setup::new(&args.target, device)?;
-        let finder = setup.finder(None).settings(args.target.check_settings());
+        let settings = setup.settings_for_device(&args.target.check_settings())?;
+        let finder = setup.finder(None).settings(settings);
         let trial = setup.check(&finder, size, &mut Progress::new(args.target.json))?;
         if trial.outcome != Outcome::Fits {
             tracing::warn!(
@@ -224,7 +225,9 @@ fn trial(args: &CheckArgs) -> Result<ExitCode> {
     settings.validate_check(args.batch_size)?;
     let device = device::resolve(args.target.device.0[0], false)?;
     let mut setup = Setup::new(&args.target, device)?;
-    let finder = setup.finder(None).settings(settings);
+    let finder = setup
+        .finder(None)
+        .settings(setup.settings_for_device(&settings)?);
     let trial = setup.check(&finder, args.batch_size, &mut Silent)?;
     println!("{}", serde_json::to_string(&trial)?);
     Ok(ExitCode::SUCCESS)
@@ -253,7 +256,9 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
     let mut trials: Vec<(String, Trial)> = Vec::new();
     for device in open_devices(&args.target)? {
         let mut setup = Setup::new(&args.target, device)?;
-        let finder = setup.finder(args.target.cache()).settings(settings.clone());
+        let finder = setup
+            .finder(args.target.cache())
+            .settings(setup.settings_for_device(&settings)?);
         let kind = format!("check {}", args.batch_size);
         let key = finder.cached(&kind, setup.meter.as_ref());
         let trial: Trial = cached(&finder, key, || {

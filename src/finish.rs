@@ -90,10 +90,12 @@ fn largest_power_of_two(
     }
 }
 
-/// The largest size whose peak leaves the margin of `capacity` free, found exactly by
-/// running the sizes between the last one known within the margin and the first one known
-/// beyond it (usually none or a few: the search's own trials bracket it), with the search's
-/// own strategy.
+/// The largest size whose peak leaves the margin of `capacity` free, searched between the
+/// last size known within the margin and the first one known beyond it (the search's own
+/// trials bracket it) with the search's own strategy. The doubling search runs the size
+/// after its answer; the guided search verifies the size its line predicts and leaves the
+/// size after it to the line (one trial instead of two; short of the exact answer only
+/// where the line is off, which is the safe side for a recommendation).
 fn recommended(
     runner: &mut TrialRunner,
     capacity: u64,
@@ -108,7 +110,7 @@ fn recommended(
     let mut run_trial = |b: usize| runner.run(b);
     let found = match settings.strategy {
         Strategy::Doubling => search::bisect(good, bad, &mut run_trial, within, trials),
-        Strategy::Guided => search::toward_threshold(
+        Strategy::Guided => search::toward_predicted_threshold(
             good,
             Some(bad),
             bad,

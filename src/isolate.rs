@@ -204,6 +204,7 @@ mod tests {
                 phase: crate::Phase::Backward,
                 peak_bytes: 1200,
             }],
+            step_peaks: vec![1234, 1230],
             step_seconds: Some(0.5),
             samples_per_second: Some(8.0),
             steps: 2,

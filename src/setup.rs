@@ -39,6 +39,20 @@ pub struct Setup {
     /// Its meter.
     pub meter: Box<dyn MemoryMeter>,
     optimizer: OptimizerKind,
+    /// `--steps-per-trial`, when given.
+    steps_per_trial: Option<usize>,
+}
+
+/// Steps per trial of a built-in model when `--steps-per-trial` is not given: one on the
+/// CPU, where the counting meter sees the second step peak exactly where the first did (the
+/// optimizer's state exists before the first step; tests/family_trials.rs checks every
+/// family), two on CUDA, where the pool and the libraries' workspaces may grow in the second
+/// step (see docs/design.md).
+pub fn default_steps_per_trial(kind: DeviceKind) -> usize {
+    match kind {
+        DeviceKind::Cpu => 1,
+        DeviceKind::Cuda => 2,
+    }
 }
 
 impl Setup {
@@ -54,12 +68,20 @@ impl Setup {
             device,
             meter,
             optimizer: target.optimizer,
+            steps_per_trial: target.steps_per_trial,
         })
     }
 
-    /// `settings` for this device: on CUDA the largest batch size is capped where a tensor
-    /// would pass the elements candle's CUDA kernels can index.
+    /// `settings` for this device: the steps per trial (`--steps-per-trial`, else the
+    /// device's default), and on CUDA the largest batch size capped where a tensor would
+    /// pass the elements candle's CUDA kernels can index.
     pub fn settings_for_device(&self, settings: &SearchSettings) -> Result<SearchSettings> {
+        let settings = &SearchSettings {
+            steps_per_trial: self
+                .steps_per_trial
+                .unwrap_or_else(|| default_steps_per_trial(self.device.kind)),
+            ..settings.clone()
+        };
         if self.device.kind != DeviceKind::Cuda {
             return Ok(settings.clone());
         }

@@ -39,6 +39,10 @@ pub struct Trial {
     /// change with the batch size.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phase_peaks: Vec<PhasePeak>,
+    /// The peak bytes of each step, from its start (the last one a lower bound when the
+    /// trial stopped in it): equal from step to step when a step leaves nothing behind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_peaks: Vec<u64>,
     /// Mean wall-clock seconds per completed step; `None` when no step completed.
     pub step_seconds: Option<f64>,
     /// Samples trained per second (batch size / seconds per step) when it fit.
@@ -133,6 +137,7 @@ impl Trial {
             outcome: Outcome::Oom,
             peak_bytes: None,
             phase_peaks: Vec::new(),
+            step_peaks: Vec::new(),
             step_seconds: None,
             samples_per_second: None,
             steps: 0,
@@ -161,14 +166,20 @@ pub fn run(
     let baseline = meter.current_bytes()?;
     // What earlier trials' bookkeeping holds is not this trial's (see MemoryMeter::drift_bytes).
     let drift = meter.drift_bytes()?;
+    // Allocated before the peak window opens, so that the bookkeeping's own bytes do not
+    // make a later step's peak differ from the first one's.
+    let mut phase_peaks = Vec::with_capacity(3);
+    let mut step_peaks = Vec::with_capacity(steps);
     meter.reset_peak()?;
     let started = Instant::now();
     let mut completed = 0;
     let mut completed_seconds = 0.0;
     let mut over_capacity: Option<Phase> = None;
     let mut device_oom: Option<String> = None;
-    let mut phase_peaks = Vec::new();
     for step_index in 0..steps {
+        if step_index > 0 {
+            meter.reset_peak()?;
+        }
         let mut boundary = |phase: Phase| {
             let peak_bytes = meter.peak_bytes()?.saturating_sub(drift);
             if step_index == 0 {
@@ -194,6 +205,7 @@ pub fn run(
                 "the training step panicked: {message}"
             )))
         });
+        step_peaks.push(meter.peak_bytes()?.saturating_sub(drift));
         match result {
             Ok(()) => {
                 completed += 1;
@@ -207,7 +219,7 @@ pub fn run(
             Err(error) => return Err(error),
         }
     }
-    let peak = meter.peak_bytes()?.saturating_sub(drift);
+    let peak = step_peaks.iter().copied().max().unwrap_or(0);
     let reserved_bytes = meter.reserved_peak_bytes()?;
     let leaked_bytes = meter.recover(baseline)?;
     if let Some(leaked) = leaked_bytes.filter(|&l| l > 0) {
@@ -237,6 +249,7 @@ pub fn run(
         outcome: if fits { Outcome::Fits } else { Outcome::Oom },
         peak_bytes: Some(peak),
         phase_peaks,
+        step_peaks,
         step_seconds,
         samples_per_second: step_seconds
             .filter(|_| fits)

@@ -52,6 +52,15 @@ fn one_trial_per_family_fits_a_budget_and_is_measured() {
             spec.name
         );
         assert_eq!(trial.steps, 2);
+        // The second step peaks exactly where the first did: the optimizer's state exists
+        // before the first step and a step leaves nothing behind, which is why a CPU trial
+        // of a built-in model is one step (docs/design.md).
+        assert_eq!(
+            trial.step_peaks,
+            [peak, peak],
+            "{}: the steps peaked differently",
+            spec.name
+        );
         // The first step's peak at each boundary, in order, rising to at most the peak.
         let phases: Vec<Phase> = trial.phase_peaks.iter().map(|p| p.phase).collect();
         assert_eq!(phases, [Phase::Forward, Phase::Backward, Phase::Update]);

@@ -208,6 +208,7 @@ pub(crate) mod tests {
             outcome: if fits { Outcome::Fits } else { Outcome::Oom },
             peak_bytes: Some(peak),
             phase_peaks: Vec::new(),
+            step_peaks: Vec::new(),
             step_seconds: fits.then_some(0.5),
             samples_per_second: fits.then_some(batch_size as f64 / 0.5),
             steps: if fits { 2 } else { 0 },

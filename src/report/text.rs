@@ -83,7 +83,10 @@ fn header(out: &mut String, r: &Report) {
     } else if !optimizer.is_empty() {
         about.push(optimizer.trim_start_matches(", ").to_string());
     }
-    about.push(format!("{} steps per trial", r.settings.steps_per_trial));
+    about.push(match r.settings.steps_per_trial {
+        1 => "1 step per trial".to_string(),
+        n => format!("{n} steps per trial"),
+    });
     let _ = writeln!(out, "model:    {} ({})", m.name, about.join(", "));
     let d = &r.device;
     let kind = if d.capacity_is_budget {

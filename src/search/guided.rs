@@ -116,10 +116,23 @@ struct Guide {
     after_miss: bool,
     /// True once a surprising failure has been tried again.
     retried: bool,
+    /// Whether the size after the answer is run or left to the line.
+    boundary: Boundary,
+}
+
+/// How the guided search settles the size after its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boundary {
+    /// It is run and must fail: the answer is exact.
+    Run,
+    /// A size that passed and that the line says is the last to pass is the answer; the
+    /// size after it is predicted to fail, not run. The answer is verified but may be one
+    /// short of the exact one, a safe error for the recommended size.
+    Predicted,
 }
 
 impl Guide {
-    fn new(good: usize, bad: Option<usize>, cap: usize) -> Self {
+    fn new(good: usize, bad: Option<usize>, cap: usize, boundary: Boundary) -> Self {
         Self {
             good,
             bad,
@@ -127,6 +140,7 @@ impl Guide {
             misses: 0,
             after_miss: false,
             retried: false,
+            boundary,
         }
     }
 
@@ -171,7 +185,10 @@ impl Guide {
         }
         match (self.mode(), self.bad) {
             (Mode::BinarySearch, Some(bad)) => Move::BinarySearch { good, bad },
-            (Mode::BinarySearch | Mode::StepAfterMiss, _) => self.bracket_step(),
+            (Mode::StepAfterMiss, _) => self
+                .interpolated_step(trials, is_good, threshold)
+                .unwrap_or_else(|| self.bracket_step()),
+            (Mode::BinarySearch, _) => self.bracket_step(),
             (Mode::Predict, _) => self.predicted_step(trials, is_good, threshold),
         }
     }
@@ -186,6 +203,21 @@ impl Guide {
                 .clamp(self.good + 1, self.upper() - 1),
         };
         Move::Try(candidate, Aim::Bracket)
+    }
+
+    /// After a miss: where the line between a passing size and the failed one (whose
+    /// boundaries before its stop were measured) meets the threshold, when it lies inside
+    /// the bracket. An interpolation, not an extrapolation: it is trusted like a prediction.
+    fn interpolated_step<T: Measured>(
+        &self,
+        trials: &[T],
+        is_good: &dyn Fn(&T) -> bool,
+        threshold: u64,
+    ) -> Option<Move> {
+        let fit = line::fit(trials, is_good, threshold)?;
+        let inside = fit.predicted > self.good && fit.predicted < self.upper();
+        (inside && fit.line.to.0 >= self.upper())
+            .then_some(Move::Try(fit.predicted, Aim::Predicted))
     }
 
     /// The size the measurements point to, and why, strictly inside the bracket.
@@ -207,6 +239,9 @@ impl Guide {
             };
         };
         let predicted = fit.predicted;
+        if predicted == self.good && self.boundary == Boundary::Predicted {
+            return Move::Answer(self.good);
+        }
         if predicted <= self.good {
             return Move::Try(self.good + 1, Aim::Next);
         }
@@ -274,7 +309,44 @@ where
     P: FnMut(usize) -> Result<T, E>,
     G: Fn(&T) -> bool,
 {
-    let mut guide = Guide::new(good, bad, cap);
+    let guide = Guide::new(good, bad, cap, Boundary::Run);
+    toward(guide, threshold, probe, is_good, trials)
+}
+
+/// [`toward_threshold`] whose answer's boundary is left to the line
+/// ([`Boundary::Predicted`]): the largest size verified to pass that the line says is the
+/// last to pass, usually one trial instead of two.
+pub fn toward_predicted_threshold<T, E, P, G>(
+    good: usize,
+    bad: Option<usize>,
+    cap: usize,
+    threshold: u64,
+    probe: &mut P,
+    is_good: G,
+    trials: &mut Vec<T>,
+) -> Result<usize, (usize, E)>
+where
+    T: Measured,
+    P: FnMut(usize) -> Result<T, E>,
+    G: Fn(&T) -> bool,
+{
+    let guide = Guide::new(good, bad, cap, Boundary::Predicted);
+    toward(guide, threshold, probe, is_good, trials)
+}
+
+/// The search from where `guide` stands (see [`toward_threshold`]).
+fn toward<T, E, P, G>(
+    mut guide: Guide,
+    threshold: u64,
+    probe: &mut P,
+    is_good: G,
+    trials: &mut Vec<T>,
+) -> Result<usize, (usize, E)>
+where
+    T: Measured,
+    P: FnMut(usize) -> Result<T, E>,
+    G: Fn(&T) -> bool,
+{
     let mut run = |size: usize, trials: &mut Vec<T>| {
         let trial = probe(size).map_err(|e| (size, e))?;
         let passed = is_good(&trial);

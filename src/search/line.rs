@@ -98,16 +98,22 @@ pub struct Fit {
 /// boundary gets such a line too and the earliest prediction wins: the peak is the largest
 /// of the phases' peaks, and a phase that grows faster (the backward pass) overtakes one
 /// that sets the peak at small sizes (the optimizer's transient). `None` without two such
-/// sizes or with lines that do not rise.
+/// sizes or with lines that do not rise. A boundary's line runs through every trial that
+/// measured that boundary, those that failed included (their boundaries before the stop are
+/// exact measurements); the overall line only through those that passed.
 pub fn fit<T: Measured>(trials: &[T], is_good: &dyn Fn(&T) -> bool, threshold: u64) -> Option<Fit> {
     let phases = trials
         .iter()
-        .filter(|t| is_good(t))
         .map(|t| t.phase_peaks().len())
         .max()
         .unwrap_or(0);
+    // A boundary's peak is measured whatever the outcome: a trial stopped over the
+    // capacity after its backward pass measured its forward and backward boundaries, and
+    // they are points near the answer.
     let phase_fits = (0..phases).filter_map(|k| {
-        let points = points_of(trials, is_good, |t| t.phase_peaks().get(k).copied());
+        let points = points_of(trials, &|t: &T| t.ran(), |t| {
+            t.phase_peaks().get(k).copied()
+        });
         fit_points(points, threshold, Through::Phase(k))
     });
     let overall = fit_points(measured_points(trials, is_good), threshold, Through::Peaks);

@@ -15,7 +15,7 @@
 mod guided;
 pub mod line;
 
-pub use guided::{guided, toward_threshold};
+pub use guided::{guided, toward_predicted_threshold, toward_threshold, Boundary};
 pub use line::{conservative_peak, fit, predict_at, Fit, Line, Through};
 
 /// What the search needs to know of a trial: did it fit?
