@@ -171,10 +171,14 @@ pub fn run(
     let mut phase_peaks = Vec::with_capacity(3);
     let mut step_peaks = Vec::with_capacity(steps);
     meter.reset_peak()?;
+    // The stop points compare the counted peak, drift included, with this.
+    let stops = StopPoints::arm(meter, capacity.saturating_add(drift));
+    let meter = &mut *stops.meter;
     let started = Instant::now();
     let mut completed = 0;
     let mut completed_seconds = 0.0;
     let mut over_capacity: Option<Phase> = None;
+    let mut inside_backward = false;
     let mut device_oom: Option<String> = None;
     for step_index in 0..steps {
         if step_index > 0 {
@@ -212,6 +216,12 @@ pub fn run(
                 completed_seconds = started.elapsed().as_secs_f64();
             }
             Err(_) if over_capacity.is_some() => break,
+            Err(error) if crate::memory::stop::is_over_budget(&error) => {
+                // Measured: a stop point saw the peak past the capacity.
+                over_capacity = Some(Phase::Forward);
+                inside_backward = true;
+                break;
+            }
             Err(error) if meter.is_out_of_memory(&error) => {
                 device_oom = Some(error.to_string());
                 break;
@@ -235,6 +245,10 @@ pub fn run(
     }
     let fits = over_capacity.is_none() && device_oom.is_none();
     let detail = match (over_capacity, device_oom) {
+        (Some(_), _) if inside_backward => Some(format!(
+            "stopped inside the backward pass of step {}: over capacity",
+            completed + 1
+        )),
         (Some(phase), _) if completed < steps => Some(format!(
             "stopped after the {phase} phase of step {}: over capacity",
             completed + 1
@@ -262,4 +276,23 @@ pub fn run(
         leaked_bytes,
         detail,
     })
+}
+
+/// The meter with its stop points armed for one trial; disarmed when dropped, however the
+/// trial ends.
+struct StopPoints<'a> {
+    meter: &'a mut dyn MemoryMeter,
+}
+
+impl<'a> StopPoints<'a> {
+    fn arm(meter: &'a mut dyn MemoryMeter, peak_bytes: u64) -> Self {
+        meter.arm_stop_points(Some(peak_bytes));
+        Self { meter }
+    }
+}
+
+impl Drop for StopPoints<'_> {
+    fn drop(&mut self) {
+        self.meter.arm_stop_points(None);
+    }
 }

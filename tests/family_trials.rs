@@ -99,5 +99,27 @@ fn one_trial_per_family_fits_a_budget_and_is_measured() {
             .check_with(&mut workload, &mut tight, 1, &mut Silent)
             .unwrap();
         assert_eq!(trial.outcome, Outcome::Oom, "{}: {trial:?}", spec.name);
+
+        // A budget the forward pass stays under and the backward pass passes early: the
+        // trial stops at a stop point inside the backward pass, its peak measured past the
+        // budget, instead of finishing the pass.
+        let forward = at[0];
+        let budget = forward + (at[1] - forward) / 8;
+        let mut meter = CpuMeter::with_budget(budget).unwrap();
+        let trial = Finder::on(&candle_core::Device::Cpu)
+            .check_with(&mut workload, &mut meter, 1, &mut Silent)
+            .unwrap();
+        assert_eq!(trial.outcome, Outcome::Oom, "{}: {trial:?}", spec.name);
+        assert!(
+            trial.peak_bytes.unwrap() > budget,
+            "{}: {trial:?}",
+            spec.name
+        );
+        assert_eq!(
+            trial.detail.as_deref(),
+            Some("stopped inside the backward pass of step 1: over capacity"),
+            "{}: {trial:?}",
+            spec.name
+        );
     }
 }

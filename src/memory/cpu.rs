@@ -228,6 +228,10 @@ impl MemoryMeter for CpuMeter {
         self.own_bytes
     }
 
+    fn arm_stop_points(&mut self, peak_bytes: Option<u64>) {
+        super::stop::arm(peak_bytes);
+    }
+
     fn drift_bytes(&mut self) -> candle_core::Result<u64> {
         Ok(self
             .reference

@@ -7,6 +7,7 @@ pub mod available;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod stop;
 
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +109,11 @@ pub trait MemoryMeter {
     fn needs_warmup(&self) -> bool {
         false
     }
+
+    /// Arms the built-in models' stop points (see [`stop`]) to stop this thread's backward
+    /// pass once the counted peak passes `peak_bytes`; `None` disarms them. Only a meter
+    /// that counts the heap (the CPU's) arms them; elsewhere this does nothing.
+    fn arm_stop_points(&mut self, _peak_bytes: Option<u64>) {}
 
     /// After the warm-up step: re-reads the capacity where the warm-up took memory the
     /// meter does not count (a CUDA context's growth, kernels, library workspaces).

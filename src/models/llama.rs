@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear_b, Embedding, Linear, VarBuilder};
 
 use super::{causal_mask, cross_entropy, token_batch, Batch, Model};
+use crate::memory::stop::stop_point;
 
 /// The shape of a Llama-family decoder.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -90,7 +91,7 @@ impl RmsNorm {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm_slow(xs, &self.weight, self.eps)
+        candle_nn::ops::rms_norm_slow(xs, &stop_point(&self.weight)?, self.eps)
     }
 }
 

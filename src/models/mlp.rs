@@ -7,6 +7,7 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use super::{cross_entropy, random_ids, Batch, Model};
+use crate::memory::stop::stop_point;
 
 /// The shape of an MLP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +92,9 @@ impl Model for Mlp {
         let last = self.layers.len() - 1;
         let mut xs = batch.inputs.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs)?;
+            // The bias goes through a stop point (a weight would be a large copy).
+            let bias = layer.bias().map(stop_point).transpose()?;
+            xs = Linear::new(layer.weight().clone(), bias).forward(&xs)?;
             if i < last {
                 xs = xs.relu()?;
             }

@@ -11,6 +11,7 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{conv2d_no_bias, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
 use super::{cross_entropy, random_ids, Batch, Model};
+use crate::memory::stop::stop_point;
 
 /// The shape of a CIFAR-style ResNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +90,7 @@ impl BatchNorm {
         let normed = centered.broadcast_div(&(variance + 1e-5)?.sqrt()?)?;
         let shape = (1, channels, 1, 1);
         normed
-            .broadcast_mul(&self.weight.reshape(shape)?)?
+            .broadcast_mul(&stop_point(&self.weight)?.reshape(shape)?)?
             .broadcast_add(&self.bias.reshape(shape)?)
     }
 }

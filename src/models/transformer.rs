@@ -12,6 +12,7 @@ use candle_nn::{linear, Embedding, Linear, VarBuilder};
 
 use super::{bounded_seq_len, causal_mask, cross_entropy, token_batch, Batch, Model, ModelOptions};
 use crate::error::Error;
+use crate::memory::stop::stop_point;
 
 /// The shape of a GPT-style transformer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +117,8 @@ impl LayerNorm {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::layer_norm_slow(xs, &self.weight, &self.bias, 1e-5)
+        let weight = stop_point(&self.weight)?;
+        candle_nn::ops::layer_norm_slow(xs, &weight, &self.bias, 1e-5)
     }
 }
 

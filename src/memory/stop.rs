@@ -1,0 +1,90 @@
+//! Stopping a CPU trial inside its backward pass, once its peak has passed the budget.
+//!
+//! candle's backward pass is one call, so a trial could only be stopped at its phase
+//! boundaries: a size far past the budget ran its whole forward and backward pass first.
+//! The built-in models route one small weight of each block (a norm's scale, a bias)
+//! through a [`stop_point`], an identity whose gradient step asks whether the trial's peak
+//! has passed the limit armed for this thread ([`arm`]); when it has, the backward pass
+//! returns [`OverBudget`] and the trial is out of memory, measured (see docs/design.md).
+
+use std::cell::Cell;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+use super::cpu::CountingAllocator;
+
+thread_local! {
+    /// The heap peak past which this thread's backward pass stops (`None`: never).
+    static LIMIT: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Makes this thread's backward passes stop at the next stop point once the counting
+/// allocator's peak exceeds `peak_bytes`; `None` disarms it.
+pub fn arm(peak_bytes: Option<u64>) {
+    LIMIT.with(|limit| limit.set(peak_bytes));
+}
+
+/// True when the armed limit is set and the counted peak has passed it.
+fn past_limit() -> bool {
+    LIMIT
+        .with(|limit| limit.get())
+        .is_some_and(|limit| CountingAllocator::peak_bytes() > limit)
+}
+
+/// The message of a backward pass stopped at a stop point. candle keeps a wrapped error
+/// only as text, so the text is how the trial recognises it.
+const OVER_BUDGET: &str =
+    "maxbatch stop point: the peak passed the budget inside the backward pass";
+
+/// True when `error` is a backward pass stopped by a stop point.
+pub fn is_over_budget(error: &candle_core::Error) -> bool {
+    error.to_string().contains(OVER_BUDGET)
+}
+
+/// `weight`, through a point where a trial's backward pass may stop: the value and the
+/// gradient are unchanged; the forward pass copies `weight` (use a small one: a norm's
+/// scale, a bias).
+pub fn stop_point(weight: &Tensor) -> Result<Tensor> {
+    weight.apply_op1(StopPoint)
+}
+
+/// The identity op behind [`stop_point`].
+struct StopPoint;
+
+impl StopPoint {
+    fn check(layout: &Layout) -> Result<()> {
+        if !layout.is_contiguous() || layout.start_offset() != 0 {
+            candle_core::bail!("a stop point takes a whole contiguous tensor (a weight)");
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp1 for StopPoint {
+    fn name(&self) -> &'static str {
+        "stop-point"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        Self::check(layout)?;
+        Ok((storage.try_clone(layout)?, layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Self::check(layout)?;
+        Ok((storage.try_clone(layout)?, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        if past_limit() {
+            return Err(candle_core::Error::Msg(OVER_BUDGET.to_string()));
+        }
+        Ok(Some(grad_res.clone()))
+    }
+}
