@@ -167,7 +167,11 @@ pub fn report(
     } else {
         (
             analysis::memory_model(&trials, sizes.max, capacity, &model, settings.optimizer),
-            analysis::throughput_note(&trials, sizes.max),
+            analysis::throughput_note(
+                &trials,
+                sizes.max,
+                &[sizes.power_of_two, sizes.recommended.unwrap_or(0)],
+            ),
         )
     };
     let unmeasured_boundary = unmeasured_boundary(&trials, sizes.max);

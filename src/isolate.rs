@@ -206,6 +206,7 @@ mod tests {
             }],
             step_peaks: vec![1234, 1230],
             step_seconds: Some(0.5),
+            step_times: vec![0.7, 0.5],
             samples_per_second: Some(8.0),
             steps: 2,
             stopped_after: None,

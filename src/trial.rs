@@ -43,8 +43,13 @@ pub struct Trial {
     /// trial stopped in it): equal from step to step when a step leaves nothing behind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub step_peaks: Vec<u64>,
-    /// Mean wall-clock seconds per completed step; `None` when no step completed.
+    /// Wall-clock seconds per step: the mean of the completed steps after the first (the
+    /// first pays for pages and buffers touched for the first time), or the first step's
+    /// when it is the only one; `None` when no step completed.
     pub step_seconds: Option<f64>,
+    /// Wall-clock seconds of each completed step, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_times: Vec<f64>,
     /// Samples trained per second (batch size / seconds per step) when it fit.
     #[serde(default)]
     pub samples_per_second: Option<f64>,
@@ -88,6 +93,15 @@ pub fn samples_per_second(batch_size: usize, step_seconds: f64) -> Option<f64> {
     (step_seconds > 0.0).then(|| batch_size as f64 / step_seconds)
 }
 
+/// Seconds per step from each step's: the mean after the first, or the only one.
+fn timed_seconds(step_times: &[f64]) -> Option<f64> {
+    match step_times {
+        [] => None,
+        [only] => Some(*only),
+        [_, rest @ ..] => Some(rest.iter().sum::<f64>() / rest.len() as f64),
+    }
+}
+
 /// The last trial at `batch_size` that fit, if any.
 pub fn fitting_trial(trials: &[Trial], batch_size: usize) -> Option<&Trial> {
     trials
@@ -115,6 +129,17 @@ impl crate::search::Measured for Trial {
 }
 
 impl Trial {
+    /// How much the timed steps after the first differed, as a fraction of their mean
+    /// ((slowest − fastest) / mean); `None` with fewer than two of them.
+    pub fn timing_spread(&self) -> Option<f64> {
+        let timed = self.step_times.get(1..).filter(|t| t.len() >= 2)?;
+        let mean = timed.iter().sum::<f64>() / timed.len() as f64;
+        let (fastest, slowest) = timed
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+        (mean > 0.0).then(|| (slowest - fastest) / mean)
+    }
+
     /// A size not run because its predicted peak exceeds `limit`, the most the machine can
     /// give: it counts as out of memory.
     pub fn predicted_oom(batch_size: usize, predicted: u64, limit: u64) -> Self {
@@ -139,6 +164,7 @@ impl Trial {
             phase_peaks: Vec::new(),
             step_peaks: Vec::new(),
             step_seconds: None,
+            step_times: Vec::new(),
             samples_per_second: None,
             steps: 0,
             stopped_after: None,
@@ -174,9 +200,8 @@ pub fn run(
     // The stop points compare the counted peak, drift included, with this.
     let stops = StopPoints::arm(meter, capacity.saturating_add(drift));
     let meter = &mut *stops.meter;
-    let started = Instant::now();
     let mut completed = 0;
-    let mut completed_seconds = 0.0;
+    let mut step_times = Vec::with_capacity(steps);
     let mut over_capacity: Option<Phase> = None;
     let mut inside_backward = false;
     let mut device_oom: Option<String> = None;
@@ -195,6 +220,7 @@ pub fn run(
             }
             Ok(())
         };
+        let started = Instant::now();
         // A panicking step is a bug in the step, never an out-of-memory: it becomes an error.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             step.step_with_boundaries(batch_size, &mut boundary)
@@ -213,7 +239,7 @@ pub fn run(
         match result {
             Ok(()) => {
                 completed += 1;
-                completed_seconds = started.elapsed().as_secs_f64();
+                step_times.push(started.elapsed().as_secs_f64());
             }
             Err(_) if over_capacity.is_some() => break,
             Err(error) if crate::memory::stop::is_over_budget(&error) => {
@@ -257,7 +283,7 @@ pub fn run(
         (None, Some(error)) => Some(format!("device out of memory: {error}")),
         (None, None) => None,
     };
-    let step_seconds = (completed > 0).then(|| completed_seconds / completed as f64);
+    let step_seconds = timed_seconds(&step_times);
     Ok(Trial {
         batch_size,
         outcome: if fits { Outcome::Fits } else { Outcome::Oom },
@@ -265,6 +291,7 @@ pub fn run(
         phase_peaks,
         step_peaks,
         step_seconds,
+        step_times,
         samples_per_second: step_seconds
             .filter(|_| fits)
             .and_then(|s| samples_per_second(batch_size, s)),
@@ -294,5 +321,22 @@ impl<'a> StopPoints<'a> {
 impl Drop for StopPoints<'_> {
     fn drop(&mut self) {
         self.meter.arm_stop_points(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_step_is_timed_only_when_it_is_the_only_one() {
+        assert_eq!(timed_seconds(&[]), None);
+        assert_eq!(timed_seconds(&[3.0]), Some(3.0));
+        assert_eq!(timed_seconds(&[9.0, 2.0, 4.0]), Some(3.0));
+        let mut trial = Trial::unmeasured_oom(2, String::new());
+        trial.step_times = vec![9.0, 2.0];
+        assert_eq!(trial.timing_spread(), None); // one timed step after the first
+        trial.step_times = vec![9.0, 2.0, 4.0];
+        assert_eq!(trial.timing_spread(), Some(2.0 / 3.0));
     }
 }

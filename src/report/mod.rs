@@ -210,6 +210,7 @@ pub(crate) mod tests {
             phase_peaks: Vec::new(),
             step_peaks: Vec::new(),
             step_seconds: fits.then_some(0.5),
+            step_times: Vec::new(),
             samples_per_second: fits.then_some(batch_size as f64 / 0.5),
             steps: if fits { 2 } else { 0 },
             stopped_after: None,
@@ -386,16 +387,40 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_faster_smaller_size_is_noted() {
+    fn a_faster_smaller_size_is_noted_only_when_reported_and_beyond_the_noise() {
+        use crate::analysis::{throughput_note, ONE_STEP_NOISE};
         let mut report = fixture("cuda:0", 6, Some(5));
-        assert_eq!(
-            crate::analysis::throughput_note(&report.trials, report.max_batch_size),
-            None
-        ); // 0.5 s a step at every size
-        report.trials[5].step_seconds = Some(10.0); // the maximum, 6, slows down
-        let note = crate::analysis::throughput_note(&report.trials, report.max_batch_size).unwrap();
+        let reported = [4, 5];
+        // 0.5 s a step at every size: the maximum trains the most samples per second.
+        assert_eq!(throughput_note(&report.trials, 6, &reported), None);
+        // The maximum slows down, within one step's noise: nothing to say.
+        report.trials[5].step_seconds = Some(0.5 * 6.0 / 5.0 * (1.0 + ONE_STEP_NOISE * 0.9));
+        assert_eq!(throughput_note(&report.trials, 6, &reported), None);
+        // Beyond it: the faster reported size is named, with the figures.
+        report.trials[5].step_seconds = Some(10.0);
+        let note = throughput_note(&report.trials, 6, &reported).unwrap();
         assert!(
-            note.starts_with("batch size 5 trained 10.0 samples/s"),
+            note.starts_with(
+                "batch size 5 trained 10.0 samples/s, 1567% more than the maximum's 0.600"
+            ),
+            "{note}"
+        );
+        // A size the report does not give is never named.
+        assert_eq!(
+            throughput_note(&report.trials, 6, &[4]).map(|n| n.contains("size 4")),
+            Some(true)
+        );
+        assert_eq!(throughput_note(&report.trials, 6, &[]), None);
+        // Steps timed after the first bring their own, smaller, spread.
+        report.trials[5].step_seconds = Some(0.5 * 6.0 / 5.0 * 1.1);
+        assert_eq!(throughput_note(&report.trials, 6, &reported), None);
+        for t in report.trials.iter_mut() {
+            let s = t.step_seconds.unwrap_or(0.5);
+            t.step_times = vec![2.0 * s, s, s, s];
+        }
+        let note = throughput_note(&report.trials, 6, &reported).unwrap();
+        assert!(
+            note.contains("beyond the 0% its step time varies"),
             "{note}"
         );
     }

@@ -165,6 +165,12 @@ pub fn trial_line(t: &Trial) -> String {
         .step_seconds
         .map_or_else(|| "-".to_string(), |s| format!("{s:.3}"));
     let mut notes: Vec<String> = t.detail.iter().cloned().collect();
+    if let Some(spread) = t.timing_spread() {
+        notes.push(format!(
+            "step times after the first varied by {:.0}%",
+            spread * 100.0
+        ));
+    }
     if t.peak_is_approximate {
         notes.push("peak sampled, approximate".into());
     }
@@ -323,6 +329,14 @@ fn schedule(out: &mut String, r: &Report) {
             d.epochs,
             if d.epochs == 1 { "" } else { "s" }
         );
+        if r.settings.steps_per_trial == 1 {
+            let _ = writeln!(
+                out,
+                "          times from one step a size; one step's time varies by up to {:.0}% \
+                 between runs (more --steps-per-trial time more steps)",
+                crate::analysis::ONE_STEP_NOISE * 100.0
+            );
+        }
     }
 }
 
