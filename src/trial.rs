@@ -198,7 +198,8 @@ pub fn run(
     let mut step_peaks = Vec::with_capacity(steps);
     meter.reset_peak()?;
     // The stop points compare the counted peak, drift included, with this.
-    let stops = StopPoints::arm(meter, capacity.saturating_add(drift));
+    let far_past = capacity as f64 * (1.0 + crate::memory::stop::FAR_PAST);
+    let stops = StopPoints::arm(meter, (far_past as u64).saturating_add(drift));
     let meter = &mut *stops.meter;
     let mut completed = 0;
     let mut step_times = Vec::with_capacity(steps);

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use maxbatch::memory::stop::FAR_PAST;
 use maxbatch::models::{ModelOptions, ModelSource, ModelSpec};
 use maxbatch::{
     CountingAllocator, CpuMeter, Finder, OptimizerKind, Outcome, Phase, Silent, Workload,
@@ -100,14 +101,29 @@ fn one_trial_per_family_fits_a_budget_and_is_measured() {
             .unwrap();
         assert_eq!(trial.outcome, Outcome::Oom, "{}: {trial:?}", spec.name);
 
-        // A budget the forward pass stays under and the backward pass passes early: the
-        // trial stops at a stop point inside the backward pass, its peak measured past the
-        // budget, instead of finishing the pass.
-        let forward = at[0];
-        let budget = forward + (at[1] - forward) / 8;
+        // A budget the forward pass stays under and the backward pass passes by far more
+        // than FAR_PAST: the trial stops at a stop point inside the backward pass, its peak
+        // measured past the budget, instead of finishing the pass. At batch size 16 the
+        // activations outweigh the weights, so the backward pass rises far enough.
+        let batch = 16;
+        let mut roomy = CpuMeter::with_budget(held + (4 << 30)).unwrap();
+        let trial = Finder::on(&candle_core::Device::Cpu)
+            .check_with(&mut workload, &mut roomy, batch, &mut Silent)
+            .unwrap();
+        drop(roomy);
+        let (forward, backward) = (
+            trial.phase_peaks[0].peak_bytes,
+            trial.phase_peaks[1].peak_bytes,
+        );
+        let budget = forward + (backward - forward) / 8;
+        assert!(
+            backward as f64 > budget as f64 * (1.0 + FAR_PAST) * 1.02,
+            "{}: the backward pass rises too little to test: {forward} then {backward}",
+            spec.name
+        );
         let mut meter = CpuMeter::with_budget(budget).unwrap();
         let trial = Finder::on(&candle_core::Device::Cpu)
-            .check_with(&mut workload, &mut meter, 1, &mut Silent)
+            .check_with(&mut workload, &mut meter, batch, &mut Silent)
             .unwrap();
         assert_eq!(trial.outcome, Outcome::Oom, "{}: {trial:?}", spec.name);
         assert!(
