@@ -83,6 +83,11 @@ pub struct CheckArgs {
     #[arg(long, short = 'b', value_name = "B")]
     pub batch_size: usize,
 
+    /// Make the check a soak test: N consecutive training steps, each step's peak
+    /// reported; exit 1 if any step crosses the capacity. [default: the steps per trial]
+    #[arg(long, value_name = "N", conflicts_with = "steps_per_trial")]
+    pub verify_steps: Option<usize>,
+
     /// The model, device and training flags.
     #[command(flatten)]
     pub target: TargetArgs,
@@ -138,6 +143,12 @@ pub struct FindArgs {
     /// recommended size]
     #[arg(long, value_name = "B")]
     pub micro_batch: Option<usize>,
+
+    /// After the search, run N consecutive training steps at the recommended size and
+    /// report every step's peak: a step that crosses the capacity fails the run (exit 1)
+    /// and names the next smaller size that passed. [default: no soak run]
+    #[arg(long, value_name = "N")]
+    pub verify_steps: Option<usize>,
 
     /// Also write an SVG chart of the trials: peak memory against batch size, the fitted
     /// line, the capacity and margin, and samples per second.
@@ -319,6 +330,7 @@ impl FindArgs {
                 world_size: self.world_size,
                 micro_batch: self.micro_batch,
             }),
+            verify_steps: self.verify_steps.unwrap_or(0),
         }
     }
 }

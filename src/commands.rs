@@ -151,6 +151,19 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
             eprintln!("plot written to {}", file.display());
         }
     }
+    let failed = reports
+        .iter()
+        .filter_map(|r| r.verification.as_ref())
+        .find(|v| !v.passed);
+    if let Some(v) = failed {
+        eprintln!(
+            "the soak run failed: step {} of {} at batch size {} crossed the capacity",
+            v.steps_completed + 1,
+            v.steps_requested,
+            v.batch_size
+        );
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -252,13 +265,18 @@ fn interrupted(partial: &maxbatch::Report, json: bool, code: u8) -> Result<ExitC
 fn check(args: &CheckArgs) -> Result<ExitCode> {
     let settings = args.target.check_settings();
     settings.validate_check(args.batch_size)?; // bad settings fail before the model is built
+    if args.verify_steps == Some(0) {
+        anyhow::bail!("--verify-steps must be at least 1 step");
+    }
     let mut all_fit = true;
     let mut trials: Vec<(String, Trial)> = Vec::new();
     for device in open_devices(&args.target)? {
         let mut setup = Setup::new(&args.target, device)?;
-        let finder = setup
-            .finder(args.target.cache())
-            .settings(setup.settings_for_device(&settings)?);
+        let mut settings = setup.settings_for_device(&settings)?;
+        if let Some(steps) = args.verify_steps {
+            settings.steps_per_trial = steps;
+        }
+        let finder = setup.finder(args.target.cache()).settings(settings);
         let kind = format!("check {}", args.batch_size);
         let key = finder.cached(&kind, setup.meter.as_ref());
         let trial: Trial = cached(&finder, key, || {
@@ -297,6 +315,10 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
                 if fits { "fits" } else { "does not fit" },
                 setup.device.name,
             );
+            if let Some(steps) = args.verify_steps {
+                let soak = maxbatch::soak::Verification::from_trial(&trial, steps, &[]);
+                print!("{}", text::verification(&soak, capacity.bytes));
+            }
         }
         trials.push((setup.device.name.clone(), trial));
     }

@@ -151,6 +151,14 @@ impl Finder {
         self
     }
 
+    /// Consecutive steps of a soak run at the recommended size after the search (default 0:
+    /// none); the report's `verification` says whether every step stayed within the
+    /// capacity.
+    pub fn verify_steps(mut self, steps: usize) -> Self {
+        self.settings.verify_steps = steps;
+        self
+    }
+
     /// The fraction of the capacity the recommended size leaves free (default 0.05).
     pub fn margin(mut self, margin: f64) -> Self {
         self.settings.margin = margin;

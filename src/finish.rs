@@ -10,6 +10,7 @@ use crate::runner::TrialRunner;
 use crate::schedule::{self, AccumulationPlan, ScheduleRow};
 use crate::search::{self, Strategy};
 use crate::settings::SearchSettings;
+use crate::soak::{self, Verification};
 use crate::trial::{self, Outcome, Trial};
 
 /// The sizes a report gives, each of which ran and fit.
@@ -25,6 +26,8 @@ pub struct Sizes {
     pub recommended: Option<usize>,
     /// The gradient-accumulation plan, when one was asked for.
     pub plan: Option<AccumulationPlan>,
+    /// The soak run at the recommended size (else the maximum), when one was asked for.
+    pub verification: Option<Verification>,
 }
 
 /// Runs what the search may have skipped after it found `max`: the largest power of two,
@@ -58,12 +61,20 @@ pub fn finishing_trials(
         }
         None => None,
     };
+    let verification = match settings.verify_steps {
+        0 => None,
+        steps => {
+            let size = recommended.unwrap_or(max);
+            Some(soak::verify(runner, size, steps, trials)?)
+        }
+    };
     Ok(Sizes {
         max,
         max_is_cap,
         power_of_two,
         recommended,
         plan,
+        verification,
     })
 }
 
@@ -142,6 +153,7 @@ pub fn partial_sizes(trials: &[Trial], capacity: u64, margin: f64) -> Sizes {
         power_of_two: largest(&|t| t.batch_size.is_power_of_two()).unwrap_or(0),
         recommended: largest(&|t| t.peak_bytes.is_some_and(|p| p <= allowed)),
         plan: None,
+        verification: None,
     }
 }
 
@@ -192,6 +204,7 @@ pub fn report(
         memory_model,
         throughput_note,
         accumulation: sizes.plan,
+        verification: sizes.verification,
     }
 }
 
@@ -212,6 +225,7 @@ pub fn rescheduled(cached: Report, settings: &SearchSettings) -> Report {
                 settings.dataset().as_ref(),
             )
         }),
+        verification: cached.verification,
     };
     let settings = SearchSettings {
         max_batch: cached.settings.max_batch,

@@ -38,9 +38,43 @@ impl ChildProcessTrials {
 
 impl TrialSource for ChildProcessTrials {
     fn trial(&mut self, batch_size: usize) -> candle_core::Result<Trial> {
+        self.child_trial(batch_size, self.args.clone())
+    }
+
+    fn soak(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial> {
+        let mut args = without_flag(&self.args, "--steps-per-trial");
+        args.extend(["--steps-per-trial".into(), steps.to_string().into()]);
+        self.child_trial(batch_size, args)
+    }
+
+    fn hard_limit(&self) -> Option<u64> {
+        self.hard_limit
+    }
+}
+
+/// `args` without `flag` and its value.
+fn without_flag(args: &[OsString], flag: &str) -> Vec<OsString> {
+    let mut kept = Vec::with_capacity(args.len());
+    let mut skip_value = false;
+    for arg in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if arg == flag {
+            skip_value = true;
+        } else {
+            kept.push(arg.clone());
+        }
+    }
+    kept
+}
+
+impl ChildProcessTrials {
+    /// Runs the child with `args` at `batch_size` and reads its trial.
+    fn child_trial(&self, batch_size: usize, args: Vec<OsString>) -> candle_core::Result<Trial> {
         let mut command = Command::new(&self.program);
         command
-            .args(&self.args)
+            .args(&args)
             .arg("--batch-size")
             .arg(batch_size.to_string())
             .stdin(Stdio::null());
@@ -73,10 +107,6 @@ impl TrialSource for ChildProcessTrials {
             .unwrap_or("no message")
             .trim_start_matches("error: ");
         candle_core::bail!("the trial process failed ({}): {message}", output.status)
-    }
-
-    fn hard_limit(&self) -> Option<u64> {
-        self.hard_limit
     }
 }
 

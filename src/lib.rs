@@ -55,6 +55,7 @@ pub mod runner;
 pub mod schedule;
 pub mod search;
 pub mod settings;
+pub mod soak;
 pub mod trial;
 pub mod workload;
 

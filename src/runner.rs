@@ -33,6 +33,10 @@ pub trait TrialSource {
     /// is an `Err` that stops the search.
     fn trial(&mut self, batch_size: usize) -> candle_core::Result<Trial>;
 
+    /// Runs `steps` consecutive steps at `batch_size` as one trial (the soak run of
+    /// `--verify-steps`), whatever the steps per trial.
+    fn soak(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial>;
+
     /// Bytes beyond which a trial must not even be started (see
     /// [`MemoryMeter::hard_limit`]).
     fn hard_limit(&self) -> Option<u64>;
@@ -51,6 +55,10 @@ pub struct InProcessTrials<'a> {
 impl TrialSource for InProcessTrials<'_> {
     fn trial(&mut self, batch_size: usize) -> candle_core::Result<Trial> {
         trial::run(self.step, batch_size, self.steps, self.meter)
+    }
+
+    fn soak(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial> {
+        trial::run(self.step, batch_size, steps, self.meter)
     }
 
     fn hard_limit(&self) -> Option<u64> {
@@ -127,6 +135,19 @@ impl<'a> TrialRunner<'a> {
             self.measured.push((batch_size, peak));
         }
         tracing::debug!(?trial, "trial finished");
+        self.observer.trial_finished(&trial);
+        Ok(trial)
+    }
+
+    /// Runs `steps` consecutive steps at `batch_size` (the soak run), unless the stop flag
+    /// is set.
+    pub fn soak(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial> {
+        if self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+            self.interrupted = true;
+            candle_core::bail!("interrupted before the soak run at batch size {batch_size}");
+        }
+        self.observer.trial_started(batch_size);
+        let trial = self.source.soak(batch_size, steps)?;
         self.observer.trial_finished(&trial);
         Ok(trial)
     }

@@ -49,6 +49,9 @@ pub struct SearchSettings {
     pub drop_last: bool,
     /// The gradient-accumulation plan asked for.
     pub accumulation: Option<AccumulationTarget>,
+    /// Consecutive steps of the soak run at the recommended size after the search (0: none).
+    #[serde(default)]
+    pub verify_steps: usize,
 }
 
 impl Default for SearchSettings {
@@ -64,6 +67,7 @@ impl Default for SearchSettings {
             epochs: 1,
             drop_last: false,
             accumulation: None,
+            verify_steps: 0,
         }
     }
 }

@@ -65,6 +65,44 @@ fn the_search_agrees_with_the_preflight_check() {
 }
 
 #[test]
+fn a_soak_run_runs_every_step_at_the_recommended_size_and_check_soaks_too() {
+    let report = search(&["--verify-steps", "20"]);
+    let v = &report["verification"];
+    assert_eq!(v["passed"], true, "{v}");
+    assert_eq!(v["steps_completed"], 20, "{v}");
+    assert_eq!(
+        v["batch_size"], report["recommended_batch_size"],
+        "{report}"
+    );
+    assert_eq!(v["step_peaks"].as_array().unwrap().len(), 20);
+    assert_eq!(report["settings"]["verify_steps"], 20);
+    // The pre-flight check as a soak test: every step's peak, exit 0 when all fit.
+    let max = report["max_batch_size"].as_u64().unwrap().to_string();
+    let output = maxbatch()
+        .arg("check")
+        .args(TINY)
+        .args(["--batch-size", &max, "--verify-steps", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("verification: 5 of 5 consecutive steps"),
+        "{text}"
+    );
+    // A size past the capacity fails the soak: exit 1.
+    let over = (report["max_batch_size"].as_u64().unwrap() + 1).to_string();
+    let output = maxbatch()
+        .arg("check")
+        .args(TINY)
+        .args(["--batch-size", &over, "--verify-steps", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("FAILED: step 1"));
+}
+
+#[test]
 fn the_json_report_has_the_documented_keys_and_consistent_figures() {
     let r = search(&["--dataset-size", "10000", "--epochs", "3"]);
     assert_eq!(r["model"]["name"], "transformer-tiny");

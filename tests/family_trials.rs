@@ -110,7 +110,6 @@ fn one_trial_per_family_fits_a_budget_and_is_measured() {
         let trial = Finder::on(&candle_core::Device::Cpu)
             .check_with(&mut workload, &mut roomy, batch, &mut Silent)
             .unwrap();
-        drop(roomy);
         let (forward, backward) = (
             trial.phase_peaks[0].peak_bytes,
             trial.phase_peaks[1].peak_bytes,

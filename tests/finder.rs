@@ -76,6 +76,61 @@ fn a_callers_closure_finds_the_exact_maximum_under_a_cpu_budget() {
 }
 
 #[test]
+fn a_soak_run_catches_memory_that_grows_from_step_to_step() {
+    let _heap = HEAP.lock().unwrap_or_else(|e| e.into_inner());
+    // 1 MiB per sample, and from the `grow_from`-th call on, 2 MiB more kept after every
+    // step: the growth a long run meets and a trial of one or two steps does not.
+    let soak = |grow_from: usize| {
+        let mut calls = 0;
+        let mut kept: Vec<Vec<u8>> = Vec::new();
+        let mut step = move |batch_size: usize| -> candle_core::Result<()> {
+            calls += 1;
+            let activations = std::hint::black_box(vec![1u8; batch_size * MIB]);
+            drop(activations);
+            if calls >= grow_from {
+                kept.push(std::hint::black_box(vec![1u8; 2 * MIB]));
+            }
+            Ok(())
+        };
+        let budget = held_with_workspaces() + 100 * MIB as u64 + MIB as u64 / 2;
+        let mut meter = CpuMeter::with_budget(budget).unwrap();
+        Finder::on_resolved(cpu())
+            .model(model())
+            .verify_steps(30)
+            .find_with(&mut step, &mut meter, &mut Silent)
+            .unwrap()
+    };
+    // No growth: 30 steps at the recommended size, every one peaking where the first did.
+    let report = soak(usize::MAX);
+    let v = report.verification.unwrap();
+    assert!(v.passed, "{v:?}");
+    assert_eq!(v.batch_size, report.recommended_batch_size.unwrap());
+    assert_eq!((v.steps_completed, v.step_peaks.len()), (30, 30));
+    assert_eq!(v.growth_bytes(), Some(0), "{v:?}");
+    // Growth from the soak's third step on (the search's trials made `searched` calls): the
+    // soak fails at the step that crosses, with every peak so far, and names a smaller size
+    // that passed.
+    let searched: usize = report
+        .trials
+        .iter()
+        .map(|t| t.steps + usize::from(t.outcome == Outcome::Oom))
+        .sum();
+    let report = soak(searched + 3);
+    let recommended = report.recommended_batch_size.unwrap();
+    let v = report.verification.unwrap();
+    assert!(!v.passed, "{v:?}");
+    assert!(v.steps_completed < 30, "{v:?}");
+    assert_eq!(v.step_peaks.len(), v.steps_completed + 1);
+    assert!(v.growth_bytes().unwrap() >= 2 * MIB as i64, "{v:?}");
+    let fallback = v.fallback_batch_size.unwrap();
+    assert!(fallback < recommended);
+    assert!(report
+        .trials
+        .iter()
+        .any(|t| t.batch_size == fallback && t.outcome == Outcome::Fits));
+}
+
+#[test]
 fn an_over_budget_trial_stops_after_the_phase_that_crossed_it() {
     let _heap = HEAP.lock().unwrap_or_else(|e| e.into_inner());
 

@@ -110,6 +110,9 @@ pub struct Report {
     /// The gradient-accumulation plan for `--target-batch`, if one was asked for.
     #[serde(default)]
     pub accumulation: Option<crate::schedule::AccumulationPlan>,
+    /// The soak run (`--verify-steps`), when one was asked for.
+    #[serde(default)]
+    pub verification: Option<crate::soak::Verification>,
 }
 
 impl Report {
@@ -271,6 +274,7 @@ pub(crate) mod tests {
             memory_model: None,
             throughput_note: None,
             accumulation: None,
+            verification: None,
         }
     }
 

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use super::{DataParallel, Report, ScheduleRow};
 use crate::format::{bytes, parameters};
+use crate::soak::Verification;
 use crate::trial::{Outcome, Trial};
 
 /// The trials table, the result block and the schedule, as printed by the CLI.
@@ -25,6 +26,48 @@ pub fn render(report: &Report) -> String {
         out.push('\n');
         schedule(&mut out, report);
         schedule_rows(&mut out, &report.schedule);
+    }
+    if let Some(v) = &report.verification {
+        out.push('\n');
+        out.push_str(&verification(v, report.device.capacity_bytes));
+    }
+    out
+}
+
+/// The soak run's lines: its step peaks, and loudly, a step that crossed the capacity.
+pub fn verification(v: &Verification, capacity: u64) -> String {
+    let peaks = match (v.first_peak_bytes, v.last_peak_bytes, v.max_peak_bytes) {
+        (Some(first), Some(last), Some(max)) => format!(
+            "first step {}, last {}, largest {} ({:+} bytes from the first to the last)",
+            bytes(first),
+            bytes(last),
+            bytes(max),
+            last as i64 - first as i64
+        ),
+        _ => "no step measured".to_string(),
+    };
+    let mut out = format!(
+        "verification: {} of {} consecutive steps at batch size {}: {peaks}\n",
+        v.steps_completed, v.steps_requested, v.batch_size
+    );
+    if v.passed {
+        let _ = writeln!(
+            out,
+            "              every step stayed within the capacity {}",
+            bytes(capacity)
+        );
+    } else {
+        let instead = match v.fallback_batch_size {
+            Some(b) => format!("batch size {b} passed its trial: train at {b}, or verify it with --verify-steps"),
+            None => "no smaller size passed a trial: this capacity is too small for a long run of this model".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "              FAILED: step {} crossed the capacity {} ({}); {instead}",
+            v.steps_completed + 1,
+            bytes(capacity),
+            v.detail.as_deref().unwrap_or("over capacity")
+        );
     }
     out
 }
