@@ -89,7 +89,13 @@ pub const ONE_STEP_NOISE: f64 = 0.35;
 
 /// Samples per second of a trial that fit, and how much its step time varied (its own
 /// spread where it timed at least two steps after the first, else [`ONE_STEP_NOISE`]).
+/// `None` for a trial of one step: its time includes touching memory for the first time,
+/// which the search's largest trials pay and the sizes run after them do not, so a note
+/// from it would only repeat the order the trials ran in.
 fn rate(t: &Trial) -> Option<(f64, f64)> {
+    if t.step_times.len() < 2 {
+        return None;
+    }
     let rate = t
         .step_seconds
         .filter(|_| t.fits())

@@ -144,6 +144,12 @@ pub struct FindArgs {
     #[arg(long, value_name = "B")]
     pub micro_batch: Option<usize>,
 
+    /// Predict the sizes for other memory: a comma-separated list of capacities (24GiB,80GB)
+    /// or GPUs (l4, a10g, rtx-4090, a100-40gb, a100-80gb, h100-80gb, h200). Predictions
+    /// from the measured lines, labelled as such; nothing runs on them.
+    #[arg(long, value_name = "TARGETS", value_parser = parse_targets)]
+    pub plan_for: Option<PlanTargets>,
+
     /// After the search, run N consecutive training steps at the recommended size and
     /// report every step's peak: a step that crosses the capacity fails the run (exit 1)
     /// and names the next smaller size that passed. [default: no soak run]
@@ -235,6 +241,14 @@ pub struct TargetArgs {
     #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true, value_name = "B")]
     pub debug_abort_from: Option<usize>,
+}
+
+/// The devices of `--plan-for`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanTargets(pub Vec<maxbatch::plan::Target>);
+
+fn parse_targets(text: &str) -> Result<PlanTargets, String> {
+    maxbatch::plan::parse_targets(text).map(PlanTargets)
 }
 
 /// The devices of `--device`: one, or a list of CUDA devices.

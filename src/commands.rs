@@ -128,6 +128,11 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
     if reports.len() > 1 && !reports.iter().any(|r| r.interrupted) {
         verify_on_every_device(args, &requests, &mut reports)?;
     }
+    if let Some(targets) = &args.plan_for {
+        for report in reports.iter_mut() {
+            report.plans = maxbatch::plan::plans(report, &targets.0);
+        }
+    }
     if let Some(partial) = reports.iter().find(|r| r.interrupted) {
         return interrupted(
             partial,

@@ -205,6 +205,7 @@ pub fn report(
         throughput_note,
         accumulation: sizes.plan,
         verification: sizes.verification,
+        plans: Vec::new(),
     }
 }
 

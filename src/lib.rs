@@ -50,6 +50,7 @@ pub mod format;
 pub mod isolate;
 pub mod memory;
 pub mod models;
+pub mod plan;
 pub mod report;
 pub mod runner;
 pub mod schedule;

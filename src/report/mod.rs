@@ -113,6 +113,9 @@ pub struct Report {
     /// The soak run (`--verify-steps`), when one was asked for.
     #[serde(default)]
     pub verification: Option<crate::soak::Verification>,
+    /// Predicted sizes for other devices (`--plan-for`): predictions, none of them run.
+    #[serde(default)]
+    pub plans: Vec<crate::plan::Plan>,
 }
 
 impl Report {
@@ -275,6 +278,7 @@ pub(crate) mod tests {
             throughput_note: None,
             accumulation: None,
             verification: None,
+            plans: Vec::new(),
         }
     }
 
@@ -395,6 +399,10 @@ pub(crate) mod tests {
         use crate::analysis::{throughput_note, ONE_STEP_NOISE};
         let mut report = fixture("cuda:0", 6, Some(5));
         let reported = [4, 5];
+        // Two steps a trial: the second is timed.
+        for t in report.trials.iter_mut() {
+            t.step_times = vec![1.0, 0.5];
+        }
         // 0.5 s a step at every size: the maximum trains the most samples per second.
         assert_eq!(throughput_note(&report.trials, 6, &reported), None);
         // The maximum slows down, within one step's noise: nothing to say.
@@ -415,6 +423,12 @@ pub(crate) mod tests {
             Some(true)
         );
         assert_eq!(throughput_note(&report.trials, 6, &[]), None);
+        // One step a trial: its time includes first touches, so nothing is said.
+        let mut one_step = report.clone();
+        for t in one_step.trials.iter_mut() {
+            t.step_times.truncate(1);
+        }
+        assert_eq!(throughput_note(&one_step.trials, 6, &reported), None);
         // Steps timed after the first bring their own, smaller, spread.
         report.trials[5].step_seconds = Some(0.5 * 6.0 / 5.0 * 1.1);
         assert_eq!(throughput_note(&report.trials, 6, &reported), None);

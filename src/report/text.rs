@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use super::{DataParallel, Report, ScheduleRow};
 use crate::format::{bytes, parameters};
+use crate::plan::Plan;
 use crate::soak::Verification;
 use crate::trial::{Outcome, Trial};
 
@@ -30,6 +31,53 @@ pub fn render(report: &Report) -> String {
     if let Some(v) = &report.verification {
         out.push('\n');
         out.push_str(&verification(v, report.device.capacity_bytes));
+    }
+    if !report.plans.is_empty() {
+        out.push('\n');
+        out.push_str(&plans(&report.plans));
+    }
+    out
+}
+
+/// The `--plan-for` table: every figure a prediction from the measured lines.
+fn plans(plans: &[Plan]) -> String {
+    let mut out = String::from("plans for other memory (PREDICTED from the lines through the trials; none of these sizes ran):\n");
+    let _ = writeln!(
+        out,
+        "{:<14}{:>11}{:>11}  {:>16}  {:>12}  {:>11}  {:>12}",
+        "target", "memory", "usable", "max (range)", "power of two", "recommended", "peak at max"
+    );
+    for p in plans {
+        let [low, high] = p.predicted_range;
+        let max = if low == high {
+            format!("{}", p.predicted_max)
+        } else {
+            format!("{} ({low}–{high})", p.predicted_max)
+        };
+        let _ = writeln!(
+            out,
+            "{:<14}{:>11}{:>11}  {max:>16}  {:>12}  {:>11}  {:>12}",
+            p.target,
+            bytes(p.capacity_bytes),
+            bytes(p.usable_bytes),
+            p.predicted_power_of_two,
+            p.predicted_recommended,
+            bytes(p.predicted_peak_bytes)
+        );
+    }
+    for p in plans {
+        for a in &p.assumptions {
+            let _ = writeln!(
+                out,
+                "  {}: {} taken off for the {}",
+                p.target,
+                bytes(a.bytes),
+                a.what
+            );
+        }
+    }
+    if let Some(caveat) = plans.iter().find_map(|p| p.caveat.as_ref()) {
+        let _ = writeln!(out, "  {caveat}");
     }
     out
 }

@@ -40,6 +40,17 @@ impl Line {
         Some(Line::between(from, to))
     }
 
+    /// The line through the largest point and the largest one at most nine tenths of its
+    /// batch size: the local slope at the top of the measurements, over a span wide enough
+    /// to show it (two neighbouring sizes, such as the answer and the size after it, do not).
+    /// `None` without such a pair.
+    pub fn near_top(points: Vec<(usize, u64)>) -> Option<Line> {
+        let points = by_size(points);
+        let &to = points.last()?;
+        let &from = points.iter().rev().find(|(b, _)| 10 * b <= 9 * to.0)?;
+        Some(Line::between(from, to))
+    }
+
     /// The line through two points of different batch sizes, `from` the smaller.
     fn between(from: (usize, u64), to: (usize, u64)) -> Line {
         let slope = (to.1 as f64 - from.1 as f64) / (to.0 - from.0) as f64;
@@ -279,4 +290,42 @@ mod tests {
         assert_eq!(conservative_peak(&measured, 5), Some(800));
         assert_eq!(conservative_peak(&measured, 8), Some(800));
     }
+}
+
+/// How a line is drawn through measured points: [`Line::through_largest`] or
+/// [`Line::spanning`].
+pub type LineRule = fn(Vec<(usize, u64)>) -> Option<Line>;
+
+/// The line drawn by `rule` through each phase boundary's measured peaks and through the
+/// overall peaks that meets `threshold` earliest, and where. The plans of `--plan-for`
+/// draw it both ways: far beyond the measurements the two differ by what curvature between
+/// the measured sizes can do there. `None` without two measured sizes.
+pub fn earliest_line<T: Measured>(
+    trials: &[T],
+    is_good: &dyn Fn(&T) -> bool,
+    threshold: u64,
+    rule: LineRule,
+) -> Option<Fit> {
+    let phases = trials
+        .iter()
+        .map(|t| t.phase_peaks().len())
+        .max()
+        .unwrap_or(0);
+    let mut point_sets = vec![(Through::Peaks, measured_points(trials, is_good))];
+    point_sets.extend((0..phases).map(|k| {
+        let points = points_of(trials, &|t: &T| t.ran(), |t| {
+            t.phase_peaks().get(k).copied()
+        });
+        (Through::Phase(k), points)
+    }));
+    point_sets
+        .into_iter()
+        .filter_map(|(through, points)| Some((through, rule(points)?)))
+        .filter(|(_, line)| line.slope > 0.0)
+        .map(|(through, line)| Fit {
+            line,
+            through,
+            predicted: line.meets(threshold),
+        })
+        .min_by_key(|fit| fit.predicted)
 }
