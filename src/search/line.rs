@@ -234,6 +234,44 @@ pub fn conservative_peak(measured: &[(usize, u64)], batch_size: usize) -> Option
     Some((last_peak as f64 + extra).min(u64::MAX as f64) as u64)
 }
 
+/// How a line is drawn through measured points: [`Line::through_largest`] or
+/// [`Line::spanning`].
+pub type LineRule = fn(Vec<(usize, u64)>) -> Option<Line>;
+
+/// The line drawn by `rule` through each phase boundary's measured peaks and through the
+/// overall peaks that meets `threshold` earliest, and where. The plans of `--plan-for`
+/// draw it both ways: far beyond the measurements the two differ by what curvature between
+/// the measured sizes can do there. `None` without two measured sizes.
+pub fn earliest_line<T: Measured>(
+    trials: &[T],
+    is_good: &dyn Fn(&T) -> bool,
+    threshold: u64,
+    rule: LineRule,
+) -> Option<Fit> {
+    let phases = trials
+        .iter()
+        .map(|t| t.phase_peaks().len())
+        .max()
+        .unwrap_or(0);
+    let mut point_sets = vec![(Through::Peaks, measured_points(trials, is_good))];
+    point_sets.extend((0..phases).map(|k| {
+        let points = points_of(trials, &|t: &T| t.ran(), |t| {
+            t.phase_peaks().get(k).copied()
+        });
+        (Through::Phase(k), points)
+    }));
+    point_sets
+        .into_iter()
+        .filter_map(|(through, points)| Some((through, rule(points)?)))
+        .filter(|(_, line)| line.slope > 0.0)
+        .map(|(through, line)| Fit {
+            line,
+            through,
+            predicted: line.meets(threshold),
+        })
+        .min_by_key(|fit| fit.predicted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,42 +328,4 @@ mod tests {
         assert_eq!(conservative_peak(&measured, 5), Some(800));
         assert_eq!(conservative_peak(&measured, 8), Some(800));
     }
-}
-
-/// How a line is drawn through measured points: [`Line::through_largest`] or
-/// [`Line::spanning`].
-pub type LineRule = fn(Vec<(usize, u64)>) -> Option<Line>;
-
-/// The line drawn by `rule` through each phase boundary's measured peaks and through the
-/// overall peaks that meets `threshold` earliest, and where. The plans of `--plan-for`
-/// draw it both ways: far beyond the measurements the two differ by what curvature between
-/// the measured sizes can do there. `None` without two measured sizes.
-pub fn earliest_line<T: Measured>(
-    trials: &[T],
-    is_good: &dyn Fn(&T) -> bool,
-    threshold: u64,
-    rule: LineRule,
-) -> Option<Fit> {
-    let phases = trials
-        .iter()
-        .map(|t| t.phase_peaks().len())
-        .max()
-        .unwrap_or(0);
-    let mut point_sets = vec![(Through::Peaks, measured_points(trials, is_good))];
-    point_sets.extend((0..phases).map(|k| {
-        let points = points_of(trials, &|t: &T| t.ran(), |t| {
-            t.phase_peaks().get(k).copied()
-        });
-        (Through::Phase(k), points)
-    }));
-    point_sets
-        .into_iter()
-        .filter_map(|(through, points)| Some((through, rule(points)?)))
-        .filter(|(_, line)| line.slope > 0.0)
-        .map(|(through, line)| Fit {
-            line,
-            through,
-            predicted: line.meets(threshold),
-        })
-        .min_by_key(|fit| fit.predicted)
 }
