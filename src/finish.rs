@@ -121,10 +121,13 @@ fn recommended(
     let mut run_trial = |b: usize| runner.run(b);
     let found = match settings.strategy {
         Strategy::Doubling => search::bisect(good, bad, &mut run_trial, within, trials),
-        Strategy::Guided => search::toward_predicted_threshold(
-            good,
-            Some(bad),
-            bad,
+        Strategy::Guided => search::toward_threshold(
+            search::Bracket {
+                good,
+                bad: Some(bad),
+                cap: bad,
+            },
+            search::Boundary::Predicted,
             allowed,
             &mut run_trial,
             within,

@@ -32,10 +32,14 @@ where
     let fits = first.fits();
     trials.push(first);
     let result = if fits {
+        let from = Bracket {
+            good: bounds.start,
+            bad: None,
+            cap: bounds.max_batch,
+        };
         toward_threshold(
-            bounds.start,
-            None,
-            bounds.max_batch,
+            from,
+            Boundary::Run,
             capacity,
             &mut probe,
             |t: &T| t.fits(),
@@ -131,8 +135,21 @@ pub enum Boundary {
     Predicted,
 }
 
+/// Where a guided search starts: the largest size known to pass, the smallest known to
+/// fail (`None`: none yet), and the largest size it may try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bracket {
+    /// The largest size known to pass.
+    pub good: usize,
+    /// The smallest size known to fail.
+    pub bad: Option<usize>,
+    /// The largest size that may be tried.
+    pub cap: usize,
+}
+
 impl Guide {
-    fn new(good: usize, bad: Option<usize>, cap: usize, boundary: Boundary) -> Self {
+    fn new(from: Bracket, boundary: Boundary) -> Self {
+        let Bracket { good, bad, cap } = from;
         Self {
             good,
             bad,
@@ -281,9 +298,10 @@ impl Guide {
     }
 }
 
-/// The largest size above `good` (which passed `is_good`) and below `bad` (which did not;
-/// `None`: none known, up to `cap`) whose trial passes, guided by the measured peaks
-/// meeting `threshold` bytes.
+/// The largest size above `from.good` (which passed `is_good`) and below `from.bad` (which
+/// did not; `None`: none known, up to `from.cap`) whose trial passes, guided by the measured
+/// peaks meeting `threshold` bytes. With [`Boundary::Predicted`] the size after the answer
+/// is left to the line (the recommended size's search: one trial instead of two).
 ///
 /// With one measured size it tries the largest size that one says is safe (peaks
 /// proportional to the batch size, which overestimates them since part of the memory is
@@ -291,14 +309,14 @@ impl Guide {
 /// tries where a line through two measured sizes meets the threshold (see [`line::fit`]),
 /// aiming short when that is far beyond them. A size that fits is refitted; when the line
 /// says it is the answer, the size after it is tried, and it failing ends the search. A
-/// prediction that fails is followed by one binary-search step; after three misses the rest
-/// is binary search. A failure the measurements say cannot happen (a size aimed at with
+/// prediction that fails is followed by the line through the failed size's measured
+/// boundaries where that lands inside the bracket, else by one binary-search step; after
+/// three misses the rest is binary search. A failure the measurements say cannot happen (a size aimed at with
 /// room to spare, or the answer's boundary while the line says it fits) is tried once more,
 /// so that a transient failure (a flaky size) does not decide the answer.
 pub fn toward_threshold<T, E, P, G>(
-    good: usize,
-    bad: Option<usize>,
-    cap: usize,
+    from: Bracket,
+    boundary: Boundary,
     threshold: u64,
     probe: &mut P,
     is_good: G,
@@ -309,44 +327,7 @@ where
     P: FnMut(usize) -> Result<T, E>,
     G: Fn(&T) -> bool,
 {
-    let guide = Guide::new(good, bad, cap, Boundary::Run);
-    toward(guide, threshold, probe, is_good, trials)
-}
-
-/// [`toward_threshold`] whose answer's boundary is left to the line
-/// ([`Boundary::Predicted`]): the largest size verified to pass that the line says is the
-/// last to pass, usually one trial instead of two.
-pub fn toward_predicted_threshold<T, E, P, G>(
-    good: usize,
-    bad: Option<usize>,
-    cap: usize,
-    threshold: u64,
-    probe: &mut P,
-    is_good: G,
-    trials: &mut Vec<T>,
-) -> Result<usize, (usize, E)>
-where
-    T: Measured,
-    P: FnMut(usize) -> Result<T, E>,
-    G: Fn(&T) -> bool,
-{
-    let guide = Guide::new(good, bad, cap, Boundary::Predicted);
-    toward(guide, threshold, probe, is_good, trials)
-}
-
-/// The search from where `guide` stands (see [`toward_threshold`]).
-fn toward<T, E, P, G>(
-    mut guide: Guide,
-    threshold: u64,
-    probe: &mut P,
-    is_good: G,
-    trials: &mut Vec<T>,
-) -> Result<usize, (usize, E)>
-where
-    T: Measured,
-    P: FnMut(usize) -> Result<T, E>,
-    G: Fn(&T) -> bool,
-{
+    let mut guide = Guide::new(from, boundary);
     let mut run = |size: usize, trials: &mut Vec<T>| {
         let trial = probe(size).map_err(|e| (size, e))?;
         let passed = is_good(&trial);

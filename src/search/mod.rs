@@ -15,7 +15,7 @@
 mod guided;
 pub mod line;
 
-pub use guided::{guided, toward_predicted_threshold, toward_threshold, Boundary};
+pub use guided::{guided, toward_threshold, Boundary, Bracket};
 pub use line::{conservative_peak, earliest_line, fit, predict_at, Fit, Line, LineRule, Through};
 
 /// What the search needs to know of a trial: did it fit?

@@ -393,10 +393,14 @@ fn a_predicted_boundary_is_verified_and_saves_the_trial_after_it() {
                 let curve = |b: usize| fixed + per_sample * b as u64;
                 let mut probe = simulated(curve, threshold);
                 let mut trials = vec![probe(1).unwrap()];
-                let answer = toward_predicted_threshold(
-                    1,
-                    None,
-                    65536,
+                let from = Bracket {
+                    good: 1,
+                    bad: None,
+                    cap: 65536,
+                };
+                let answer = toward_threshold(
+                    from,
+                    Boundary::Predicted,
                     threshold,
                     &mut probe,
                     |t: &Sim| t.fits,
@@ -423,10 +427,14 @@ fn a_predicted_boundary_is_verified_and_saves_the_trial_after_it() {
     for threshold in (curve(1)..20_000_000u64).step_by(9_973) {
         let mut probe = simulated(curve, threshold);
         let mut trials = vec![probe(1).unwrap()];
-        let answer = toward_predicted_threshold(
-            1,
-            None,
-            4096,
+        let from = Bracket {
+            good: 1,
+            bad: None,
+            cap: 4096,
+        };
+        let answer = toward_threshold(
+            from,
+            Boundary::Predicted,
             threshold,
             &mut probe,
             |t: &Sim| t.fits,
