@@ -25,6 +25,7 @@ fn draw<'a>(report: &Report, svg: &'a mut String) -> Result<(), Box<dyn std::err
         .trials
         .iter()
         .map(|t| t.batch_size)
+        .chain(report.plans.iter().map(|p| p.predicted_max))
         .max()
         .unwrap_or(1) as f64
         * 1.05
@@ -35,7 +36,12 @@ fn draw<'a>(report: &Report, svg: &'a mut String) -> Result<(), Box<dyn std::err
         .filter_map(|t| t.peak_bytes)
         .map(|p| p as f64 / GIB)
         .fold(0.0, f64::max);
-    let y_max = capacity.max(measured_max).max(1e-6) * 1.15;
+    let planned_max = report
+        .plans
+        .iter()
+        .map(|p| p.capacity_bytes as f64 / GIB)
+        .fold(0.0, f64::max);
+    let y_max = capacity.max(measured_max).max(planned_max).max(1e-6) * 1.15;
     let rate_max = report
         .trials
         .iter()
@@ -136,6 +142,31 @@ fn draw<'a>(report: &Report, svg: &'a mut String) -> Result<(), Box<dyn std::err
             .label("not run: predicted out of memory")
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, grey.stroke_width(2)));
     }
+    // The plans of --plan-for: predictions, drawn hollow and dashed, never as measurements.
+    if !report.plans.is_empty() {
+        let purple = RGBColor(130, 60, 170);
+        for plan in &report.plans {
+            let usable = plan.usable_bytes as f64 / GIB;
+            chart.draw_series(DashedLineSeries::new(
+                horizontal(usable),
+                6,
+                4,
+                purple.stroke_width(1),
+            ))?;
+            chart.draw_series(std::iter::once(Text::new(
+                format!("{} (predicted)", plan.target),
+                (x_max * 0.01, usable),
+                ("sans-serif", 12).into_font().color(&purple),
+            )))?;
+        }
+        chart
+            .draw_series(report.plans.iter().map(|p| {
+                let at = (p.predicted_max as f64, p.predicted_peak_bytes as f64 / GIB);
+                Circle::new(at, 6, purple.stroke_width(2))
+            }))?
+            .label("predicted max for a planned device (not run)")
+            .legend(move |(x, y)| Circle::new((x + 10, y), 5, purple.stroke_width(2)));
+    }
     let green = RGBColor(20, 150, 60);
     chart
         .draw_secondary_series(point(Outcome::Fits).filter_map(|t| {
@@ -181,5 +212,22 @@ mod tests {
             6 + 1,
             "six fits and the legend's"
         );
+    }
+
+    #[test]
+    fn plans_are_drawn_as_predictions() {
+        let mut report = fixture("cpu", 6, Some(5));
+        report.device.kind = crate::device::DeviceKind::Cpu;
+        let targets = crate::plan::parse_targets("4GiB").unwrap();
+        report.plans = crate::plan::plans(&report, &targets);
+        assert_eq!(report.plans.len(), 1);
+        let svg = render(&report).unwrap();
+        assert!(
+            svg.contains("4GiB (predicted)"),
+            "the capacity line is labelled"
+        );
+        assert!(svg.contains("predicted max for a planned device (not run)"));
+        // The six fits, the plan's hollow marker, and the two legend entries.
+        assert_eq!(svg.matches("<circle").count(), 6 + 1 + 2);
     }
 }
