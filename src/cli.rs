@@ -304,10 +304,11 @@ impl TargetArgs {
         args
     }
 
-    /// The result cache and how to use it: answer from it, or with --no-cache measure again
+    /// The result cache and how to use it: answer from it, or with --no-cache, or when
+    /// `must_run` (a soak run, whose point is to run in this environment now), measure again
     /// and replace its entry.
-    pub fn cache(&self) -> Option<(Cache, CacheUse)> {
-        let mode = if self.no_cache {
+    pub fn cache_unless(&self, must_run: bool) -> Option<(Cache, CacheUse)> {
+        let mode = if self.no_cache || must_run {
             CacheUse::Refresh
         } else {
             CacheUse::Answer

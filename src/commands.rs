@@ -84,7 +84,7 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
         let mut setup = Setup::new(&args.target, device)?;
         let settings = setup.settings_for_device(&settings)?;
         let finder = setup
-            .finder(args.target.cache())
+            .finder(args.target.cache_unless(args.verify_steps.is_some()))
             .settings(settings.clone())
             .stop_when(stop.flag.clone());
         let key = finder.cached("search", setup.meter.as_ref());
@@ -101,7 +101,7 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
             drop(finder);
             setup.release_device();
             let finder = setup
-                .finder(args.target.cache())
+                .finder(args.target.cache_unless(args.verify_steps.is_some()))
                 .settings(settings)
                 .stop_when(stop.flag.clone());
             cached(&finder, key, || {
@@ -281,7 +281,8 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
         if let Some(steps) = args.verify_steps {
             settings.steps_per_trial = steps;
         }
-        let finder = setup.finder(args.target.cache()).settings(settings);
+        let cache = args.target.cache_unless(args.verify_steps.is_some());
+        let finder = setup.finder(cache).settings(settings);
         let kind = format!("check {}", args.batch_size);
         let key = finder.cached(&kind, setup.meter.as_ref());
         let trial: Trial = cached(&finder, key, || {

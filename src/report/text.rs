@@ -45,7 +45,7 @@ fn plans(plans: &[Plan]) -> String {
     let _ = writeln!(
         out,
         "{:<14}{:>11}{:>11}  {:>16}  {:>12}  {:>11}  {:>12}",
-        "target", "memory", "usable", "max (range)", "power of two", "recommended", "peak at max"
+        "target", "memory", "usable", "max", "power of two", "recommended", "peak at max"
     );
     for p in plans {
         let [low, high] = p.predicted_range;
@@ -84,9 +84,13 @@ fn plans(plans: &[Plan]) -> String {
 
 /// The soak run's lines: its step peaks, and loudly, a step that crossed the capacity.
 pub fn verification(v: &Verification, capacity: u64) -> String {
+    let lower = if v.passed { "" } else { "≥ " };
     let peaks = match (v.first_peak_bytes, v.last_peak_bytes, v.max_peak_bytes) {
+        (Some(first), _, _) if v.steps_completed == 0 => {
+            format!("the first step peaked at {lower}{}", bytes(first))
+        }
         (Some(first), Some(last), Some(max)) => format!(
-            "first step {}, last {}, largest {} ({:+} bytes from the first to the last)",
+            "first step {}, last {lower}{}, largest {lower}{} ({:+} bytes from the first to the last)",
             bytes(first),
             bytes(last),
             bytes(max),
@@ -106,8 +110,11 @@ pub fn verification(v: &Verification, capacity: u64) -> String {
         );
     } else {
         let instead = match v.fallback_batch_size {
-            Some(b) => format!("batch size {b} passed its trial: train at {b}, or verify it with --verify-steps"),
-            None => "no smaller size passed a trial: this capacity is too small for a long run of this model".to_string(),
+            Some(b) => format!(
+                "batch size {b} passed its trial: train at {b}, or soak it with check -b {b} --verify-steps {}",
+                v.steps_requested
+            ),
+            None => "no smaller size is known to pass: try a smaller --batch-size, or search with --verify-steps".to_string(),
         };
         let _ = writeln!(
             out,
