@@ -196,13 +196,13 @@ pub fn run(
     // make a later step's peak differ from the first one's.
     let mut phase_peaks = Vec::with_capacity(3);
     let mut step_peaks = Vec::with_capacity(steps);
+    let mut step_times = Vec::with_capacity(steps);
     meter.reset_peak()?;
     // The stop points compare the counted peak, drift included, with this.
     let far_past = capacity as f64 * (1.0 + crate::memory::stop::FAR_PAST);
     let stops = StopPoints::arm(meter, (far_past as u64).saturating_add(drift));
     let meter = &mut *stops.meter;
     let mut completed = 0;
-    let mut step_times = Vec::with_capacity(steps);
     let mut over_capacity: Option<Phase> = None;
     let mut inside_backward = false;
     let mut device_oom: Option<String> = None;
