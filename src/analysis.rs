@@ -37,6 +37,63 @@ pub struct MemoryModel {
     pub gradients_bytes: Option<u64>,
     /// The optimizer's state (AdamW: two moments per weight; arithmetic), when known.
     pub optimizer_bytes: Option<u64>,
+    /// A line per phase boundary through the peaks so far when that phase ended, over every
+    /// size that fit: where the bytes per sample arise (empty for a step without
+    /// boundaries).
+    #[serde(default)]
+    pub phases: Vec<PhaseLine>,
+    /// The phase that set the peak at the smallest size that fit, and that size.
+    #[serde(default)]
+    pub smallest_set_by: Option<(usize, Phase)>,
+    /// The phase that set the peak at the maximum.
+    #[serde(default)]
+    pub max_set_by: Option<Phase>,
+}
+
+/// The peak so far when one phase of a step ended: ≈ fixed + per sample × batch size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseLine {
+    /// The phase that had just ended.
+    pub phase: Phase,
+    /// Bytes at batch size 0 on the line.
+    pub fixed_bytes: u64,
+    /// Bytes each sample adds by the end of this phase (cumulative: the backward pass's
+    /// line includes what the forward pass keeps).
+    pub bytes_per_sample: u64,
+}
+
+/// The lines through each phase boundary's peaks over the trials that fit.
+fn phase_lines(trials: &[Trial]) -> Vec<PhaseLine> {
+    let fitted: Vec<&Trial> = trials.iter().filter(|t| t.fits()).collect();
+    let phases = fitted
+        .iter()
+        .map(|t| t.phase_peaks.len())
+        .max()
+        .unwrap_or(0);
+    (0..phases)
+        .filter_map(|k| {
+            let points: Vec<(usize, u64)> = fitted
+                .iter()
+                .filter_map(|t| Some((t.batch_size, t.phase_peaks.get(k)?.peak_bytes)))
+                .collect();
+            let phase = fitted.iter().find_map(|t| t.phase_peaks.get(k))?.phase;
+            let line = crate::search::Line::spanning(points)?;
+            Some(PhaseLine {
+                phase,
+                fixed_bytes: line.fixed().max(0.0) as u64,
+                bytes_per_sample: line.slope.max(0.0) as u64,
+            })
+        })
+        .collect()
+}
+
+/// The phase whose boundary first reached the trial's peak: the one that set it.
+fn set_by(t: &Trial) -> Option<Phase> {
+    let peak = t.phase_peaks.last()?.peak_bytes;
+    t.phase_peaks
+        .iter()
+        .find(|p| p.peak_bytes == peak)
+        .map(|p| p.phase)
 }
 
 /// The memory model of a search that found `max` against `capacity`: the line
@@ -78,6 +135,13 @@ pub fn memory_model(
         weights_bytes: weights,
         gradients_bytes: weights,
         optimizer_bytes: weights.zip(copies).map(|(w, c)| w * c),
+        phases: phase_lines(trials),
+        smallest_set_by: trials
+            .iter()
+            .filter(|t| t.fits())
+            .min_by_key(|t| t.batch_size)
+            .and_then(|t| Some((t.batch_size, set_by(t)?))),
+        max_set_by: trial::fitting_trial(trials, max).and_then(set_by),
     })
 }
 
@@ -128,4 +192,53 @@ pub fn throughput_note(trials: &[Trial], max: usize, reported: &[usize]) -> Opti
         crate::format::rate(at_max),
         noise * 100.0
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trial::{Outcome, PhasePeak};
+
+    /// A trial whose boundaries peak as the MLP's do: the update's flat transient first, the
+    /// backward pass (70 a sample) overtaking it from batch size 1,000.
+    fn mlp_like(b: usize) -> Trial {
+        let (forward, backward, update) = (
+            40_000 + 40 * b as u64,
+            49_000 + 70 * b as u64,
+            119_000 + 10 * b as u64,
+        );
+        let boundaries = [
+            (Phase::Forward, forward),
+            (Phase::Backward, backward.max(forward)),
+            (Phase::Update, update.max(backward)),
+        ];
+        Trial {
+            outcome: Outcome::Fits,
+            peak_bytes: Some(update.max(backward)),
+            phase_peaks: boundaries
+                .iter()
+                .map(|&(phase, peak_bytes)| PhasePeak { phase, peak_bytes })
+                .collect(),
+            steps: 1,
+            detail: None,
+            ..Trial::unmeasured_oom(b, String::new())
+        }
+    }
+
+    #[test]
+    fn the_phases_say_where_the_bytes_per_sample_arise_and_who_set_the_peak() {
+        let trials: Vec<Trial> = [1, 7, 2000, 2500, 3000].into_iter().map(mlp_like).collect();
+        let lines = phase_lines(&trials);
+        let slopes: Vec<(Phase, u64)> = lines
+            .iter()
+            .map(|l| (l.phase, l.bytes_per_sample))
+            .collect();
+        assert_eq!(slopes[..2], [(Phase::Forward, 40), (Phase::Backward, 70)]);
+        // The update adds nothing a sample: its boundary's line (through the bend, where the
+        // backward pass takes over the peak) rises no faster than the backward pass's.
+        assert_eq!(slopes[2].0, Phase::Update);
+        assert!(slopes[2].1 <= 70, "{slopes:?}");
+        assert_eq!(set_by(&trials[0]), Some(Phase::Update));
+        assert_eq!(set_by(&trials[4]), Some(Phase::Backward));
+    }
 }

@@ -82,6 +82,44 @@ fn plans(plans: &[Plan]) -> String {
     out
 }
 
+/// Where the bytes per sample arise, phase by phase, and which phase set the peak at the
+/// smallest size and at the maximum (why small sizes can sit above the line).
+fn phase_breakdown(out: &mut String, m: &crate::analysis::MemoryModel) {
+    let mut parts = Vec::new();
+    let mut before = 0u64;
+    for p in &m.phases {
+        let added = p.bytes_per_sample.saturating_sub(before);
+        parts.push(format!("{} {}", p.phase, bytes(added)));
+        before = before.max(p.bytes_per_sample);
+    }
+    if !parts.is_empty() {
+        let _ = writeln!(
+            out,
+            "              per sample, by the phase that adds it (measured): {}",
+            parts.join(", ")
+        );
+    }
+    if let (Some((size, small)), Some(at_max)) = (m.smallest_set_by, m.max_set_by) {
+        if small != at_max {
+            let fixed = m
+                .phases
+                .iter()
+                .find(|p| p.phase == small)
+                .map(|p| {
+                    format!(
+                        " (about {} that does not grow with the batch)",
+                        bytes(p.fixed_bytes)
+                    )
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "              the {small} phase set the peak at batch size {size}{fixed}, the {at_max} phase at the maximum: small sizes sit above a line through large ones"
+            );
+        }
+    }
+}
+
 /// The soak run's lines: its step peaks, and loudly, a step that crossed the capacity.
 pub fn verification(v: &Verification, capacity: u64) -> String {
     let lower = if v.passed { "" } else { "≥ " };
@@ -391,6 +429,7 @@ fn analysis(out: &mut String, r: &Report) {
                 bytes(o),
             );
         }
+        phase_breakdown(out, m);
     }
     if let Some(note) = &r.throughput_note {
         let _ = writeln!(out, "throughput:   {note}");
