@@ -129,8 +129,10 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
         verify_on_every_device(args, &requests, &mut reports)?;
     }
     if let Some(targets) = &args.plan_for {
+        let cuda_cap = maxbatch::models::ModelSpec::load(&args.target.model_source())?
+            .cuda_batch_cap(&args.target.model_options())?;
         for report in reports.iter_mut() {
-            report.plans = maxbatch::plan::plans(report, &targets.0);
+            report.plans = maxbatch::plan::plans(report, &targets.0, cuda_cap);
         }
     }
     if let Some(partial) = reports.iter().find(|r| r.interrupted) {

@@ -113,12 +113,17 @@ pub struct Plan {
 }
 
 /// The plans for `targets` from `report`'s measurements; a target the lines cannot
-/// predict for (fewer than two measured sizes) is left out.
-pub fn plans(report: &Report, targets: &[Target]) -> Vec<Plan> {
-    targets.iter().filter_map(|t| plan(report, t)).collect()
+/// predict for (fewer than two measured sizes) is left out. `cuda_cap` is the largest batch
+/// size candle's CUDA kernels can index for this model (`ModelSpec::cuda_batch_cap`): a
+/// named GPU's plan stops there.
+pub fn plans(report: &Report, targets: &[Target], cuda_cap: Option<usize>) -> Vec<Plan> {
+    targets
+        .iter()
+        .filter_map(|t| plan(report, t, cuda_cap.filter(|_| t.is_gpu)))
+        .collect()
 }
 
-fn plan(report: &Report, target: &Target) -> Option<Plan> {
+fn plan(report: &Report, target: &Target, cuda_cap: Option<usize>) -> Option<Plan> {
     let measured_on_gpu = report.device.kind == DeviceKind::Cuda;
     let mut assumptions = Vec::new();
     if target.is_gpu {
@@ -149,7 +154,11 @@ fn plan(report: &Report, target: &Target) -> Option<Plan> {
     let top =
         search::earliest_line(&report.trials, &fits, usable, Line::near_top).unwrap_or(spanning);
     let chosen = top;
-    let (line, predicted) = (chosen.line, chosen.predicted);
+    let (line, mut predicted) = (chosen.line, chosen.predicted);
+    let capped = cuda_cap.filter(|&cap| cap < predicted);
+    if let Some(cap) = capped {
+        predicted = cap;
+    }
     let allowed = search::allowed_peak(usable, report.settings.margin);
     let fitted_through = match chosen.through {
         Through::Peaks => None,
@@ -158,11 +167,22 @@ fn plan(report: &Report, target: &Target) -> Option<Plan> {
             .iter()
             .find_map(|t| t.phase_peaks.get(k).map(|p| p.phase)),
     };
-    let caveat = (target.is_gpu && !measured_on_gpu).then(|| {
-        "measured on the CPU: assumes the GPU's kernels hold what the CPU's did (cuDNN and \
-         cuBLAS choose other algorithms and workspaces) and ignores the pool's 2 MiB granularity"
-            .to_string()
-    });
+    let mut caveats = Vec::new();
+    if let Some(cap) = capped {
+        caveats.push(format!(
+            "capped at {cap}: beyond it a tensor passes the 2^32 elements candle's CUDA kernels \
+             can index, though memory would allow more"
+        ));
+    }
+    if target.is_gpu && !measured_on_gpu {
+        caveats.push(
+            "measured on the CPU: assumes the GPU's kernels hold what the CPU's did (cuDNN and \
+             cuBLAS choose other algorithms and workspaces) and ignores the pool's 2 MiB \
+             granularity"
+                .to_string(),
+        );
+    }
+    let caveat = (!caveats.is_empty()).then(|| caveats.join("; "));
     Some(Plan {
         target: target.name.clone(),
         capacity_bytes: target.bytes,
@@ -208,7 +228,8 @@ mod tests {
                 .map(|_| (1 << 30) + t.batch_size as u64 * (100 << 20));
             t.phase_peaks.clear();
         }
-        let plans = plans(&report, &parse_targets("4GiB,a100-40gb").unwrap());
+        let targets = parse_targets("4GiB,a100-40gb").unwrap();
+        let plans = plans(&report, &targets, None);
         assert_eq!(plans[0].predicted_max, 30); // (4096 − 1024) / 100
         assert_eq!(plans[0].predicted_range, [30, 30]);
         assert_eq!(plans[0].predicted_power_of_two, 16);
@@ -220,5 +241,15 @@ mod tests {
         assert_eq!(gpu.usable_bytes, (40 << 30) - ASSUMED_CUDA_OVERHEAD);
         assert_eq!(gpu.predicted_max, (40 * 1024 - 512 - 1024) / 100);
         assert!(gpu.caveat.is_some());
+        // Where candle's CUDA kernels cannot index the tensors, a GPU's plan stops, and says
+        // why; a capacity's does not.
+        let capped = super::plans(&report, &targets, Some(100));
+        assert_eq!(capped[0].predicted_max, 30);
+        assert_eq!(capped[1].predicted_max, 100);
+        assert!(capped[1]
+            .caveat
+            .as_deref()
+            .unwrap()
+            .starts_with("capped at 100"));
     }
 }

@@ -219,7 +219,7 @@ mod tests {
         let mut report = fixture("cpu", 6, Some(5));
         report.device.kind = crate::device::DeviceKind::Cpu;
         let targets = crate::plan::parse_targets("4GiB").unwrap();
-        report.plans = crate::plan::plans(&report, &targets);
+        report.plans = crate::plan::plans(&report, &targets, None);
         assert_eq!(report.plans.len(), 1);
         let svg = render(&report).unwrap();
         assert!(

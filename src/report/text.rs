@@ -76,7 +76,15 @@ fn plans(plans: &[Plan]) -> String {
             );
         }
     }
-    if let Some(caveat) = plans.iter().find_map(|p| p.caveat.as_ref()) {
+    let mut caveats: Vec<&str> = Vec::new();
+    for p in plans {
+        for caveat in p.caveat.iter().flat_map(|c| c.split("; ")) {
+            if !caveats.contains(&caveat) {
+                caveats.push(caveat);
+            }
+        }
+    }
+    for caveat in caveats {
         let _ = writeln!(out, "  {caveat}");
     }
     out
