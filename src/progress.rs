@@ -55,6 +55,22 @@ impl Observer for Progress {
             trial_line(trial).trim_end()
         ));
     }
+
+    fn soak_started(&mut self, batch_size: usize, steps: usize) {
+        if let Some(bar) = &self.spinner {
+            bar.set_message(format!(
+                "soak run: {steps} steps at batch size {batch_size}"
+            ));
+        }
+    }
+
+    fn soak_finished(&mut self, trial: &Trial) {
+        self.line(&format!(
+            "soak run ({} steps): {}",
+            trial.steps,
+            trial_line(trial).trim_end()
+        ));
+    }
 }
 
 impl Drop for Progress {

@@ -18,6 +18,15 @@ pub trait Observer {
     fn trial_started(&mut self, _batch_size: usize) {}
     /// A trial has finished (or was predicted out of memory without running).
     fn trial_finished(&mut self, _trial: &Trial) {}
+    /// The soak run of `--verify-steps` (`steps` steps at `batch_size`) is about to run;
+    /// by default it is shown as a trial.
+    fn soak_started(&mut self, batch_size: usize, _steps: usize) {
+        self.trial_started(batch_size);
+    }
+    /// The soak run has finished; by default it is shown as a trial.
+    fn soak_finished(&mut self, trial: &Trial) {
+        self.trial_finished(trial);
+    }
 }
 
 /// An observer that ignores everything.
@@ -146,9 +155,9 @@ impl<'a> TrialRunner<'a> {
             self.interrupted = true;
             candle_core::bail!("interrupted before the soak run at batch size {batch_size}");
         }
-        self.observer.trial_started(batch_size);
+        self.observer.soak_started(batch_size, steps);
         let trial = self.source.soak(batch_size, steps)?;
-        self.observer.trial_finished(&trial);
+        self.observer.soak_finished(&trial);
         Ok(trial)
     }
 
