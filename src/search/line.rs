@@ -113,25 +113,42 @@ pub struct Fit {
 /// measured that boundary, those that failed included (their boundaries before the stop are
 /// exact measurements); the overall line only through those that passed.
 pub fn fit<T: Measured>(trials: &[T], is_good: &dyn Fn(&T) -> bool, threshold: u64) -> Option<Fit> {
+    point_sets(trials, is_good)
+        .into_iter()
+        .filter_map(|(through, points)| fit_points(points, threshold, through))
+        .min_by_key(|fit| fit.predicted)
+}
+
+/// The points each line is drawn through: the overall peaks of the sizes that passed
+/// `is_good`, then each phase boundary's peaks. A boundary's peak is measured whatever the
+/// outcome (a trial stopped over the capacity after its backward pass measured its forward
+/// and backward boundaries, points near the answer), so those come from every trial that ran.
+fn point_sets<T: Measured>(
+    trials: &[T],
+    is_good: &dyn Fn(&T) -> bool,
+) -> Vec<(Through, Vec<(usize, u64)>)> {
     let phases = trials
         .iter()
         .map(|t| t.phase_peaks().len())
         .max()
         .unwrap_or(0);
-    // A boundary's peak is measured whatever the outcome: a trial stopped over the
-    // capacity after its backward pass measured its forward and backward boundaries, and
-    // they are points near the answer.
-    let phase_fits = (0..phases).filter_map(|k| {
+    let mut sets = vec![(Through::Peaks, measured_points(trials, is_good))];
+    sets.extend((0..phases).map(|k| {
         let points = points_of(trials, &|t: &T| t.ran(), |t| {
             t.phase_peaks().get(k).copied()
         });
-        fit_points(points, threshold, Through::Phase(k))
-    });
-    let overall = fit_points(measured_points(trials, is_good), threshold, Through::Peaks);
-    overall
-        .into_iter()
-        .chain(phase_fits)
-        .min_by_key(|fit| fit.predicted)
+        (Through::Phase(k), points)
+    }));
+    sets
+}
+
+/// `line` with where it meets `threshold`, if it rises.
+fn rising(line: Line, through: Through, threshold: u64) -> Option<Fit> {
+    (line.slope > 0.0).then(|| Fit {
+        line,
+        through,
+        predicted: line.meets(threshold),
+    })
 }
 
 /// Where [`fit`]'s line meets `threshold`.
@@ -167,13 +184,7 @@ fn points_of<T: Measured>(
 
 /// A line through `points` and where it meets `threshold`, as [`fit`] chooses it.
 fn fit_points(points: Vec<(usize, u64)>, threshold: u64, through: Through) -> Option<Fit> {
-    let rising = |line: Line| {
-        (line.slope > 0.0).then(|| Fit {
-            line,
-            through,
-            predicted: line.meets(threshold),
-        })
-    };
+    let rising = |line: Line| rising(line, through, threshold);
     let top = Line::through_largest(points.clone()).and_then(rising);
     if let Some(fit) = top {
         if fit.line.reach(fit.predicted) <= TRUSTED_REACH {
@@ -234,8 +245,8 @@ pub fn conservative_peak(measured: &[(usize, u64)], batch_size: usize) -> Option
     Some((last_peak as f64 + extra).min(u64::MAX as f64) as u64)
 }
 
-/// How a line is drawn through measured points: [`Line::through_largest`] or
-/// [`Line::spanning`].
+/// How a line is drawn through measured points: [`Line::through_largest`],
+/// [`Line::spanning`] or [`Line::near_top`].
 pub type LineRule = fn(Vec<(usize, u64)>) -> Option<Line>;
 
 /// The line drawn by `rule` through each phase boundary's measured peaks and through the
@@ -248,27 +259,9 @@ pub fn earliest_line<T: Measured>(
     threshold: u64,
     rule: LineRule,
 ) -> Option<Fit> {
-    let phases = trials
-        .iter()
-        .map(|t| t.phase_peaks().len())
-        .max()
-        .unwrap_or(0);
-    let mut point_sets = vec![(Through::Peaks, measured_points(trials, is_good))];
-    point_sets.extend((0..phases).map(|k| {
-        let points = points_of(trials, &|t: &T| t.ran(), |t| {
-            t.phase_peaks().get(k).copied()
-        });
-        (Through::Phase(k), points)
-    }));
-    point_sets
+    point_sets(trials, is_good)
         .into_iter()
-        .filter_map(|(through, points)| Some((through, rule(points)?)))
-        .filter(|(_, line)| line.slope > 0.0)
-        .map(|(through, line)| Fit {
-            line,
-            through,
-            predicted: line.meets(threshold),
-        })
+        .filter_map(|(through, points)| rising(rule(points)?, through, threshold))
         .min_by_key(|fit| fit.predicted)
 }
 
