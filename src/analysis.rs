@@ -76,7 +76,7 @@ fn phase_lines(trials: &[Trial]) -> Vec<PhaseLine> {
                 .iter()
                 .filter_map(|t| Some((t.batch_size, t.phase_peaks.get(k)?.peak_bytes)))
                 .collect();
-            let phase = fitted.iter().find_map(|t| t.phase_peaks.get(k))?.phase;
+            let phase = trial::phase_of(trials, Through::Phase(k))?;
             let line = crate::search::Line::spanning(points)?;
             Some(PhaseLine {
                 phase,
@@ -116,12 +116,7 @@ pub fn memory_model(
     let measured = trial::fitting_trial(trials, max)?.peak_bytes?;
     let line = fit.line;
     let (slope, fixed, predicted) = (line.slope, line.fixed(), line.at(max));
-    let fitted_through = match fit.through {
-        Through::Peaks => None,
-        Through::Phase(k) => below
-            .iter()
-            .find_map(|t| t.phase_peaks.get(k).map(|p| p.phase)),
-    };
+    let fitted_through = trial::phase_of(&below, fit.through);
     let weights = model.weight_bytes();
     let copies = optimizer.map(|o| o.state_copies());
     Some(MemoryModel {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceKind;
 use crate::report::Report;
-use crate::search::{self, Line, Through};
+use crate::search::{self, Line};
 use crate::trial::Trial;
 
 /// GPUs a plan can name, with their published memory (`maxbatch --plan-for h100-80gb`).
@@ -160,13 +160,7 @@ fn plan(report: &Report, target: &Target, cuda_cap: Option<usize>) -> Option<Pla
         predicted = cap;
     }
     let allowed = search::allowed_peak(usable, report.settings.margin);
-    let fitted_through = match chosen.through {
-        Through::Peaks => None,
-        Through::Phase(k) => report
-            .trials
-            .iter()
-            .find_map(|t| t.phase_peaks.get(k).map(|p| p.phase)),
-    };
+    let fitted_through = crate::trial::phase_of(&report.trials, chosen.through);
     let mut caveats = Vec::new();
     if let Some(cap) = capped {
         caveats.push(format!(

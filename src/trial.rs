@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::memory::MemoryMeter;
-use crate::search::Fits;
+use crate::search::{Fits, Through};
 use crate::workload::{Phase, TrainStep};
 
 /// How a trial ended.
@@ -99,6 +99,17 @@ fn timed_seconds(step_times: &[f64]) -> Option<f64> {
         [] => None,
         [only] => Some(*only),
         [_, rest @ ..] => Some(rest.iter().sum::<f64>() / rest.len() as f64),
+    }
+}
+
+/// The phase whose boundary peaks a line fitted `through` runs through (`None`: the overall
+/// peaks, or no trial measured that boundary).
+pub fn phase_of(trials: &[Trial], through: Through) -> Option<Phase> {
+    match through {
+        Through::Peaks => None,
+        Through::Phase(k) => trials
+            .iter()
+            .find_map(|t| t.phase_peaks.get(k).map(|p| p.phase)),
     }
 }
 
