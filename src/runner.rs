@@ -119,10 +119,7 @@ impl<'a> TrialRunner<'a> {
     /// its predicted peak is past the machine's limit (an out-of-memory trial marked
     /// `predicted`).
     pub fn run(&mut self, batch_size: usize) -> candle_core::Result<Trial> {
-        if self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
-            self.interrupted = true;
-            candle_core::bail!("interrupted before the trial at batch size {batch_size}");
-        }
+        self.unless_stopped("the trial", batch_size)?;
         if let Some(limit) = self.machine_limit() {
             if let Some(predicted) = conservative_peak(&self.measured, batch_size) {
                 if predicted > limit {
@@ -148,13 +145,20 @@ impl<'a> TrialRunner<'a> {
         Ok(trial)
     }
 
+    /// An error, and the runner marked interrupted, once the stop flag is set: `what` at
+    /// `batch_size` is then not started.
+    fn unless_stopped(&mut self, what: &str, batch_size: usize) -> candle_core::Result<()> {
+        if self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+            self.interrupted = true;
+            candle_core::bail!("interrupted before {what} at batch size {batch_size}");
+        }
+        Ok(())
+    }
+
     /// Runs `steps` consecutive steps at `batch_size` (the soak run), unless the stop flag
     /// is set.
     pub fn soak(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial> {
-        if self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
-            self.interrupted = true;
-            candle_core::bail!("interrupted before the soak run at batch size {batch_size}");
-        }
+        self.unless_stopped("the soak run", batch_size)?;
         self.observer.soak_started(batch_size, steps);
         let trial = self.source.soak(batch_size, steps)?;
         self.observer.soak_finished(&trial);
