@@ -383,6 +383,32 @@ fn failed_trials_boundaries_steer_the_next_prediction() {
     assert!(with < without, "{with} trials with, {without} without");
 }
 
+/// The guided search with [`Boundary::Predicted`] on `curve` against `threshold`, from
+/// batch size 1 (which must pass) up to `cap`: the answer and every trial.
+fn predicted_from_one(
+    curve: impl Fn(usize) -> u64,
+    threshold: u64,
+    cap: usize,
+) -> (usize, Vec<Sim>) {
+    let mut probe = simulated(curve, threshold);
+    let mut trials = vec![probe(1).unwrap()];
+    let from = Bracket {
+        good: 1,
+        bad: None,
+        cap,
+    };
+    let answer = toward_threshold(
+        from,
+        Boundary::Predicted,
+        threshold,
+        &mut probe,
+        |t: &Sim| t.fits,
+        &mut trials,
+    )
+    .unwrap();
+    (answer, trials)
+}
+
 #[test]
 fn a_predicted_boundary_is_verified_and_saves_the_trial_after_it() {
     // From a bracket the search measured (1 passes, the cap fails), on straight lines: the
@@ -391,22 +417,7 @@ fn a_predicted_boundary_is_verified_and_saves_the_trial_after_it() {
         for per_sample in [1u64, 7, 64, 1_000] {
             for threshold in (fixed + 2 * per_sample..fixed + 5_000 * per_sample).step_by(997) {
                 let curve = |b: usize| fixed + per_sample * b as u64;
-                let mut probe = simulated(curve, threshold);
-                let mut trials = vec![probe(1).unwrap()];
-                let from = Bracket {
-                    good: 1,
-                    bad: None,
-                    cap: 65536,
-                };
-                let answer = toward_threshold(
-                    from,
-                    Boundary::Predicted,
-                    threshold,
-                    &mut probe,
-                    |t: &Sim| t.fits,
-                    &mut trials,
-                )
-                .unwrap();
+                let (answer, trials) = predicted_from_one(curve, threshold, 65536);
                 let exact = true_max(&curve, threshold, 65536);
                 assert_eq!(
                     answer, exact,
@@ -425,22 +436,7 @@ fn a_predicted_boundary_is_verified_and_saves_the_trial_after_it() {
     // never above the exact one.
     let curve = |b: usize| (412 + 1241 * b as u64).max(1423 + 851 * b as u64) * 1000;
     for threshold in (curve(1)..20_000_000u64).step_by(9_973) {
-        let mut probe = simulated(curve, threshold);
-        let mut trials = vec![probe(1).unwrap()];
-        let from = Bracket {
-            good: 1,
-            bad: None,
-            cap: 4096,
-        };
-        let answer = toward_threshold(
-            from,
-            Boundary::Predicted,
-            threshold,
-            &mut probe,
-            |t: &Sim| t.fits,
-            &mut trials,
-        )
-        .unwrap();
+        let (answer, trials) = predicted_from_one(curve, threshold, 4096);
         assert!(
             answer <= true_max(&curve, threshold, 4096),
             "{threshold}: {answer} {:?}",
