@@ -33,7 +33,7 @@ pub struct MemoryModel {
     pub relative_error: f64,
     /// The weights: parameter count × dtype size (arithmetic), when known.
     pub weights_bytes: Option<u64>,
-    /// The gradients: as many bytes as the weights (arithmetic), when known.
+    /// The gradients: as many bytes as the trained weights (arithmetic), when known.
     pub gradients_bytes: Option<u64>,
     /// The optimizer's state (AdamW: two moments per weight; arithmetic), when known.
     pub optimizer_bytes: Option<u64>,
@@ -117,7 +117,13 @@ pub fn memory_model(
     let line = fit.line;
     let (slope, fixed, predicted) = (line.slope, line.fixed(), line.at(max));
     let fitted_through = trial::phase_of(&below, fit.through);
+    // Gradients and optimizer state exist for the trained parameters only (all of them,
+    // or LoRA's adapters), in the weights' dtype.
     let weights = model.weight_bytes();
+    let trained = weights.map(|w| match model.trainable_parameters {
+        Some(t) => w / model.parameters.max(1) * t,
+        None => w,
+    });
     let copies = optimizer.map(|o| o.state_copies());
     Some(MemoryModel {
         fixed_bytes: fixed.max(0.0) as u64,
@@ -128,8 +134,8 @@ pub fn memory_model(
         measured_peak_bytes: measured,
         relative_error: (predicted - measured as f64) / measured as f64,
         weights_bytes: weights,
-        gradients_bytes: weights,
-        optimizer_bytes: weights.zip(copies).map(|(w, c)| w * c),
+        gradients_bytes: trained,
+        optimizer_bytes: trained.zip(copies).map(|(w, c)| w * c),
         phases: phase_lines(trials),
         smallest_set_by: trials
             .iter()

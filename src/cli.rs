@@ -8,7 +8,8 @@ use candle_core::DType;
 use maxbatch::cache::{Cache, CacheUse};
 use maxbatch::device::DeviceRequest;
 use maxbatch::format::parse_bytes;
-use maxbatch::models::{parse_dtype, ModelOptions, ModelSource};
+use maxbatch::models::lora::LoraOptions;
+use maxbatch::models::{parse_dtype, parse_half_dtype, ModelOptions, ModelSource};
 use maxbatch::search::Strategy;
 use maxbatch::settings::AccumulationTarget;
 use maxbatch::{OptimizerKind, SearchSettings};
@@ -186,9 +187,42 @@ pub struct TargetArgs {
     pub config: Option<std::path::PathBuf>,
 
     /// Weights, activations and optimizer state in f32, bf16 or f16 (all in that dtype:
-    /// not mixed precision with f32 master weights; the loss is computed in f32).
+    /// not mixed precision with f32 master weights, which is --amp; the loss is computed in
+    /// f32).
     #[arg(long, default_value = "f32", value_parser = parse_dtype, value_name = "DTYPE")]
     pub dtype: DType,
+
+    /// Mixed precision: weights, gradients and optimizer state stay f32 (master weights);
+    /// the forward and backward passes compute in bf16 or f16 (weights cast each step,
+    /// activations in the half dtype), the loss in f32, like PyTorch's autocast.
+    #[arg(long, value_parser = parse_half_dtype, value_name = "DTYPE")]
+    pub amp: Option<DType>,
+
+    /// LoRA fine-tuning: adapters of this rank beside the targeted linear layers are the
+    /// only trained weights; every other weight is frozen (no gradient, no optimizer
+    /// state). Transformers and Llama-family configs. [default: 0, train every weight]
+    #[arg(long, default_value_t = 0, value_name = "RANK")]
+    pub lora_rank: usize,
+
+    /// LoRA's alpha: the adapters' output is scaled by alpha / rank.
+    #[arg(
+        long,
+        default_value_t = 16,
+        value_name = "ALPHA",
+        requires = "lora_rank"
+    )]
+    pub lora_alpha: u32,
+
+    /// The linear layers that get adapters, comma-separated, by their Hugging Face names
+    /// (q_proj, v_proj, ..., or c_attn, mlp.c_proj for GPT-2) or all-linear. [default:
+    /// PEFT's: q_proj,v_proj for Llama-family models, c_attn for GPT-2]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "NAMES",
+        requires = "lora_rank"
+    )]
+    pub lora_targets: Vec<String>,
 
     /// cpu, cuda, cuda:N, auto (CUDA device 0 when there is one, else the CPU), or a
     /// list of CUDA devices (cuda:0,cuda:1): each is searched, and the minimum is what a
@@ -287,6 +321,16 @@ impl TargetArgs {
         flag("--memory", capacity.to_string());
         flag("--optimizer", self.optimizer.to_string());
         flag("--dtype", self.dtype.as_str().to_string());
+        if let Some(amp) = self.amp {
+            flag("--amp", amp.as_str().to_string());
+        }
+        if self.lora_rank > 0 {
+            flag("--lora-rank", self.lora_rank.to_string());
+            flag("--lora-alpha", self.lora_alpha.to_string());
+            if !self.lora_targets.is_empty() {
+                flag("--lora-targets", self.lora_targets.join(","));
+            }
+        }
         if let Some(n) = self.steps_per_trial {
             flag("--steps-per-trial", n.to_string());
         }
@@ -316,12 +360,18 @@ impl TargetArgs {
         Cache::default_location().map(|cache| (cache, mode))
     }
 
-    /// The input-shape and dtype options of the model.
+    /// The input-shape, precision and training-mode options of the model.
     pub fn model_options(&self) -> ModelOptions {
         ModelOptions {
             seq_len: self.seq_len,
             image_size: self.image_size,
             dtype: self.dtype,
+            amp: self.amp,
+            lora: (self.lora_rank > 0).then(|| LoraOptions {
+                rank: self.lora_rank,
+                alpha: self.lora_alpha,
+                targets: self.lora_targets.clone(),
+            }),
         }
     }
 }

@@ -122,7 +122,7 @@ fn dtype_hint(error: &candle_core::Error) -> String {
             dtype_hint(inner)
         }
         E::UnsupportedDTypeForOp(dtype, op) => format!(
-            "; this device cannot train {op} in {}, use --dtype f32",
+            "; this device cannot train {op} in {}: use --dtype f32 and no --amp",
             dtype.as_str()
         ),
         _ => String::new(),

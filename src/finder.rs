@@ -379,12 +379,14 @@ impl Finder {
                 ModelInfo {
                     name: "your model".into(),
                     parameters: vars.iter().map(|v| v.elem_count() as u64).sum(),
+                    trainable_parameters: Some(vars.iter().map(|v| v.elem_count() as u64).sum()),
                     input: "your batches".into(),
                     summary: format!("{} variables from a VarMap", vars.len()),
                     dtype: vars
                         .first()
                         .map(|v| v.dtype().as_str().to_string())
                         .unwrap_or_default(),
+                    ..ModelInfo::default()
                 }
             }
             None => ModelInfo {
@@ -393,6 +395,7 @@ impl Finder {
                 input: "your batches".into(),
                 summary: "your training step".into(),
                 dtype: String::new(),
+                ..ModelInfo::default()
             },
         }
     }

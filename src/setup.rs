@@ -116,7 +116,10 @@ impl Setup {
         let finder = Finder::on_resolved(self.device.clone()).model(self.model.clone());
         match cache {
             Some((cache, mode)) => {
-                finder.cache_in(cache, format!("{:?}", self.spec.architecture), mode)
+                // The options (dtype, mixed precision, adapters) change the trials as much
+                // as the shape does.
+                let key = format!("{:?} {:?}", self.spec.architecture, self.options);
+                finder.cache_in(cache, key, mode)
             }
             None => finder,
         }
@@ -145,8 +148,15 @@ impl Setup {
     /// Returns the workload and the bytes building it added (the weights and the optimizer
     /// state, as the meter counts them).
     pub fn build(&mut self) -> Result<(Workload, u64)> {
+        // The weights, and the optimizer's state for the trained ones (all, or LoRA's
+        // adapters), in the dtype the weights are kept in.
         let weight_bytes = self.model.weight_bytes().unwrap_or(0);
-        let needs = weight_bytes * (1 + self.optimizer.state_copies());
+        let per_parameter = weight_bytes / self.model.parameters.max(1);
+        let trained = self
+            .model
+            .trainable_parameters
+            .unwrap_or(self.model.parameters);
+        let needs = weight_bytes + trained * per_parameter * self.optimizer.state_copies();
         let capacity = self.meter.capacity().bytes;
         if needs > capacity {
             return Err(Error::ModelExceedsCapacity {

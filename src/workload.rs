@@ -7,6 +7,8 @@ use std::str::FromStr;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, VarBuilder, VarMap, SGD};
+
+use crate::models::params::ParamStore;
 use serde::{Deserialize, Serialize};
 
 use crate::models::{Model, ModelOptions, ModelSpec};
@@ -204,51 +206,89 @@ impl Optimizer {
 
 /// A built-in model with its optimizer, trained on synthetic batches.
 pub struct Workload {
-    model: Box<dyn Model>,
-    varmap: VarMap,
+    /// The model, built once; `None` under mixed precision, where each step builds it
+    /// again from the f32 variables (see [`Workload::loss`]).
+    model: Option<Box<dyn Model>>,
+    spec: ModelSpec,
+    options: ModelOptions,
+    store: ParamStore,
     optimizer: Optimizer,
     device: Device,
 }
 
 impl Workload {
-    /// Builds `spec` on `device` with random weights in `options.dtype`, and the
-    /// optimizer's state.
+    /// Builds `spec` on `device` with random weights kept in `options.dtype` (frozen
+    /// under LoRA except the adapters), and the optimizer's state for the trained ones.
     pub fn new(
         spec: &ModelSpec,
         options: &ModelOptions,
         optimizer: OptimizerKind,
         device: &Device,
     ) -> std::result::Result<Self, crate::Error> {
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, options.dtype, device);
-        let model = spec.build(options, vb)?;
-        let optimizer = Optimizer::new(optimizer, &varmap)?;
+        let store = ParamStore::new(options.dtype, options.lora.is_some());
+        let model = spec.build(options, Self::builder(&store, options, device))?;
+        let optimizer = Optimizer::new(optimizer, store.trainable())?;
         Ok(Self {
-            model,
-            varmap,
+            model: options.amp.is_none().then_some(model),
+            spec: spec.clone(),
+            options: options.clone(),
+            store,
             optimizer,
             device: device.clone(),
         })
     }
 
-    /// The model's trainable variables.
-    pub fn varmap(&self) -> &VarMap {
-        &self.varmap
+    fn builder<'a>(store: &ParamStore, options: &ModelOptions, device: &Device) -> VarBuilder<'a> {
+        VarBuilder::from_backend(
+            Box::new(store.clone()),
+            options.compute_dtype(),
+            device.clone(),
+        )
     }
 
-    /// The number of trainable parameters.
+    /// The model's trained variables.
+    pub fn varmap(&self) -> &VarMap {
+        self.store.trainable()
+    }
+
+    /// The weights that are not trained (LoRA's base weights) and their names, sorted.
+    pub fn frozen(&self) -> Vec<(String, Tensor)> {
+        self.store.frozen()
+    }
+
+    /// The number of trained parameters.
     pub fn parameter_count(&self) -> u64 {
-        self.varmap
+        self.varmap()
             .all_vars()
             .iter()
             .map(|v| v.elem_count() as u64)
             .sum()
     }
 
-    /// The loss of one synthetic batch (forward pass only).
+    /// The number of parameters, trained and frozen.
+    pub fn total_parameter_count(&self) -> u64 {
+        self.parameter_count() + self.store.frozen_elements()
+    }
+
+    /// The loss of one synthetic batch (forward pass only). Under mixed precision the
+    /// model is built again first, from casts of the f32 variables to the half dtype: the
+    /// casts are part of the graph, so the backward pass turns their gradients into f32
+    /// ones, and they stay alive until it is done, as PyTorch's autocast keeps them.
     pub fn loss(&self, batch_size: usize) -> Result<Tensor> {
-        let batch = self.model.batch(batch_size, &self.device)?;
-        self.model.loss(&batch)
+        let rebuilt;
+        let model = match &self.model {
+            Some(model) => model,
+            None => {
+                let vb = Self::builder(&self.store, &self.options, &self.device);
+                rebuilt = self
+                    .spec
+                    .build(&self.options, vb)
+                    .map_err(candle_core::Error::wrap)?;
+                &rebuilt
+            }
+        };
+        let batch = model.batch(batch_size, &self.device)?;
+        model.loss(&batch)
     }
 }
 

@@ -30,6 +30,7 @@ fn one_trial_per_family_fits_a_budget_and_is_measured() {
         seq_len: Some(16),
         image_size: Some(16),
         dtype: DType::F32,
+        ..ModelOptions::default()
     };
     // The first meter makes the process hold the matrix-multiply workspaces: they are then
     // part of what every trial finds held, as they are of what `held` reads below.

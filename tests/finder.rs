@@ -64,6 +64,7 @@ fn model() -> ModelInfo {
         input: "bytes".into(),
         summary: "a step that allocates 1 MiB per sample".into(),
         dtype: "u8".into(),
+        ..ModelInfo::default()
     }
 }
 

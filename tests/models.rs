@@ -18,6 +18,7 @@ fn small_inputs() -> ModelOptions {
         seq_len: Some(8),
         image_size: Some(8),
         dtype: DType::F32,
+        ..ModelOptions::default()
     }
 }
 

@@ -7,8 +7,9 @@
 //! `rope` and `rms_norm` kernels have no backward and are not used (docs/design.md).
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{linear_b, Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, Linear, VarBuilder};
 
+use super::lora::{AdaptedLinear, Adapters, LinearShape};
 use super::{causal_mask, cross_entropy, token_batch, Batch, Model};
 use crate::memory::stop::stop_point;
 
@@ -59,6 +60,30 @@ impl LlamaConfig {
         let head = if self.tie_embeddings { 0 } else { v * h };
         v * h + self.layers as u64 * layer + h + head
     }
+
+    /// One layer's linear layers, by their Hugging Face names (`--lora-targets` picks from
+    /// them): the attention's q, k, v and o projections, then the MLP's gate, up and down.
+    pub fn linears(&self) -> [LinearShape; 7] {
+        let (h, q, kv, i) = (
+            self.hidden,
+            self.heads * self.head_dim,
+            self.kv_heads * self.head_dim,
+            self.intermediate,
+        );
+        [
+            ("self_attn.q_proj", h, q),
+            ("self_attn.k_proj", h, kv),
+            ("self_attn.v_proj", h, kv),
+            ("self_attn.o_proj", q, h),
+            ("mlp.gate_proj", h, i),
+            ("mlp.up_proj", h, i),
+            ("mlp.down_proj", i, h),
+        ]
+    }
+
+    /// PEFT's default LoRA targets for Llama-family models: the query and value
+    /// projections.
+    pub const LORA_DEFAULT: &'static [&'static str] = &["q_proj", "v_proj"];
 
     /// One line on the architecture.
     pub fn summary(&self, family: &str) -> String {
@@ -146,34 +171,32 @@ pub fn repeat_kv(xs: &Tensor, groups: usize) -> Result<Tensor> {
 #[derive(Debug)]
 struct Layer {
     input_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: AdaptedLinear,
+    k: AdaptedLinear,
+    v: AdaptedLinear,
+    o: AdaptedLinear,
     post_norm: RmsNorm,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    gate: AdaptedLinear,
+    up: AdaptedLinear,
+    down: AdaptedLinear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
 }
 
 impl Layer {
-    fn new(c: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
-        let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-        let attn = vb.pp("self_attn");
-        let mlp = vb.pp("mlp");
+    fn new(c: &LlamaConfig, adapters: &Adapters, vb: VarBuilder) -> Result<Self> {
+        let [q, k, v, o, gate, up, down] = c.linears();
         Ok(Self {
             input_norm: RmsNorm::new(c.hidden, c.rms_norm_eps, vb.pp("input_layernorm"))?,
-            q: linear_b(c.hidden, q_width, c.qkv_bias, attn.pp("q_proj"))?,
-            k: linear_b(c.hidden, kv_width, c.qkv_bias, attn.pp("k_proj"))?,
-            v: linear_b(c.hidden, kv_width, c.qkv_bias, attn.pp("v_proj"))?,
-            o: linear_b(q_width, c.hidden, false, attn.pp("o_proj"))?,
+            q: adapters.linear(q, c.qkv_bias, &vb)?,
+            k: adapters.linear(k, c.qkv_bias, &vb)?,
+            v: adapters.linear(v, c.qkv_bias, &vb)?,
+            o: adapters.linear(o, false, &vb)?,
             post_norm: RmsNorm::new(c.hidden, c.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
-            gate: linear_b(c.hidden, c.intermediate, false, mlp.pp("gate_proj"))?,
-            up: linear_b(c.hidden, c.intermediate, false, mlp.pp("up_proj"))?,
-            down: linear_b(c.intermediate, c.hidden, false, mlp.pp("down_proj"))?,
+            gate: adapters.linear(gate, false, &vb)?,
+            up: adapters.linear(up, false, &vb)?,
+            down: adapters.linear(down, false, &vb)?,
             heads: c.heads,
             kv_heads: c.kv_heads,
             head_dim: c.head_dim,
@@ -190,7 +213,7 @@ impl Layer {
 
     fn attention(&self, xs: &Tensor, rotary: &(Tensor, Tensor), mask: &Tensor) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
-        let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
+        let heads = |proj: &AdaptedLinear, n: usize| -> Result<Tensor> {
             proj.forward(xs)?
                 .reshape((b, t, n, self.head_dim))?
                 .transpose(1, 2)?
@@ -226,9 +249,14 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Builds the model under `vb` with Hugging Face's variable names; trials use `seq_len`
-    /// tokens per sample.
-    pub fn new(config: LlamaConfig, seq_len: usize, vb: VarBuilder) -> Result<Self> {
+    /// Builds the model under `vb` with Hugging Face's variable names and `adapters`;
+    /// trials use `seq_len` tokens per sample.
+    pub fn new(
+        config: LlamaConfig,
+        seq_len: usize,
+        adapters: &Adapters,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         if config.kv_heads == 0 || config.heads % config.kv_heads != 0 || config.head_dim % 2 != 0 {
             candle_core::bail!(
                 "{} heads cannot share {} key-value heads of width {}",
@@ -248,7 +276,7 @@ impl Llama {
             init,
         )?;
         let layers = (0..config.layers)
-            .map(|i| Layer::new(&config, model.pp(format!("layers.{i}"))))
+            .map(|i| Layer::new(&config, adapters, model.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if config.tie_embeddings {
             None

@@ -8,7 +8,9 @@
 
 pub mod hf_config;
 pub mod llama;
+pub mod lora;
 pub mod mlp;
+pub mod params;
 pub mod resnet;
 pub mod transformer;
 
@@ -19,6 +21,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use lora::{Adapters, LoraOptions};
 
 /// One synthetic batch: inputs and the targets of the loss.
 #[derive(Debug, Clone)]
@@ -47,6 +50,11 @@ pub struct ModelOptions {
     pub image_size: Option<usize>,
     /// The dtype of weights, activations and optimizer state (default f32).
     pub dtype: DType,
+    /// Mixed precision (`--amp`): the half dtype the forward and backward passes compute
+    /// in, while weights, gradients and optimizer state stay in `dtype` (f32).
+    pub amp: Option<DType>,
+    /// LoRA fine-tuning (`--lora-rank`): only adapters are trained.
+    pub lora: Option<LoraOptions>,
 }
 
 impl Default for ModelOptions {
@@ -55,23 +63,43 @@ impl Default for ModelOptions {
             seq_len: None,
             image_size: None,
             dtype: DType::F32,
+            amp: None,
+            lora: None,
         }
     }
 }
 
+impl ModelOptions {
+    /// The dtype the forward and backward passes compute in.
+    pub fn compute_dtype(&self) -> DType {
+        self.amp.unwrap_or(self.dtype)
+    }
+}
+
 /// What the report says about a model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// The preset's name, e.g. "transformer-small", or the config file's.
     pub name: String,
-    /// Trainable parameters.
+    /// All parameters, trained or frozen.
     pub parameters: u64,
+    /// The parameters the optimizer trains: all of them, or only the LoRA adapters'
+    /// (`None`: not known, e.g. a caller's own step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable_parameters: Option<u64>,
     /// One sample's input shape, e.g. "512 tokens".
     pub input: String,
     /// A one-line description of the architecture.
     pub summary: String,
     /// The dtype of weights, activations and optimizer state, e.g. "f32" (candle's name).
     pub dtype: String,
+    /// Under mixed precision (`--amp`), the dtype the passes compute in, e.g. "bf16".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_dtype: Option<String>,
+    /// What is trained when not every weight is, e.g. "LoRA rank 8 (alpha 16) on
+    /// attn.c_attn".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapters: Option<String>,
 }
 
 impl ModelInfo {
@@ -194,13 +222,67 @@ impl ModelSpec {
                 (format!("3×{s}×{s} image"), c.summary())
             }
         };
+        let adapters = self.adapters(options)?;
+        let trained = self.trainable_parameter_count(&adapters);
+        let adapter_parameters = if adapters.adapted().is_empty() {
+            0
+        } else {
+            trained
+        };
         Ok(ModelInfo {
             name: self.name.clone(),
-            parameters: self.parameter_count(),
+            // PEFT's "all params": the base weights and the adapters.
+            parameters: self.parameter_count() + adapter_parameters,
+            trainable_parameters: Some(trained),
             input,
             summary,
             dtype: options.dtype.as_str().to_string(),
+            compute_dtype: options.amp.map(|d| d.as_str().to_string()),
+            adapters: options.lora.as_ref().map(|lora| {
+                format!(
+                    "LoRA rank {} (alpha {}) on {}",
+                    lora.rank,
+                    lora.alpha,
+                    adapters.adapted().join(", ")
+                )
+            }),
         })
+    }
+
+    /// The adapters `options.lora` asks for (none without it); refuses LoRA on the MLP and
+    /// the ResNet, whose layers have no adapter here.
+    pub fn adapters(&self, options: &ModelOptions) -> std::result::Result<Adapters, Error> {
+        let Some(lora) = &options.lora else {
+            return Ok(Adapters::none());
+        };
+        match &self.architecture {
+            Architecture::Gpt(c) => {
+                Adapters::resolve(lora, &c.linears(), transformer::GptConfig::LORA_DEFAULT)
+            }
+            Architecture::Llama(c, _) => {
+                Adapters::resolve(lora, &c.linears(), llama::LlamaConfig::LORA_DEFAULT)
+            }
+            Architecture::Mlp(_) | Architecture::ResNet(_) => Err(Error::InvalidSetting(format!(
+                "--lora-rank applies to the transformers and Llama-family configs; {} trains \
+                 every weight: drop --lora-rank",
+                self.name
+            ))),
+        }
+    }
+
+    /// The parameters the optimizer trains with `adapters`: the adapters' when there are
+    /// any, else every parameter. From the shapes alone.
+    pub fn trainable_parameter_count(&self, adapters: &Adapters) -> u64 {
+        let (per_block, blocks) = match &self.architecture {
+            Architecture::Gpt(c) => (adapters.parameters_per_block(&c.linears()), c.layers),
+            Architecture::Llama(c, _) => (adapters.parameters_per_block(&c.linears()), c.layers),
+            Architecture::Mlp(_) | Architecture::ResNet(_) => (0, 0),
+        };
+        if adapters.adapted().is_empty() {
+            self.parameter_count()
+        } else {
+            per_block * blocks as u64
+        }
     }
 
     /// Refuses an input option this architecture does not have (`--seq-len` on the MLP or
@@ -229,7 +311,7 @@ impl ModelSpec {
         if options.image_size.is_some() && !takes_images {
             return refuse("--image-size");
         }
-        Ok(())
+        check_precision(options)
     }
 
     /// The elements of the largest tensor one sample adds to a training step with
@@ -271,18 +353,29 @@ impl ModelSpec {
         Ok(usize::try_from(CUDA_MAX_ELEMENTS / per_sample).ok())
     }
 
-    /// Builds the model with random weights from `vb`.
+    /// Builds the model with random weights from `vb` (whose dtype is the one the passes
+    /// compute in), with the adapters `options` asks for.
     pub fn build(
         &self,
         options: &ModelOptions,
         vb: VarBuilder,
     ) -> std::result::Result<Box<dyn Model>, Error> {
+        check_precision(options)?;
+        let adapters = self.adapters(options)?;
         Ok(match &self.architecture {
             Architecture::Mlp(c) => Box::new(mlp::Mlp::new(*c, vb)?),
-            Architecture::Gpt(c) => Box::new(transformer::Gpt::new(*c, c.seq_len(options)?, vb)?),
-            Architecture::Llama(c, _) => {
-                Box::new(llama::Llama::new(*c, llama_seq_len(c, options)?, vb)?)
-            }
+            Architecture::Gpt(c) => Box::new(transformer::Gpt::new(
+                *c,
+                c.seq_len(options)?,
+                &adapters,
+                vb,
+            )?),
+            Architecture::Llama(c, _) => Box::new(llama::Llama::new(
+                *c,
+                llama_seq_len(c, options)?,
+                &adapters,
+                vb,
+            )?),
             Architecture::ResNet(c) => {
                 let config = resnet::ResNetConfig {
                     image_size: image_size(options)?,
@@ -291,6 +384,22 @@ impl ModelSpec {
                 Box::new(resnet::ResNet::new(config, vb)?)
             }
         })
+    }
+}
+
+/// Refuses `--amp f32` and `--amp` with weights not in f32.
+fn check_precision(options: &ModelOptions) -> std::result::Result<(), Error> {
+    match options.amp {
+        Some(DType::F32) => Err(Error::InvalidSetting(
+            "--amp takes the half dtype the passes compute in: bf16 or f16".into(),
+        )),
+        Some(_) if options.dtype != DType::F32 => Err(Error::InvalidSetting(format!(
+            "--amp keeps f32 master weights; drop --dtype {} (or drop --amp to train \
+                 everything in {})",
+            options.dtype.as_str(),
+            options.dtype.as_str()
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -343,6 +452,16 @@ pub fn parse_dtype(text: &str) -> std::result::Result<DType, String> {
     match text.to_ascii_lowercase().parse::<DType>() {
         Ok(dtype @ (DType::F32 | DType::BF16 | DType::F16)) => Ok(dtype),
         _ => Err(format!("unknown dtype {text:?}; use f32, bf16 or f16")),
+    }
+}
+
+/// Parses `--amp`: the half dtype mixed precision computes in, bf16 or f16.
+pub fn parse_half_dtype(text: &str) -> std::result::Result<DType, String> {
+    match parse_dtype(text) {
+        Ok(dtype @ (DType::BF16 | DType::F16)) => Ok(dtype),
+        _ => Err(format!(
+            "--amp {text:?}: mixed precision computes in bf16 or f16"
+        )),
     }
 }
 

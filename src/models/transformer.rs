@@ -8,8 +8,9 @@
 //! Only differentiable ops: `layer_norm_slow`, `ops::softmax`, plain matmuls.
 
 use candle_core::{Device, Module, Result, Tensor, D};
-use candle_nn::{linear, Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
+use super::lora::{AdaptedLinear, Adapters, LinearShape};
 use super::{bounded_seq_len, causal_mask, cross_entropy, token_batch, Batch, Model, ModelOptions};
 use crate::error::Error;
 use crate::memory::stop::stop_point;
@@ -87,6 +88,20 @@ impl GptConfig {
         embeddings + self.layers as u64 * block + layer_norm
     }
 
+    /// One block's linear layers, by their GPT-2 names (`--lora-targets` picks from them).
+    pub fn linears(&self) -> [LinearShape; 4] {
+        let (c, f) = (self.width, self.ffn);
+        [
+            ("attn.c_attn", c, 3 * c),
+            ("attn.c_proj", c, c),
+            ("mlp.c_fc", c, f),
+            ("mlp.c_proj", f, c),
+        ]
+    }
+
+    /// PEFT's default LoRA targets for GPT-2: the fused query-key-value projection.
+    pub const LORA_DEFAULT: &'static [&'static str] = &["c_attn"];
+
     /// The sequence length of the trials: `--seq-len`, or the context length.
     pub fn seq_len(&self, options: &ModelOptions) -> std::result::Result<usize, Error> {
         bounded_seq_len(options.seq_len, self.context, self.context, true)
@@ -125,23 +140,24 @@ impl LayerNorm {
 #[derive(Debug)]
 struct Block {
     norm1: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
+    qkv: AdaptedLinear,
+    proj: AdaptedLinear,
     norm2: LayerNorm,
-    up: Linear,
-    down: Linear,
+    up: AdaptedLinear,
+    down: AdaptedLinear,
     heads: usize,
 }
 
 impl Block {
-    fn new(c: &GptConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(c: &GptConfig, adapters: &Adapters, vb: VarBuilder) -> Result<Self> {
+        let [qkv, proj, up, down] = c.linears();
         Ok(Self {
             norm1: LayerNorm::new(c.width, vb.pp("ln_1"))?,
-            qkv: linear(c.width, 3 * c.width, vb.pp("attn.c_attn"))?,
-            proj: linear(c.width, c.width, vb.pp("attn.c_proj"))?,
+            qkv: adapters.linear(qkv, true, &vb)?,
+            proj: adapters.linear(proj, true, &vb)?,
             norm2: LayerNorm::new(c.width, vb.pp("ln_2"))?,
-            up: linear(c.width, c.ffn, vb.pp("mlp.c_fc"))?,
-            down: linear(c.ffn, c.width, vb.pp("mlp.c_proj"))?,
+            up: adapters.linear(up, true, &vb)?,
+            down: adapters.linear(down, true, &vb)?,
             heads: c.heads,
         })
     }
@@ -184,9 +200,14 @@ pub struct Gpt {
 }
 
 impl Gpt {
-    /// Builds the model under `vb` with GPT-2's variable names; trials use `seq_len`
-    /// tokens per sample.
-    pub fn new(config: GptConfig, seq_len: usize, vb: VarBuilder) -> Result<Self> {
+    /// Builds the model under `vb` with GPT-2's variable names and `adapters`; trials use
+    /// `seq_len` tokens per sample.
+    pub fn new(
+        config: GptConfig,
+        seq_len: usize,
+        adapters: &Adapters,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         if config.heads == 0 || config.width % config.heads != 0 {
             candle_core::bail!(
                 "width {} is not a multiple of {} heads",
@@ -195,7 +216,7 @@ impl Gpt {
             );
         }
         let blocks = (0..config.layers)
-            .map(|i| Block::new(&config, vb.pp(format!("h.{i}"))))
+            .map(|i| Block::new(&config, adapters, vb.pp(format!("h.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             config,

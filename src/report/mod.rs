@@ -237,6 +237,7 @@ pub(crate) mod tests {
                 input: "64 tokens".into(),
                 summary: "GPT".into(),
                 dtype: "f32".into(),
+                ..ModelInfo::default()
             },
             device: DeviceInfo {
                 kind: DeviceKind::Cuda,

@@ -219,10 +219,22 @@ fn header(out: &mut String, r: &Report) {
     // A caller's own step may come with nothing known but its name: say only what is.
     let mut about = Vec::new();
     if m.parameters > 0 {
-        about.push(format!("{} parameters", parameters(m.parameters)));
+        about.push(match (m.trainable_parameters, &m.adapters) {
+            (Some(trained), Some(adapters)) if trained != m.parameters => format!(
+                "{} parameters, {} trained: {adapters}",
+                parameters(m.parameters),
+                parameters(trained)
+            ),
+            _ => format!("{} parameters", parameters(m.parameters)),
+        });
     }
     about.push(format!("{} per sample", m.input));
-    if !m.dtype.is_empty() {
+    if let Some(compute) = &m.compute_dtype {
+        about.push(format!(
+            "mixed precision: {} weights, {compute} compute{optimizer}",
+            m.dtype
+        ));
+    } else if !m.dtype.is_empty() {
         about.push(format!("{}{optimizer}", m.dtype));
     } else if !optimizer.is_empty() {
         about.push(optimizer.trim_start_matches(", ").to_string());
