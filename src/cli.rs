@@ -169,7 +169,7 @@ pub struct FindArgs {
 }
 
 /// The model, the device and how a trial trains: shared by the search and `check`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
     /// The built-in model to train (see `maxbatch models`).
     #[arg(
@@ -246,10 +246,11 @@ pub struct TargetArgs {
     pub optimizer: OptimizerKind,
 
     /// Tokens per sample for transformers: the worst-case (padded) length your training
-    /// meets, since batches are padded to their longest sequence. [default: the model's
-    /// context length; at most 2048 for a --config]
-    #[arg(long, value_name = "TOKENS")]
-    pub seq_len: Option<usize>,
+    /// meets, since batches are padded to their longest sequence. A comma-separated list
+    /// (128,256,512) sweeps: one search per length, with tokens per batch for each.
+    /// [default: the model's context length; at most 2048 for a --config]
+    #[arg(long, value_delimiter = ',', value_name = "TOKENS")]
+    pub seq_len: Vec<usize>,
 
     /// Image side in pixels for `cnn`: the largest images your training meets. [default: 32]
     #[arg(long, value_name = "PIXELS")]
@@ -334,8 +335,9 @@ impl TargetArgs {
         if let Some(n) = self.steps_per_trial {
             flag("--steps-per-trial", n.to_string());
         }
-        if let Some(n) = self.seq_len {
-            flag("--seq-len", n.to_string());
+        if !self.seq_len.is_empty() {
+            let lengths: Vec<String> = self.seq_len.iter().map(|n| n.to_string()).collect();
+            flag("--seq-len", lengths.join(","));
         }
         if let Some(n) = self.image_size {
             flag("--image-size", n.to_string());
@@ -360,10 +362,24 @@ impl TargetArgs {
         Cache::default_location().map(|cache| (cache, mode))
     }
 
-    /// The input-shape, precision and training-mode options of the model.
+    /// The lengths of a sequence-length sweep: `--seq-len` with two or more lengths.
+    pub fn sweep_lengths(&self) -> Option<&[usize]> {
+        (self.seq_len.len() > 1).then_some(self.seq_len.as_slice())
+    }
+
+    /// These flags at one length of a sweep.
+    pub fn at_seq_len(&self, seq_len: usize) -> TargetArgs {
+        TargetArgs {
+            seq_len: vec![seq_len],
+            ..self.clone()
+        }
+    }
+
+    /// The input-shape, precision and training-mode options of the model (the first
+    /// length of a sweep: see [`sweep_lengths`](Self::sweep_lengths)).
     pub fn model_options(&self) -> ModelOptions {
         ModelOptions {
-            seq_len: self.seq_len,
+            seq_len: self.seq_len.first().copied(),
             image_size: self.image_size,
             dtype: self.dtype,
             amp: self.amp,
@@ -469,6 +485,8 @@ mod tests {
             vec!["maxbatch", "check", "--batch-size", "4"],
             vec!["maxbatch", "--model", "mlp", "--config", "c.json"],
             vec!["maxbatch", "--model", "mlp", "--dtype", "int4"],
+            vec!["maxbatch", "--model", "mlp", "--amp", "f32"],
+            vec!["maxbatch", "--model", "mlp", "--lora-alpha", "8"],
         ] {
             assert!(Cli::try_parse_from(&args).is_err(), "{args:?} parsed");
         }
@@ -498,9 +516,41 @@ mod tests {
         assert_eq!(trial.batch_size, 3);
         assert_eq!(trial.target.memory, Some(12345));
         assert_eq!(trial.target.model.as_deref(), Some("mlp"));
-        assert_eq!(trial.target.seq_len, Some(7));
+        assert_eq!(trial.target.seq_len, [7]);
         assert_eq!(trial.target.dtype, DType::BF16);
         assert!(trial.target.no_fallback && trial.target.no_cache && trial.target.json);
+    }
+
+    #[test]
+    fn a_child_trains_in_the_parents_mode() {
+        let cli = Cli::try_parse_from([
+            "maxbatch",
+            "--model",
+            "transformer-tiny",
+            "--amp",
+            "f16",
+            "--lora-rank",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--lora-targets",
+            "c_attn,mlp.c_fc",
+        ])
+        .unwrap();
+        let mut child = vec![std::ffi::OsString::from("maxbatch")];
+        child.extend(cli.find.target.child_args("cpu", 1 << 30));
+        child.extend(["--batch-size".into(), "3".into()]);
+        let Some(Command::Trial(trial)) = Cli::try_parse_from(child).unwrap().command else {
+            panic!("not a trial command")
+        };
+        assert_eq!(
+            trial.target.model_options(),
+            cli.find.target.model_options()
+        );
+        let lora = trial.target.model_options().lora.unwrap();
+        assert_eq!((lora.rank, lora.alpha), (4, 8));
+        assert_eq!(lora.targets, ["c_attn", "mlp.c_fc"]);
+        assert_eq!(trial.target.amp, Some(DType::F16));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use maxbatch::format::{bytes, parameters};
 use maxbatch::isolate::ChildProcessTrials;
 use maxbatch::models::{self, ModelSource, ModelSpec, PRESETS};
 use maxbatch::report::{json, text, DeviceInfo};
+use maxbatch::sweep::MeasuredLength;
 use maxbatch::{Error, Outcome, Silent, Trial};
 
 use crate::cli::{CheckArgs, Cli, Command, FindArgs, ModelsArgs, PoolSelfTestArgs};
@@ -72,6 +73,9 @@ fn list_models(args: &ModelsArgs) -> Result<ExitCode> {
 fn find(args: &FindArgs) -> Result<ExitCode> {
     let settings = args.settings();
     settings.validate()?; // bad settings fail before the model is built
+    if let Some(lengths) = args.target.sweep_lengths() {
+        return sweep(args, lengths);
+    }
     if let Some(path) = &args.plot {
         writable(path)?; // and an unwritable output before the first trial
     }
@@ -170,6 +174,95 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
             v.batch_size
         );
         return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A sequence-length sweep: one search per length on one device, the model built once, each
+/// length's first trial steered by the nearest length measured before it.
+fn sweep(args: &FindArgs, lengths: &[usize]) -> Result<ExitCode> {
+    let refuse = |flag: &str, why: &str| -> Result<ExitCode> {
+        anyhow::bail!(
+            "{flag} does not combine with a --seq-len sweep ({why}); run it at one length"
+        )
+    };
+    if args.target.device.0.len() > 1 {
+        return refuse("a list of devices", "one device per sweep");
+    }
+    if args.isolate {
+        return refuse("--isolate", "the sweep reuses one model in this process");
+    }
+    if args.verify_steps.is_some() {
+        return refuse(
+            "--verify-steps",
+            "a soak run is for the size you will train at",
+        );
+    }
+    if args.plot.is_some() || args.plan_for.is_some() {
+        return refuse("--plot and --plan-for", "they draw one report");
+    }
+    let settings = args.settings();
+    let stop = stop_on_signals();
+    let device = open_devices(&args.target)?.remove(0);
+    let mut built: Option<(maxbatch::Workload, u64)> = None;
+    let mut measured: Vec<MeasuredLength> = Vec::new();
+    let mut entries = Vec::new();
+    for &seq_len in lengths {
+        let target = args.target.at_seq_len(seq_len);
+        let mut setup = Setup::new(&target, device.clone())?;
+        let mut settings = setup.settings_for_device(&settings)?;
+        let capacity = setup.meter.capacity().bytes;
+        if let Some(nearest) = maxbatch::sweep::nearest(&measured, seq_len) {
+            let start = maxbatch::sweep::steered_start(nearest, seq_len, capacity);
+            settings.start = start.clamp(settings.start, settings.max_batch_or_default());
+            tracing::info!(
+                "{seq_len} tokens: starting at batch size {} (steered by {} tokens)",
+                settings.start,
+                nearest.seq_len
+            );
+        }
+        let finder = setup
+            .finder(target.cache_unless(false))
+            .settings(settings)
+            .stop_when(stop.flag.clone());
+        let key = finder.cached("search", setup.meter.as_ref());
+        let report = cached(&finder, key, || {
+            let (mut workload, held) = match built.take() {
+                Some((mut workload, held)) => {
+                    workload.set_seq_len(seq_len)?;
+                    (workload, held)
+                }
+                None => setup.build()?,
+            };
+            let report = finder.clone().model_holds(held).find_with(
+                &mut workload,
+                setup.meter.as_mut(),
+                &mut Progress::new(args.target.json),
+            );
+            built = Some((workload, held));
+            Ok(report?)
+        })?;
+        if let Some(model) = &report.memory_model {
+            measured.push(MeasuredLength {
+                seq_len,
+                fixed_bytes: model.fixed_bytes,
+                bytes_per_sample: model.bytes_per_sample,
+            });
+        }
+        let interrupted = report.interrupted;
+        entries.push(maxbatch::sweep::SweepEntry::new(seq_len, report));
+        if interrupted {
+            break;
+        }
+    }
+    let sweep = maxbatch::sweep::Sweep { sweep: entries };
+    if args.target.json {
+        println!("{}", serde_json::to_string_pretty(&sweep)?);
+    } else {
+        print!("\n{}", text::render_sweep(&sweep));
+    }
+    if sweep.sweep.iter().any(|e| e.report.interrupted) {
+        return Ok(ExitCode::from(stop.exit_code.load(Ordering::SeqCst)));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -57,6 +57,7 @@ pub mod schedule;
 pub mod search;
 pub mod settings;
 pub mod soak;
+pub mod sweep;
 pub mod trial;
 pub mod workload;
 

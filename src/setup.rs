@@ -57,6 +57,12 @@ pub fn default_steps_per_trial(kind: DeviceKind) -> usize {
 
 impl Setup {
     pub fn new(target: &TargetArgs, device: ResolvedDevice) -> Result<Self> {
+        if target.sweep_lengths().is_some() {
+            anyhow::bail!(
+                "a list of --seq-len lengths is a sweep, which only the search runs; give one \
+                 length here"
+            );
+        }
         let spec = ModelSpec::load(&target.model_source())?;
         let options = target.model_options();
         let model = spec.info(&options)?;

@@ -246,6 +246,21 @@ impl Workload {
         )
     }
 
+    /// Trains on `seq_len` tokens per sample from now on, with the same weights and
+    /// optimizer state: a sequence-length sweep builds the model once.
+    pub fn set_seq_len(&mut self, seq_len: usize) -> std::result::Result<(), crate::Error> {
+        let options = ModelOptions {
+            seq_len: Some(seq_len),
+            ..self.options.clone()
+        };
+        if self.model.is_some() {
+            let vb = Self::builder(&self.store, &options, &self.device);
+            self.model = Some(self.spec.build(&options, vb)?);
+        }
+        self.options = options;
+        Ok(())
+    }
+
     /// The model's trained variables.
     pub fn varmap(&self) -> &VarMap {
         self.store.trainable()

@@ -316,6 +316,123 @@ fn bad_input_is_one_clear_line_and_exit_2() {
         &["--model", "mlp", "--device", "cpu", "--margin", "1.5"],
         "--margin",
     );
+    fails_cleanly(
+        &["--model", "mlp", "--device", "cpu", "--lora-rank", "4"],
+        "drop --lora-rank",
+    );
+    fails_cleanly(
+        &[
+            "--model", "mlp", "--device", "cpu", "--amp", "bf16", "--dtype", "f16",
+        ],
+        "--amp keeps f32 master weights",
+    );
+    let tiny = ["--model", "transformer-tiny", "--device", "cpu"];
+    fails_cleanly(
+        &[&tiny[..], &["--lora-rank", "4", "--lora-targets", "q_proj"]].concat(),
+        "its blocks have attn.c_attn",
+    );
+    fails_cleanly(
+        &[
+            &["check"][..],
+            &tiny,
+            &["--seq-len", "16,32", "--batch-size", "2"],
+        ]
+        .concat(),
+        "a list of --seq-len lengths is a sweep",
+    );
+    fails_cleanly(
+        &[&tiny[..], &["--seq-len", "16,32", "--verify-steps", "3"]].concat(),
+        "does not combine with a --seq-len sweep",
+    );
+}
+
+#[test]
+fn a_sweep_searches_each_length_exactly_and_reports_tokens_per_batch() {
+    let base = [
+        "--model",
+        "transformer-tiny",
+        "--device",
+        "cpu",
+        "--memory",
+        "160MiB",
+    ];
+    let output = maxbatch()
+        .args(base)
+        .args(["--seq-len", "16,32", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let sweep = json_of(&output);
+    let entries = sweep["sweep"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    for (entry, len) in entries.iter().zip([16u64, 32]) {
+        let max = entry["max_batch_size"].as_u64().unwrap();
+        assert_eq!(entry["seq_len"], len);
+        assert_eq!(entry["tokens_per_batch"].as_u64(), Some(max * len));
+        let report = &entry["report"];
+        assert_eq!(report["max_batch_size"].as_u64(), Some(max));
+        assert_eq!(report["model"]["input"], format!("{len} tokens"));
+        assert_eq!(
+            entry["largest_power_of_two"],
+            report["largest_power_of_two"]
+        );
+        assert_eq!(
+            entry["recommended_batch_size"],
+            report["recommended_batch_size"]
+        );
+        // The same exact answer as a search at that length alone.
+        let alone = maxbatch()
+            .args(base)
+            .args(["--seq-len", &len.to_string(), "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            json_of(&alone)["max_batch_size"].as_u64(),
+            Some(max),
+            "{len}"
+        );
+    }
+    // The second length starts where the first one's line says it fits with room to
+    // spare, not at batch size 1.
+    let first = entries[1]["report"]["trials"][0]["batch_size"]
+        .as_u64()
+        .unwrap();
+    assert!(first > 1, "the 32-token search started at {first}");
+    assert_eq!(entries[1]["report"]["trials"][0]["outcome"], "fits");
+}
+
+#[test]
+fn mixed_precision_and_lora_say_what_they_train_in_text_and_json() {
+    let amp = search(&["--amp", "bf16"]);
+    assert_eq!(amp["model"]["dtype"], "f32");
+    assert_eq!(amp["model"]["compute_dtype"], "bf16");
+    let lora = search(&["--lora-rank", "4"]);
+    let (total, trained) = (
+        lora["model"]["parameters"].as_u64().unwrap(),
+        lora["model"]["trainable_parameters"].as_u64().unwrap(),
+    );
+    // transformer-tiny: 2 blocks, c_attn 64 → 192 at rank 4.
+    assert_eq!(trained, 2 * 4 * (64 + 192));
+    assert_eq!(total, 168_192 + trained);
+    let plain = search(&[]);
+    assert_eq!(
+        plain["model"]["trainable_parameters"],
+        plain["model"]["parameters"]
+    );
+    let output = maxbatch()
+        .args(TINY)
+        .args(["--amp", "bf16", "--lora-rank", "4"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("2.0K trained: LoRA rank 4 (alpha 16) on attn.c_attn"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mixed precision: f32 weights, bf16 compute"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -209,6 +209,62 @@ pub fn render_devices(reports: &[Report]) -> String {
     out
 }
 
+/// A sequence-length sweep: each length's report, then the table by length with tokens per
+/// batch (batch size × length) at the maximum.
+pub fn render_sweep(sweep: &crate::sweep::Sweep) -> String {
+    let mut out = String::new();
+    for e in &sweep.sweep {
+        let _ = writeln!(out, "=== {} tokens per sample ===", e.seq_len);
+        out.push_str(&render(&e.report));
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "=== sequence-length sweep: every size below was run ===\n\
+         {:>7}  {:>9}  {:>12}  {:>11}  {:>16}  {:>11}  {:>10}  {:>6}",
+        "tokens",
+        "max batch",
+        "power of two",
+        "recommended",
+        "tokens per batch",
+        "peak at max",
+        "per sample",
+        "trials"
+    );
+    for e in &sweep.sweep {
+        let r = &e.report;
+        let peak = r
+            .fitting_trial(e.max_batch_size)
+            .and_then(|t| t.peak_bytes)
+            .map_or_else(|| "-".to_string(), bytes);
+        let per_sample = r
+            .memory_model
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |m| bytes(m.bytes_per_sample));
+        let recommended = e
+            .recommended_batch_size
+            .map_or_else(|| "none".to_string(), |b| b.to_string());
+        let _ = writeln!(
+            out,
+            "{:>7}  {:>9}  {:>12}  {:>11}  {:>16}  {:>11}  {:>10}  {:>6}",
+            e.seq_len,
+            e.max_batch_size,
+            e.largest_power_of_two,
+            recommended,
+            e.tokens_per_batch,
+            peak,
+            per_sample,
+            r.trials.len()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "tokens per batch = max batch × tokens per sample: the budget a token-bucketing \
+         batcher can fill at that length"
+    );
+    out
+}
+
 fn header(out: &mut String, r: &Report) {
     let m = &r.model;
     let optimizer = r
