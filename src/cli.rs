@@ -157,6 +157,13 @@ pub struct FindArgs {
     #[arg(long, value_name = "N")]
     pub verify_steps: Option<usize>,
 
+    /// After the search, search again with each change that could fit a larger batch, one
+    /// at a time (--optimizer sgd, --amp bf16, --dtype bf16, half the --seq-len, --lora-rank
+    /// 8, as they apply), and show the maximum each gives: every figure measured by a real
+    /// search. When batch size 1 does not fit, the table shows which change makes it fit.
+    #[arg(long)]
+    pub what_if: bool,
+
     /// Also write an SVG chart of the trials: peak memory against batch size, the fitted
     /// line, the capacity and margin, and samples per second.
     #[arg(long, value_name = "FILE.svg")]

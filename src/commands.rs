@@ -16,7 +16,7 @@ use maxbatch::{Error, Outcome, Silent, Trial};
 use crate::cli::{CheckArgs, Cli, Command, FindArgs, ModelsArgs, PoolSelfTestArgs};
 use crate::progress::Progress;
 use crate::setup::{cached, open_devices, Setup};
-use crate::signals::stop_on_signals;
+use crate::signals::{stop_on_signals, StopSignals};
 
 /// Runs the command line; the exit code of success and of "does not fit".
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -79,14 +79,87 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
     if let Some(path) = &args.plot {
         writable(path)?; // and an unwritable output before the first trial
     }
+    if args.what_if && args.target.device.0.len() > 1 {
+        anyhow::bail!("--what-if searches one device; give one --device");
+    }
     let stop = stop_on_signals();
+    let mut reports = match search_devices(args, &settings, &stop) {
+        Ok(reports) => reports,
+        Err(error) if args.what_if && does_not_fit(&error) => {
+            // The table of what would fit instead of only "does not fit".
+            let rows = what_if_rows(args)?;
+            print!("{}", text::what_if_table(&rows, None));
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    };
+    if reports.len() > 1 && !reports.iter().any(|r| r.interrupted) {
+        verify_on_every_device(args, &args.target.device.0, &mut reports)?;
+    }
+    if let Some(targets) = &args.plan_for {
+        let cuda_cap = maxbatch::models::ModelSpec::load(&args.target.model_source())?
+            .cuda_batch_cap(&args.target.model_options())?;
+        for report in reports.iter_mut() {
+            report.plans = maxbatch::plan::plans(report, &targets.0, cuda_cap);
+        }
+    }
+    if args.what_if && !reports.iter().any(|r| r.interrupted) {
+        let rows = what_if_rows(args)?;
+        if let Some(report) = reports.first_mut() {
+            report.what_if = rows;
+        }
+    }
+    if let Some(partial) = reports.iter().find(|r| r.interrupted) {
+        return interrupted(
+            partial,
+            args.target.json,
+            stop.exit_code.load(Ordering::SeqCst),
+        );
+    }
+    match reports.as_slice() {
+        [one] if args.target.json => println!("{}", json::render(one)),
+        [one] => print!("\n{}", text::render(one)),
+        several if args.target.json => println!("{}", json::render_devices(several)),
+        several => print!("\n{}", text::render_devices(several)),
+    }
+    // After the report is printed: a failure here loses nothing measured.
+    if let Some(path) = &args.plot {
+        for (i, report) in reports.iter().enumerate() {
+            let file = plot_file(path, i, reports.len());
+            let svg = maxbatch::report::plot::render(report).map_err(anyhow::Error::msg)?;
+            std::fs::write(&file, svg)
+                .map_err(|e| anyhow::anyhow!("cannot write the plot to {}: {e}", file.display()))?;
+            eprintln!("plot written to {}", file.display());
+        }
+    }
+    let failed = reports
+        .iter()
+        .filter_map(|r| r.verification.as_ref())
+        .find(|v| !v.passed);
+    if let Some(v) = failed {
+        eprintln!(
+            "the soak run failed: step {} of {} at batch size {} crossed the capacity",
+            v.steps_completed + 1,
+            v.steps_requested,
+            v.batch_size
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The search on each device `--device` names, one report each, until one is interrupted.
+fn search_devices(
+    args: &FindArgs,
+    settings: &maxbatch::SearchSettings,
+    stop: &StopSignals,
+) -> Result<Vec<maxbatch::Report>> {
     let mut reports = Vec::new();
     // Several devices are only searched when each opened as asked (no CPU fallback), so the
     // i-th report is the i-th request's.
-    let requests = args.target.device.0.clone();
     for device in open_devices(&args.target)? {
         let mut setup = Setup::new(&args.target, device)?;
-        let settings = setup.settings_for_device(&settings)?;
+        let settings = setup.settings_for_device(settings)?;
         let finder = setup
             .finder(args.target.cache_unless(args.verify_steps.is_some()))
             .settings(settings.clone())
@@ -129,53 +202,26 @@ fn find(args: &FindArgs) -> Result<ExitCode> {
             break;
         }
     }
-    if reports.len() > 1 && !reports.iter().any(|r| r.interrupted) {
-        verify_on_every_device(args, &requests, &mut reports)?;
-    }
-    if let Some(targets) = &args.plan_for {
-        let cuda_cap = maxbatch::models::ModelSpec::load(&args.target.model_source())?
-            .cuda_batch_cap(&args.target.model_options())?;
-        for report in reports.iter_mut() {
-            report.plans = maxbatch::plan::plans(report, &targets.0, cuda_cap);
-        }
-    }
-    if let Some(partial) = reports.iter().find(|r| r.interrupted) {
-        return interrupted(
-            partial,
-            args.target.json,
-            stop.exit_code.load(Ordering::SeqCst),
-        );
-    }
-    match reports.as_slice() {
-        [one] if args.target.json => println!("{}", json::render(one)),
-        [one] => print!("\n{}", text::render(one)),
-        several if args.target.json => println!("{}", json::render_devices(several)),
-        several => print!("\n{}", text::render_devices(several)),
-    }
-    // After the report is printed: a failure here loses nothing measured.
-    if let Some(path) = &args.plot {
-        for (i, report) in reports.iter().enumerate() {
-            let file = plot_file(path, i, reports.len());
-            let svg = maxbatch::report::plot::render(report).map_err(anyhow::Error::msg)?;
-            std::fs::write(&file, svg)
-                .map_err(|e| anyhow::anyhow!("cannot write the plot to {}: {e}", file.display()))?;
-            eprintln!("plot written to {}", file.display());
-        }
-    }
-    let failed = reports
-        .iter()
-        .filter_map(|r| r.verification.as_ref())
-        .find(|v| !v.passed);
-    if let Some(v) = failed {
-        eprintln!(
-            "the soak run failed: step {} of {} at batch size {} crossed the capacity",
-            v.steps_completed + 1,
-            v.steps_requested,
-            v.batch_size
-        );
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(reports)
+}
+
+/// True when `error` says the model does not fit at all: batch size 1 ran out of memory, or
+/// the weights and optimizer state alone are over the capacity.
+fn does_not_fit(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<Error>(),
+        Some(Error::NothingFits { .. } | Error::ModelExceedsCapacity { .. })
+    )
+}
+
+/// `--what-if`: a search of each change that applies, one at a time, each in a child
+/// process (see what_if_runs.rs).
+fn what_if_rows(args: &FindArgs) -> Result<Vec<maxbatch::what_if::WhatIf>> {
+    let spec = ModelSpec::load(&args.target.model_source())?;
+    let options = args.target.model_options();
+    let seq_len = spec.seq_len(&options)?;
+    let changes = maxbatch::what_if::changes(&spec, &options, args.target.optimizer, seq_len);
+    crate::what_if_runs::run(&changes, args.target.json)
 }
 
 /// A sequence-length sweep: one search per length on one device, the model built once, each
@@ -200,6 +246,12 @@ fn sweep(args: &FindArgs, lengths: &[usize]) -> Result<ExitCode> {
     }
     if args.plot.is_some() || args.plan_for.is_some() {
         return refuse("--plot and --plan-for", "they draw one report");
+    }
+    if args.what_if {
+        return refuse(
+            "--what-if",
+            "its half length is one more length of the sweep",
+        );
     }
     let settings = args.settings();
     let stop = stop_on_signals();

@@ -209,6 +209,7 @@ pub fn report(
         accumulation: sizes.plan,
         verification: sizes.verification,
         plans: Vec::new(),
+        what_if: Vec::new(),
     }
 }
 

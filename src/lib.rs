@@ -59,6 +59,7 @@ pub mod settings;
 pub mod soak;
 pub mod sweep;
 pub mod trial;
+pub mod what_if;
 pub mod workload;
 
 pub use error::Error;

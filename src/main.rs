@@ -6,6 +6,7 @@ mod commands;
 mod progress;
 mod setup;
 mod signals;
+mod what_if_runs;
 
 use std::process::ExitCode;
 

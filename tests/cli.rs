@@ -903,3 +903,64 @@ fn accumulation_plan_memory_model_throughput_and_plot() {
     assert!(svg.starts_with("<svg") && svg.contains("peak memory (GiB)"));
     std::fs::remove_file(&plot).ok();
 }
+
+#[test]
+fn what_if_measures_each_change_and_answers_a_model_that_does_not_fit() {
+    let base = [
+        "--model",
+        "transformer-tiny",
+        "--device",
+        "cpu",
+        "--seq-len",
+        "16",
+    ];
+    let output = maxbatch()
+        .args(base)
+        .args(["--memory", "40MiB", "--what-if", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let report = json_of(&output);
+    let rows = report["what_if"].as_array().unwrap();
+    let changes: Vec<&str> = rows.iter().map(|r| r["change"].as_str().unwrap()).collect();
+    assert_eq!(
+        changes,
+        [
+            "--optimizer sgd",
+            "--amp bf16",
+            "--dtype bf16",
+            "--seq-len 8",
+            "--lora-rank 8"
+        ]
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r["measured"] == true && r["error"].is_null()));
+    // Each row is the exact answer of a search with that change.
+    let sgd = maxbatch()
+        .args(base)
+        .args(["--memory", "40MiB", "--optimizer", "sgd", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(json_of(&sgd)["max_batch_size"], rows[0]["max_batch_size"]);
+
+    // 12 MiB: batch size 1 does not fit as asked, but does with SGD.
+    let output = maxbatch()
+        .args(base)
+        .args(["--memory", "12MiB", "--what-if"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("as asked            does not fit at batch size 1"),
+        "{stdout}"
+    );
+    let sgd_row = stdout
+        .lines()
+        .find(|l| l.starts_with("--optimizer sgd"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let max: usize = sgd_row.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(max >= 1, "{sgd_row}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not fit even at batch size 1"));
+}

@@ -314,6 +314,15 @@ impl ModelSpec {
         check_precision(options)
     }
 
+    /// The tokens per sample of a transformer with `options` (`None`: not a transformer).
+    pub fn seq_len(&self, options: &ModelOptions) -> std::result::Result<Option<usize>, Error> {
+        Ok(match &self.architecture {
+            Architecture::Gpt(c) => Some(c.seq_len(options)?),
+            Architecture::Llama(c, _) => Some(llama_seq_len(c, options)?),
+            Architecture::Mlp(_) | Architecture::ResNet(_) => None,
+        })
+    }
+
     /// The elements of the largest tensor one sample adds to a training step with
     /// `options`: the logits (tokens × vocabulary), the attention scores (heads × tokens²) or
     /// the MLP's hidden layer for a transformer; the convolutions' unfolded inputs (64

@@ -116,6 +116,9 @@ pub struct Report {
     /// Predicted sizes for other devices (`--plan-for`): predictions, none of them run.
     #[serde(default)]
     pub plans: Vec<crate::plan::Plan>,
+    /// `--what-if`: each change's maximum, measured by a search of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub what_if: Vec<crate::what_if::WhatIf>,
 }
 
 impl Report {
@@ -280,6 +283,7 @@ pub(crate) mod tests {
             accumulation: None,
             verification: None,
             plans: Vec::new(),
+            what_if: Vec::new(),
         }
     }
 

@@ -36,6 +36,10 @@ pub fn render(report: &Report) -> String {
         out.push('\n');
         out.push_str(&plans(&report.plans));
     }
+    if !report.what_if.is_empty() {
+        out.push('\n');
+        out.push_str(&what_if_table(&report.what_if, Some(report)));
+    }
     out
 }
 
@@ -205,6 +209,61 @@ pub fn render_devices(reports: &[Report]) -> String {
             dp.world_size
         );
         schedule_rows(&mut out, &dp.schedule);
+    }
+    out
+}
+
+/// The `--what-if` table: each change's sizes, measured by a search of its own, after
+/// `baseline`'s (`None`: batch size 1 did not fit as asked).
+pub fn what_if_table(rows: &[crate::what_if::WhatIf], baseline: Option<&Report>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "what if (each change alone, measured by a search of its own):\n\
+         {:<18}  {:>9}  {:>12}  {:>11}  {:>11}  {:>6}",
+        "change", "max batch", "power of two", "recommended", "peak at max", "trials"
+    );
+    let size = |b: Option<usize>| b.map_or_else(|| "none".to_string(), |b| b.to_string());
+    match baseline {
+        Some(r) => {
+            let peak = r
+                .fitting_trial(r.max_batch_size)
+                .and_then(|t| t.peak_bytes)
+                .map_or_else(|| "-".to_string(), bytes);
+            let _ = writeln!(
+                out,
+                "{:<18}  {:>9}  {:>12}  {:>11}  {:>11}  {:>6}",
+                "as asked",
+                r.max_batch_size,
+                r.largest_power_of_two,
+                size(r.recommended_batch_size),
+                peak,
+                r.trials.len()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "{:<18}  does not fit at batch size 1", "as asked");
+        }
+    }
+    for row in rows {
+        match (&row.error, row.max_batch_size) {
+            (None, Some(max)) => {
+                let _ = writeln!(
+                    out,
+                    "{:<18}  {:>9}  {:>12}  {:>11}  {:>11}  {:>6}",
+                    row.change,
+                    max,
+                    size(row.largest_power_of_two),
+                    size(row.recommended_batch_size),
+                    row.peak_bytes.map_or_else(|| "-".to_string(), bytes),
+                    row.trials
+                );
+            }
+            (error, _) => {
+                let why = error.as_deref().unwrap_or("no size");
+                let _ = writeln!(out, "{:<18}  {why}", row.change);
+            }
+        }
     }
     out
 }
