@@ -48,6 +48,41 @@ pub struct MemoryModel {
     /// The phase that set the peak at the maximum.
     #[serde(default)]
     pub max_set_by: Option<Phase>,
+    /// Bytes per sample by where they are held (the parts of the forward pass, then the
+    /// backward pass), between the two sizes the line runs through; empty where the trials
+    /// do not record parts (CUDA, a caller's own step).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartBytes>,
+}
+
+/// What one part of a step holds per sample (see [`Trial::held_by_part`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartBytes {
+    /// "inputs", "embeddings", "blocks", "logits and loss", "backward pass", ….
+    pub part: String,
+    /// Bytes each sample adds to it (negative: it shrinks, e.g. a buffer reused).
+    pub bytes_per_sample: i64,
+}
+
+/// Each part's bytes per sample between the trials at `sizes` (both fit and recorded the
+/// same parts), in the order the step went through them.
+fn part_bytes(trials: &[Trial], [from, to]: [usize; 2]) -> Vec<PartBytes> {
+    let parts = |b: usize| trial::fitting_trial(trials, b).map(|t| &t.held_by_part);
+    let (Some(small), Some(large)) = (parts(from), parts(to)) else {
+        return Vec::new();
+    };
+    let same = small.len() == large.len() && small.iter().zip(large).all(|(a, b)| a.part == b.part);
+    if !same || to <= from {
+        return Vec::new();
+    }
+    small
+        .iter()
+        .zip(large)
+        .map(|(a, b)| PartBytes {
+            part: a.part.clone(),
+            bytes_per_sample: (b.bytes as i64 - a.bytes as i64) / (to - from) as i64,
+        })
+        .collect()
 }
 
 /// The peak so far when one phase of a step ended: ≈ fixed + per sample × batch size.
@@ -143,6 +178,7 @@ pub fn memory_model(
             .min_by_key(|t| t.batch_size)
             .and_then(|t| Some((t.batch_size, set_by(t)?))),
         max_set_by: trial::fitting_trial(trials, max).and_then(set_by),
+        parts: part_bytes(trials, [line.from.0, line.to.0]),
     })
 }
 

@@ -235,6 +235,7 @@ mod tests {
                 peak_bytes: 1200,
             }],
             step_peaks: vec![1234, 1230],
+            held_by_part: Vec::new(),
             step_seconds: Some(0.5),
             step_times: vec![0.7, 0.5],
             samples_per_second: Some(8.0),

@@ -23,6 +23,39 @@ pub enum Outcome {
     Oom,
 }
 
+/// Bytes one part of a training step held (see [`Trial::held_by_part`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldPart {
+    /// The part: "inputs", "embeddings", "blocks", "logits and loss", "backward pass".
+    pub part: String,
+    /// The bytes it held (for the backward pass: added above the forward pass's).
+    pub bytes: u64,
+}
+
+/// The name [`Trial::held_by_part`] gives what the backward pass adds at its peak.
+pub const BACKWARD_PART: &str = "backward pass";
+
+/// Each part's bytes from the marks of one step (`marks[0]` is the start), and the backward
+/// pass's peak above the last mark when `backward_peak` (in the marks' terms) is known.
+fn held_by_part(marks: &[(&'static str, u64)], backward_peak: Option<u64>) -> Vec<HeldPart> {
+    let mut parts: Vec<HeldPart> = marks
+        .windows(2)
+        .map(|w| HeldPart {
+            part: w[1].0.to_string(),
+            bytes: w[1].1.saturating_sub(w[0].1),
+        })
+        .collect();
+    if let (Some(&(_, forward_end)), Some(peak), false) =
+        (marks.last(), backward_peak, parts.is_empty())
+    {
+        parts.push(HeldPart {
+            part: BACKWARD_PART.to_string(),
+            bytes: peak.saturating_sub(forward_end),
+        });
+    }
+    parts
+}
+
 /// One batch size, tried.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
@@ -43,6 +76,12 @@ pub struct Trial {
     /// trial stopped in it): equal from step to step when a step leaves nothing behind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub step_peaks: Vec<u64>,
+    /// Where the first step held its bytes, for the built-in models on the CPU: each part
+    /// of the forward pass (inputs, embeddings, blocks, logits and loss) with the bytes it
+    /// kept alive for the backward pass, then what the backward pass added above them at
+    /// its peak (gradients and temporaries). Empty elsewhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_by_part: Vec<HeldPart>,
     /// Wall-clock seconds per step: the mean of the completed steps after the first (the
     /// first pays for pages and buffers touched for the first time), or the first step's
     /// when it is the only one; `None` when no step completed.
@@ -174,6 +213,7 @@ impl Trial {
             peak_bytes: None,
             phase_peaks: Vec::new(),
             step_peaks: Vec::new(),
+            held_by_part: Vec::new(),
             step_seconds: None,
             step_times: Vec::new(),
             samples_per_second: None,
@@ -220,6 +260,8 @@ pub fn run(
     for step_index in 0..steps {
         if step_index > 0 {
             meter.reset_peak()?;
+        } else {
+            meter.record_parts(true);
         }
         let mut boundary = |phase: Phase| {
             let peak_bytes = meter.peak_bytes()?.saturating_sub(drift);
@@ -248,6 +290,7 @@ pub fn run(
             )))
         });
         step_peaks.push(meter.peak_bytes()?.saturating_sub(drift));
+        meter.record_parts(false); // the first step's marks only
         match result {
             Ok(()) => {
                 completed += 1;
@@ -267,6 +310,12 @@ pub fn run(
             Err(error) => return Err(error),
         }
     }
+    // After every step: what this allocates must not be in any step's peak window.
+    let backward = phase_peaks
+        .iter()
+        .find(|p| p.phase == Phase::Backward)
+        .map(|p| p.peak_bytes + drift);
+    let held = held_by_part(&meter.recorded_parts(), backward);
     let peak = step_peaks.iter().copied().max().unwrap_or(0);
     let reserved_bytes = meter.reserved_peak_bytes()?;
     let leaked_bytes = meter.recover(baseline)?;
@@ -302,6 +351,7 @@ pub fn run(
         peak_bytes: Some(peak),
         phase_peaks,
         step_peaks,
+        held_by_part: held,
         step_seconds,
         step_times,
         samples_per_second: step_seconds

@@ -299,10 +299,12 @@ impl Workload {
                     .spec
                     .build(&self.options, vb)
                     .map_err(candle_core::Error::wrap)?;
+                crate::memory::parts::mark("weight casts");
                 &rebuilt
             }
         };
         let batch = model.batch(batch_size, &self.device)?;
+        crate::memory::parts::mark("inputs");
         model.loss(&batch)
     }
 }

@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use maxbatch::memory::stop::FAR_PAST;
 use maxbatch::models::{ModelOptions, ModelSource, ModelSpec};
+use maxbatch::trial::BACKWARD_PART;
 use maxbatch::{
     CountingAllocator, CpuMeter, Finder, OptimizerKind, Outcome, Phase, Silent, Workload,
 };
@@ -71,6 +72,26 @@ fn one_trial_per_family_fits_a_budget_and_is_measured() {
             at.windows(2).all(|w| w[0] <= w[1]) && at[0] > held && at[2] <= peak,
             "{}: {at:?}, peak {peak}",
             spec.name
+        );
+        // Where the first step held its bytes: the parts of the forward pass in order, then
+        // the backward pass; together no more than the forward boundary's peak.
+        let names: Vec<&str> = trial.held_by_part.iter().map(|p| p.part.as_str()).collect();
+        assert_eq!(names.first(), Some(&"inputs"), "{}: {names:?}", spec.name);
+        assert_eq!(names.last(), Some(&BACKWARD_PART), "{}", spec.name);
+        assert!(
+            names.contains(&"logits and loss"),
+            "{}: {names:?}",
+            spec.name
+        );
+        let forward: u64 = trial.held_by_part[..names.len() - 1]
+            .iter()
+            .map(|p| p.bytes)
+            .sum();
+        assert!(
+            forward > 0 && held + forward <= at[0],
+            "{}: the parts hold {forward} above {held}; the forward peak is {}",
+            spec.name,
+            at[0]
         );
 
         // The trial measures the loop candle users write, `opt.backward_step(&loss)`: the

@@ -232,6 +232,18 @@ impl MemoryMeter for CpuMeter {
         super::stop::arm(peak_bytes);
     }
 
+    fn record_parts(&mut self, on: bool) {
+        if on {
+            super::parts::record();
+        } else {
+            super::parts::pause();
+        }
+    }
+
+    fn recorded_parts(&mut self) -> Vec<(&'static str, u64)> {
+        super::parts::take()
+    }
+
     fn drift_bytes(&mut self) -> candle_core::Result<u64> {
         Ok(self
             .reference

@@ -7,6 +7,7 @@ pub mod available;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod parts;
 pub mod stop;
 
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,17 @@ pub trait MemoryMeter {
     /// pass once the counted peak passes `peak_bytes`; `None` disarms them. Only a meter
     /// that counts the heap (the CPU's) arms them; elsewhere this does nothing.
     fn arm_stop_points(&mut self, _peak_bytes: Option<u64>) {}
+
+    /// Starts (`true`) or pauses (`false`) recording the built-in models' part marks on
+    /// this thread (see [`parts`]): only a meter that counts the heap (the CPU's) records
+    /// them. Recording allocates nothing.
+    fn record_parts(&mut self, _on: bool) {}
+
+    /// Stops recording and returns the marks of the last recording: "start", then each
+    /// part of the forward pass with the bytes in use when it was done.
+    fn recorded_parts(&mut self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 
     /// After the warm-up step: re-reads the capacity where the warm-up took memory the
     /// meter does not count (a CUDA context's growth, kernels, library workspaces).

@@ -11,6 +11,7 @@ use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::lora::{AdaptedLinear, Adapters, LinearShape};
 use super::{causal_mask, cross_entropy, token_batch, Batch, Model};
+use crate::memory::parts::mark;
 use crate::memory::stop::stop_point;
 
 /// The shape of a Llama-family decoder.
@@ -315,15 +316,19 @@ impl Model for Llama {
             device,
         )?;
         let mask = causal_mask(t, device)?.to_dtype(dtype)?;
+        mark("embeddings");
         for layer in &self.layers {
             xs = layer.forward(&xs, &rotary, &mask)?;
         }
+        mark("blocks");
         let xs = self.norm.forward(&xs)?;
         let logits = match &self.lm_head {
             Some(head) => head.forward(&xs)?,
             None => xs.broadcast_matmul(&self.embed.embeddings().t()?)?,
         };
-        cross_entropy(&logits, &batch.targets)
+        let loss = cross_entropy(&logits, &batch.targets)?;
+        mark("logits and loss");
+        Ok(loss)
     }
 }
 

@@ -7,6 +7,7 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use super::{cross_entropy, random_ids, Batch, Model};
+use crate::memory::parts::mark;
 use crate::memory::stop::stop_point;
 
 /// The shape of an MLP.
@@ -98,7 +99,12 @@ impl Model for Mlp {
             if i < last {
                 xs = xs.relu()?;
             }
+            if i + 1 == last {
+                mark("hidden layers");
+            }
         }
-        cross_entropy(&xs, &batch.targets)
+        let loss = cross_entropy(&xs, &batch.targets)?;
+        mark("logits and loss");
+        Ok(loss)
     }
 }

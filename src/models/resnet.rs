@@ -11,6 +11,7 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{conv2d_no_bias, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
 use super::{cross_entropy, random_ids, Batch, Model};
+use crate::memory::parts::mark;
 use crate::memory::stop::stop_point;
 
 /// The shape of a CIFAR-style ResNet.
@@ -194,8 +195,11 @@ impl Model for ResNet {
         for block in &self.blocks {
             xs = block.forward(&xs)?;
         }
+        mark("convolutions");
         let pooled = xs.mean(3)?.mean(2)?; // global average pool: [B, 512]
-        cross_entropy(&self.head.forward(&pooled)?, &batch.targets)
+        let loss = cross_entropy(&self.head.forward(&pooled)?, &batch.targets)?;
+        mark("logits and loss");
+        Ok(loss)
     }
 }
 

@@ -13,6 +13,7 @@ use candle_nn::{Embedding, VarBuilder};
 use super::lora::{AdaptedLinear, Adapters, LinearShape};
 use super::{bounded_seq_len, causal_mask, cross_entropy, token_batch, Batch, Model, ModelOptions};
 use crate::error::Error;
+use crate::memory::parts::mark;
 use crate::memory::stop::stop_point;
 
 /// The shape of a GPT-style transformer.
@@ -256,12 +257,16 @@ impl Model for Gpt {
             .forward(&batch.inputs)?
             .broadcast_add(&self.positions.forward(&positions)?)?;
         let mask = causal_mask(t, device)?.to_dtype(xs.dtype())?;
+        mark("embeddings");
         for block in &self.blocks {
             xs = block.forward(&xs, &mask)?;
         }
+        mark("blocks");
         let xs = self.norm.forward(&xs)?;
         let logits = xs.broadcast_matmul(&self.tokens.embeddings().t()?)?; // tied head
-        cross_entropy(&logits, &batch.targets)
+        let loss = cross_entropy(&logits, &batch.targets)?;
+        mark("logits and loss");
+        Ok(loss)
     }
 }
 

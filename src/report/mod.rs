@@ -218,6 +218,7 @@ pub(crate) mod tests {
             peak_bytes: Some(peak),
             phase_peaks: Vec::new(),
             step_peaks: Vec::new(),
+            held_by_part: Vec::new(),
             step_seconds: fits.then_some(0.5),
             step_times: Vec::new(),
             samples_per_second: fits.then_some(batch_size as f64 / 0.5),

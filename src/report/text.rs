@@ -111,6 +111,27 @@ fn phase_breakdown(out: &mut String, m: &crate::analysis::MemoryModel) {
             parts.join(", ")
         );
     }
+    if !m.parts.is_empty() {
+        let held: Vec<String> = m
+            .parts
+            .iter()
+            .map(|p| {
+                let sign = if p.bytes_per_sample < 0 { "-" } else { "" };
+                format!(
+                    "{} {sign}{}",
+                    p.part,
+                    bytes(p.bytes_per_sample.unsigned_abs())
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "              per sample, by where it is held (measured between batch sizes {} and {}): {}",
+            m.fitted_from[0],
+            m.fitted_from[1],
+            held.join(", ")
+        );
+    }
     if let (Some((size, small)), Some(at_max)) = (m.smallest_set_by, m.max_set_by) {
         if small != at_max {
             let fixed = m
