@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::lora::{AdaptedLinear, Adapters, LinearShape};
-use super::{causal_mask, cross_entropy, token_batch, Batch, Model};
+use super::{causal_mask, cross_entropy, head_logits, token_batch, Batch, Model};
 use crate::memory::parts::mark;
 use crate::memory::stop::stop_point;
 
@@ -323,8 +323,8 @@ impl Model for Llama {
         mark("blocks");
         let xs = self.norm.forward(&xs)?;
         let logits = match &self.lm_head {
-            Some(head) => head.forward(&xs)?,
-            None => xs.broadcast_matmul(&self.embed.embeddings().t()?)?,
+            Some(head) => head_logits(&xs, head.weight())?,
+            None => head_logits(&xs, self.embed.embeddings())?,
         };
         let loss = cross_entropy(&logits, &batch.targets)?;
         mark("logits and loss");

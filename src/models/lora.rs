@@ -3,7 +3,8 @@
 //! and `B` `[out, rank]` (zeros) as in PEFT. The adapters are the only trained variables:
 //! [`ParamStore`](super::params::ParamStore) freezes every other tensor by name.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{linear_b, Linear, VarBuilder};
 
 use crate::error::Error;
@@ -139,6 +140,83 @@ impl Adapters {
     }
 }
 
+/// `xs Wᵀ` for a frozen (untracked) `weight` `[out, in]` and `xs` `[…, in]`, with no
+/// gradient for the weight. candle's backward pass computes a gradient for both inputs of a
+/// matmul even when one needs none, and keeps one it never uses until the pass ends: through
+/// candle-nn's `Linear` (which broadcasts its weight over the batch) a frozen weight would
+/// hold a copy of itself per sample, and through a plain matmul one copy of itself, so that
+/// LoRA would save no gradient memory at all (measured on SmolLM2-135M: 545 MB of frozen
+/// weights' gradients kept). [`FrozenMatmul`]'s backward returns the input's gradient only,
+/// as PyTorch does for a weight that does not require one (see docs/design.md).
+pub fn matmul_frozen_t(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (out, inputs) = weight.dims2()?;
+    let mut dims = xs.dims().to_vec();
+    let flat = xs
+        .reshape(((), inputs))?
+        .apply_op2(&weight.t()?, FrozenMatmul)?;
+    if let Some(last) = dims.last_mut() {
+        *last = out;
+    }
+    flat.reshape(dims)
+}
+
+/// `x [N, in] · wt [in, out]` whose backward pass gives `x` its gradient and the frozen
+/// weight none.
+struct FrozenMatmul;
+
+impl FrozenMatmul {
+    /// candle's `(batch, m, n, k)` for `x [m, k] · wt [k, n]`.
+    fn bmnk(x: &Layout, wt: &Layout) -> Result<(usize, usize, usize, usize)> {
+        let (m, k) = x.shape().dims2()?;
+        let (k2, n) = wt.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen matmul: [{m}, {k}] · [{k2}, {n}]");
+        }
+        Ok((1, m, n, k))
+    }
+}
+
+impl CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        wt: &CpuStorage,
+        wt_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let bmnk = Self::bmnk(x_layout, wt_layout)?;
+        let out = x.matmul(wt, bmnk, x_layout, wt_layout)?;
+        Ok((out, Shape::from((bmnk.1, bmnk.2))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        wt: &candle_core::CudaStorage,
+        wt_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let bmnk = Self::bmnk(x_layout, wt_layout)?;
+        let out = x.matmul(wt, bmnk, x_layout, wt_layout)?;
+        Ok((out, Shape::from((bmnk.1, bmnk.2))))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        wt: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(&wt.t()?)?), None))
+    }
+}
+
 /// A linear layer, with a LoRA adapter when it is a target.
 #[derive(Debug)]
 pub struct AdaptedLinear {
@@ -149,7 +227,16 @@ pub struct AdaptedLinear {
 
 impl Module for AdaptedLinear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = self.base.forward(xs)?;
+        let ys = match self.base.weight().track_op() {
+            true => self.base.forward(xs)?,
+            false => {
+                let ys = matmul_frozen_t(xs, self.base.weight())?;
+                match self.base.bias() {
+                    Some(bias) => ys.broadcast_add(bias)?,
+                    None => ys,
+                }
+            }
+        };
         match &self.adapter {
             None => Ok(ys),
             Some((a, b)) => {

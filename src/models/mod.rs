@@ -508,6 +508,17 @@ pub(crate) fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor>
     candle_nn::loss::cross_entropy(&logits, &targets.flatten_all()?)
 }
 
+/// The logits `xs Wᵀ` of an output head whose weight `[vocab, hidden]` is trained as
+/// candle users train it (broadcast over the batch, as candle-nn's `Linear` does), or
+/// frozen under LoRA (see [`lora::matmul_frozen_t`]).
+pub(crate) fn head_logits(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if weight.track_op() {
+        xs.broadcast_matmul(&weight.t()?)
+    } else {
+        lora::matmul_frozen_t(xs, weight)
+    }
+}
+
 /// `[T, T]` (f32): 0 where a token may attend (itself and earlier), −∞ elsewhere.
 pub(crate) fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..t)

@@ -11,7 +11,10 @@ use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::lora::{AdaptedLinear, Adapters, LinearShape};
-use super::{bounded_seq_len, causal_mask, cross_entropy, token_batch, Batch, Model, ModelOptions};
+use super::{
+    bounded_seq_len, causal_mask, cross_entropy, head_logits, token_batch, Batch, Model,
+    ModelOptions,
+};
 use crate::error::Error;
 use crate::memory::parts::mark;
 use crate::memory::stop::stop_point;
@@ -263,7 +266,7 @@ impl Model for Gpt {
         }
         mark("blocks");
         let xs = self.norm.forward(&xs)?;
-        let logits = xs.broadcast_matmul(&self.tokens.embeddings().t()?)?; // tied head
+        let logits = head_logits(&xs, self.tokens.embeddings())?; // tied head
         let loss = cross_entropy(&logits, &batch.targets)?;
         mark("logits and loss");
         Ok(loss)
