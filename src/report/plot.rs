@@ -1,13 +1,24 @@
-//! The report as an SVG chart (`--plot FILE.svg`): peak memory against batch size for
-//! every trial (out-of-memory trials as crosses), the fitted memory line, the capacity and
-//! the margin, and throughput (samples per second) on a second axis.
+//! The report as an SVG chart (`--plot FILE.svg`), three panels:
+//!
+//! - **memory**: every trial's peak against its batch size in a unit that fits the scale
+//!   (fits as filled dots; out-of-memory trials as red "≥" triangles, since a stopped
+//!   trial's peak is a lower bound), the capacity and the margin, the fitted line (dashed: a
+//!   prediction between measurements), the maximum, the largest power of two and the
+//!   recommended size as labelled vertical lines, and `--plan-for`'s targets as dashed
+//!   capacity lines with hollow markers, labelled "predicted";
+//! - **near the boundary**: the same around the maximum and the size after it, where the
+//!   whole chart would draw them as one overlapping dot and triangle;
+//! - **throughput**: samples per second of each size that fit, in its own panel, with how
+//!   much one step's time varies.
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::Report;
-use crate::trial::Outcome;
+use crate::trial::{Outcome, Trial};
 
-const GIB: f64 = (1u64 << 30) as f64;
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type Drawn = Result<(), Box<dyn std::error::Error>>;
 
 /// The chart of `report` as SVG text.
 pub fn render(report: &Report) -> Result<String, String> {
@@ -16,176 +27,472 @@ pub fn render(report: &Report) -> Result<String, String> {
     Ok(svg)
 }
 
-fn draw<'a>(report: &Report, svg: &'a mut String) -> Result<(), Box<dyn std::error::Error + 'a>> {
-    let root = SVGBackend::with_string(svg, (900, 560)).into_drawing_area();
+/// A unit of bytes for an axis: the largest of KiB, MiB and GiB that keeps `largest` at
+/// least 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Unit {
+    bytes: f64,
+    name: &'static str,
+}
+
+impl Unit {
+    fn for_largest(largest: f64) -> Unit {
+        [(30, "GiB"), (20, "MiB"), (10, "KiB")]
+            .into_iter()
+            .map(|(shift, name)| Unit {
+                bytes: (1u64 << shift) as f64,
+                name,
+            })
+            .find(|u| largest >= u.bytes)
+            .unwrap_or(Unit {
+                bytes: 1.0,
+                name: "bytes",
+            })
+    }
+
+    fn of(&self, bytes: u64) -> f64 {
+        bytes as f64 / self.bytes
+    }
+}
+
+const FIT: RGBColor = RGBColor(31, 119, 180);
+const OOM: RGBColor = RGBColor(214, 39, 40);
+const MARGIN: RGBColor = RGBColor(230, 140, 0);
+const PLAN: RGBColor = RGBColor(130, 60, 170);
+const SIZES: RGBColor = RGBColor(40, 40, 40);
+const RATE: RGBColor = RGBColor(20, 150, 60);
+const GREY: RGBColor = RGBColor(120, 120, 120);
+
+/// What one memory panel shows.
+struct Panel {
+    x: (f64, f64),
+    y: (f64, f64),
+    unit: Unit,
+    /// The whole chart (legend, plans) rather than the zoom near the boundary.
+    whole: bool,
+}
+
+fn draw(report: &Report, svg: &mut String) -> Drawn {
+    let root = SVGBackend::with_string(svg, (1100, 820)).into_drawing_area();
     root.fill(&WHITE)?;
-    let capacity = report.device.capacity_bytes as f64 / GIB;
-    let allowed = capacity * (1.0 - report.settings.margin);
+    let title = format!(
+        "{} on {}: max {}, largest power of two {}, recommended {}",
+        report.model.name,
+        report.device.name,
+        report.max_batch_size,
+        report.largest_power_of_two,
+        report
+            .recommended_batch_size
+            .map_or_else(|| "none".to_string(), |b| b.to_string())
+    );
+    let root = root.titled(&title, ("sans-serif", 20))?;
+    let (top, bottom) = root.split_vertically(560);
+    let (left, right) = top.split_horizontally(700);
+    let (zoom_area, key_area) = right.split_vertically(360);
+    let whole = whole_panel(report);
+    memory_panel(&left, report, &whole)?;
+    match zoom_panel(report) {
+        Some(zoom) => memory_panel(&zoom_area, report, &zoom)?,
+        None => {
+            zoom_area.draw(&Text::new(
+                "no failure above the maximum to zoom into",
+                (20, 40),
+                ("sans-serif", 14).into_font().color(&GREY),
+            ))?;
+        }
+    }
+    key(&key_area, report)?;
+    throughput_panel(&bottom, report, whole.x)?;
+    root.present()?;
+    Ok(())
+}
+
+/// Every trial and plan, from batch size 0.
+fn whole_panel(report: &Report) -> Panel {
     let x_max = report
         .trials
         .iter()
         .map(|t| t.batch_size)
         .chain(report.plans.iter().map(|p| p.predicted_max))
         .max()
-        .unwrap_or(1) as f64
-        * 1.05
-        + 1.0;
-    let measured_max = report
+        .unwrap_or(1) as f64;
+    let largest = report
         .trials
         .iter()
         .filter_map(|t| t.peak_bytes)
-        .map(|p| p as f64 / GIB)
-        .fold(0.0, f64::max);
-    let planned_max = report
-        .plans
-        .iter()
-        .map(|p| p.capacity_bytes as f64 / GIB)
-        .fold(0.0, f64::max);
-    let y_max = capacity.max(measured_max).max(planned_max).max(1e-6) * 1.15;
-    let rate_max = report
+        .chain(report.plans.iter().map(|p| p.capacity_bytes))
+        .chain([report.device.capacity_bytes])
+        .max()
+        .unwrap_or(1) as f64;
+    let unit = Unit::for_largest(largest);
+    Panel {
+        x: (0.0, x_max * 1.06 + 1.0),
+        y: (0.0, largest / unit.bytes * 1.12),
+        unit,
+        whole: true,
+    }
+}
+
+/// Around the maximum and the size after it (and the recommended size when it is near):
+/// `None` without a failure above the maximum.
+fn zoom_panel(report: &Report) -> Option<Panel> {
+    let max = report.max_batch_size;
+    let after = report
         .trials
         .iter()
-        .filter_map(|t| t.samples_per_second)
-        .fold(0.0, f64::max)
-        .max(1e-9)
-        * 1.15;
+        .filter(|t| t.batch_size > max && t.peak_bytes.is_some())
+        .map(|t| t.batch_size)
+        .min()?;
+    let low = report
+        .recommended_batch_size
+        .filter(|&r| r + 8 >= max)
+        .unwrap_or(max)
+        .min(max);
+    let pad = (((after - low) as f64) * 0.25).max(0.6);
+    let (x0, x1) = (low as f64 - pad, after as f64 + pad);
+    let inside = |t: &&Trial| (t.batch_size as f64) >= x0 && (t.batch_size as f64) <= x1;
+    let peaks: Vec<f64> = report
+        .trials
+        .iter()
+        .filter(inside)
+        .filter_map(|t| t.peak_bytes)
+        .map(|p| p as f64)
+        .collect();
+    let capacity = report.device.capacity_bytes as f64;
+    // The margin's line only when the recommended size is in view: otherwise it would
+    // stretch the axis and flatten the pair that decides the maximum.
+    let floor = match report.recommended_batch_size {
+        Some(r) if r as f64 >= x0 => capacity * (1.0 - report.settings.margin),
+        _ => capacity,
+    };
+    let lo = peaks.iter().copied().fold(floor, f64::min);
+    let hi = peaks.iter().copied().fold(capacity, f64::max);
+    // A unit for the zoom's span, so that its ticks differ.
+    let unit = Unit::for_largest((hi - lo) * 4.0);
+    let room = ((hi - lo) * 0.15).max(1.0);
+    Some(Panel {
+        x: (x0, x1),
+        y: (
+            ((lo - room).max(0.0)) / unit.bytes,
+            (hi + room) / unit.bytes,
+        ),
+        unit,
+        whole: false,
+    })
+}
 
-    let title = format!(
-        "{} on {}: max {}, recommended {}",
-        report.model.name,
-        report.device.name,
-        report.max_batch_size,
-        report
-            .recommended_batch_size
-            .map_or_else(|| "none".to_string(), |b| b.to_string())
-    );
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
+fn memory_panel(area: &Area, report: &Report, panel: &Panel) -> Drawn {
+    let caption = if panel.whole {
+        "peak memory of every trial"
+    } else {
+        "near the boundary"
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(10)
         .x_label_area_size(40)
-        .y_label_area_size(60)
-        .right_y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?
-        .set_secondary_coord(0.0..x_max, 0.0..rate_max);
+        .y_label_area_size(70)
+        .build_cartesian_2d(panel.x.0..panel.x.1, panel.y.0..panel.y.1)?;
+    let span = panel.x.1 - panel.x.0;
     chart
         .configure_mesh()
         .x_desc("batch size")
-        .y_desc("peak memory (GiB)")
+        .y_desc(format!("peak memory ({})", panel.unit.name))
+        .x_labels((span.ceil() as usize + 1).min(12))
+        .x_label_formatter(&|x| integer_tick(*x))
+        .y_label_formatter(&|y| tick(*y))
+        .light_line_style(WHITE.mix(0.0))
         .draw()?;
+    let unit = panel.unit;
+    let horizontal = |y: f64| vec![(panel.x.0, y), (panel.x.1, y)];
+    let capacity = unit.of(report.device.capacity_bytes);
+    let allowed = capacity * (1.0 - report.settings.margin);
     chart
-        .configure_secondary_axes()
-        .y_desc("samples per second")
-        .draw()?;
-
-    let horizontal = |y: f64| vec![(0.0, y), (x_max, y)];
-    chart
-        .draw_series(LineSeries::new(horizontal(capacity), RED.stroke_width(2)))?
+        .draw_series(LineSeries::new(horizontal(capacity), OOM.stroke_width(2)))?
         .label(if report.device.capacity_is_budget {
             "budget"
         } else {
             "capacity"
         })
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    let margin_style = RGBColor(230, 140, 0);
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], OOM.stroke_width(2)));
     chart
-        .draw_series(LineSeries::new(
-            horizontal(allowed),
-            margin_style.stroke_width(1),
-        ))?
+        .draw_series(LineSeries::new(horizontal(allowed), MARGIN.stroke_width(1)))?
         .label(format!("{:.0}% margin", report.settings.margin * 100.0))
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], margin_style));
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MARGIN));
     if let Some(m) = &report.memory_model {
-        let (fixed, slope) = (m.fixed_bytes as f64 / GIB, m.bytes_per_sample as f64 / GIB);
-        // plotters clamps points outside the chart instead of clipping the segment: end the
-        // line where it leaves the chart.
-        let x_end = if slope > 0.0 {
-            x_max.min((y_max - fixed) / slope)
-        } else {
-            x_max
-        };
-        chart
-            .draw_series(LineSeries::new(
-                vec![(0.0, fixed), (x_end, fixed + slope * x_end)],
-                BLUE.mix(0.5).stroke_width(1),
-            ))?
-            .label("fitted line")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.mix(0.5)));
+        let (fixed, slope) = (unit.of(m.fixed_bytes), unit.of(m.bytes_per_sample));
+        // plotters clamps points outside the chart instead of clipping the segment: keep
+        // the line inside it.
+        let clip = |x: f64| x.clamp(panel.x.0.max(0.0), panel.x.1);
+        let (mut x0, mut x1) = (clip(panel.x.0), clip(panel.x.1));
+        if slope > 0.0 {
+            x0 = x0.max((panel.y.0 - fixed) / slope);
+            x1 = x1.min((panel.y.1 - fixed) / slope);
+        }
+        if x1 > x0 {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(x0, fixed + slope * x0), (x1, fixed + slope * x1)],
+                    6,
+                    4,
+                    FIT.mix(0.6).stroke_width(1),
+                ))?
+                .label("fitted line (a prediction between trials)")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], FIT.mix(0.6)));
+        }
     }
-    let point = |outcome: Outcome| report.trials.iter().filter(move |t| t.outcome == outcome);
+    size_markers(&mut chart, report, panel)?;
+    // plotters clamps points outside the chart to its edge: draw only those inside.
+    let shown = |t: &&Trial| {
+        let x = t.batch_size as f64;
+        x >= panel.x.0 && x <= panel.x.1
+    };
+    let fits = report
+        .trials
+        .iter()
+        .filter(|t| t.outcome == Outcome::Fits)
+        .filter(shown)
+        .filter(|t| t.peak_bytes.is_some_and(|p| unit.of(p) >= panel.y.0));
     chart
-        .draw_series(point(Outcome::Fits).filter_map(|t| {
-            let peak = t.peak_bytes? as f64 / GIB;
-            Some(Circle::new((t.batch_size as f64, peak), 4, BLUE.filled()))
+        .draw_series(fits.filter_map(|t| {
+            Some(Circle::new(
+                (t.batch_size as f64, unit.of(t.peak_bytes?)),
+                4,
+                FIT.filled(),
+            ))
         }))?
-        .label("fits")
-        .legend(|(x, y)| Circle::new((x + 10, y), 4, BLUE.filled()));
+        .label("fits (measured peak)")
+        .legend(|(x, y)| Circle::new((x + 10, y), 4, FIT.filled()));
+    // A trial stopped over the capacity measured a lower bound: an upward triangle at it.
     let measured_oom = report
         .trials
         .iter()
-        .filter(|t| t.outcome == Outcome::Oom && !t.predicted);
+        .filter(|t| t.outcome == Outcome::Oom && !t.predicted)
+        .filter(shown);
+    let top = panel.y.1 - (panel.y.1 - panel.y.0) * 0.03;
     chart
         .draw_series(measured_oom.map(|t| {
-            let peak = t
-                .peak_bytes
-                .map_or(y_max * 0.97, |p| (p as f64 / GIB).min(y_max * 0.97));
-            Cross::new((t.batch_size as f64, peak), 6, RED.stroke_width(2))
+            let peak = t.peak_bytes.map_or(top, |p| unit.of(p).min(top));
+            TriangleMarker::new((t.batch_size as f64, peak), 6, OOM.filled())
         }))?
-        .label("out of memory")
-        .legend(|(x, y)| Cross::new((x + 10, y), 5, RED.stroke_width(2)));
-    // Sizes refused by the guard's prediction, never run: hollow, at the top of the chart.
+        .label("out of memory (peak ≥ the triangle)")
+        .legend(|(x, y)| TriangleMarker::new((x + 10, y), 5, OOM.filled()));
+    // Sizes the guard refused by prediction, never run: hollow, at the top.
     if report.trials.iter().any(|t| t.predicted) {
-        let grey = RGBColor(120, 120, 120);
         chart
-            .draw_series(report.trials.iter().filter(|t| t.predicted).map(|t| {
-                Circle::new((t.batch_size as f64, y_max * 0.97), 5, grey.stroke_width(2))
-            }))?
+            .draw_series(
+                report
+                    .trials
+                    .iter()
+                    .filter(|t| t.predicted)
+                    .filter(shown)
+                    .map(|t| Circle::new((t.batch_size as f64, top), 5, GREY.stroke_width(2))),
+            )?
             .label("not run: predicted out of memory")
-            .legend(move |(x, y)| Circle::new((x + 10, y), 5, grey.stroke_width(2)));
+            .legend(|(x, y)| Circle::new((x + 10, y), 5, GREY.stroke_width(2)));
     }
-    // The plans of --plan-for: predictions, drawn hollow and dashed, never as measurements.
-    if !report.plans.is_empty() {
-        let purple = RGBColor(130, 60, 170);
+    if panel.whole && !report.plans.is_empty() {
         for plan in &report.plans {
-            let usable = plan.usable_bytes as f64 / GIB;
+            let usable = unit.of(plan.usable_bytes);
             chart.draw_series(DashedLineSeries::new(
                 horizontal(usable),
                 6,
                 4,
-                purple.stroke_width(1),
+                PLAN.stroke_width(1),
             ))?;
             chart.draw_series(std::iter::once(Text::new(
-                format!("{} (predicted)", plan.target),
-                (x_max * 0.01, usable),
-                ("sans-serif", 12).into_font().color(&purple),
+                format!("{}: PREDICTED max {}", plan.target, plan.predicted_max),
+                (panel.x.1 * 0.55, usable),
+                ("sans-serif", 12).into_font().color(&PLAN),
             )))?;
         }
         chart
             .draw_series(report.plans.iter().map(|p| {
-                let at = (p.predicted_max as f64, p.predicted_peak_bytes as f64 / GIB);
-                Circle::new(at, 6, purple.stroke_width(2))
+                let at = (p.predicted_max as f64, unit.of(p.predicted_peak_bytes));
+                Circle::new(at, 6, PLAN.stroke_width(2))
             }))?
             .label("predicted max for a planned device (not run)")
-            .legend(move |(x, y)| Circle::new((x + 10, y), 5, purple.stroke_width(2)));
+            .legend(|(x, y)| Circle::new((x + 10, y), 5, PLAN.stroke_width(2)));
     }
-    let green = RGBColor(20, 150, 60);
-    chart
-        .draw_secondary_series(point(Outcome::Fits).filter_map(|t| {
-            Some(TriangleMarker::new(
-                (t.batch_size as f64, t.samples_per_second?),
-                5,
-                green.filled(),
-            ))
-        }))?
-        .label("samples/s (right axis)")
-        .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, green.filled()));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
     Ok(())
+}
+
+/// The key to both memory panels, drawn by hand in its own area (a legend inside a panel
+/// would cover trials).
+fn key(area: &Area, report: &Report) -> Drawn {
+    let font = ("sans-serif", 12).into_font();
+    let mut row = 20;
+    let mut entry =
+        |area: &Area, marker: &dyn Fn(&Area, (i32, i32)) -> Drawn, text: &str| -> Drawn {
+            marker(area, (30, row))?;
+            area.draw(&Text::new(text.to_string(), (50, row - 6), font.clone()))?;
+            row += 20;
+            Ok(())
+        };
+    let line = |color: RGBColor, dashed: bool| {
+        move |area: &Area, (x, y): (i32, i32)| -> Drawn {
+            if dashed {
+                area.draw(&PathElement::new(vec![(x - 12, y), (x - 6, y)], color))?;
+                area.draw(&PathElement::new(vec![(x - 2, y), (x + 4, y)], color))?;
+                area.draw(&PathElement::new(vec![(x + 8, y), (x + 12, y)], color))?;
+            } else {
+                area.draw(&PathElement::new(
+                    vec![(x - 12, y), (x + 12, y)],
+                    color.stroke_width(2),
+                ))?;
+            }
+            Ok(())
+        }
+    };
+    let capacity = if report.device.capacity_is_budget {
+        "budget"
+    } else {
+        "capacity"
+    };
+    entry(area, &line(OOM, false), capacity)?;
+    entry(
+        area,
+        &line(MARGIN, false),
+        &format!("{:.0}% margin", report.settings.margin * 100.0),
+    )?;
+    entry(
+        area,
+        &line(FIT, true),
+        "fitted line (a prediction between trials)",
+    )?;
+    entry(
+        area,
+        &line(SIZES, true),
+        "max, power of two, recommended (all ran)",
+    )?;
+    entry(
+        area,
+        &|a: &Area, at| Ok(a.draw(&Circle::new(at, 4, FIT.filled()))?),
+        "fits (measured peak)",
+    )?;
+    entry(
+        area,
+        &|a: &Area, at| Ok(a.draw(&TriangleMarker::new(at, 6, OOM.filled()))?),
+        "out of memory (peak ≥ the triangle)",
+    )?;
+    if report.trials.iter().any(|t| t.predicted) {
+        entry(
+            area,
+            &|a: &Area, at| Ok(a.draw(&Circle::new(at, 5, GREY.stroke_width(2)))?),
+            "not run: predicted out of memory",
+        )?;
+    }
+    if !report.plans.is_empty() {
+        entry(
+            area,
+            &line(PLAN, true),
+            "planned device's memory (PREDICTED)",
+        )?;
+        entry(
+            area,
+            &|a: &Area, at| Ok(a.draw(&Circle::new(at, 6, PLAN.stroke_width(2)))?),
+            "predicted max there (not run)",
+        )?;
+    }
+    Ok(())
+}
+
+/// The maximum, the largest power of two and the recommended size: a labelled vertical
+/// line each (labels stacked when the sizes are close).
+fn size_markers<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    report: &Report,
+    panel: &Panel,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut sizes = vec![(report.max_batch_size, "max")];
+    if report.largest_power_of_two != report.max_batch_size {
+        sizes.push((report.largest_power_of_two, "power of two"));
+    }
+    if let Some(r) = report
+        .recommended_batch_size
+        .filter(|&r| r != report.max_batch_size && r != report.largest_power_of_two)
+    {
+        sizes.push((r, "recommended"));
+    }
+    let height = panel.y.1 - panel.y.0;
+    for (i, (size, name)) in sizes.into_iter().enumerate() {
+        let x = size as f64;
+        if x < panel.x.0 || x > panel.x.1 {
+            continue;
+        }
+        chart.draw_series(DashedLineSeries::new(
+            vec![(x, panel.y.0), (x, panel.y.1)],
+            3,
+            3,
+            SIZES.mix(0.5).stroke_width(1),
+        ))?;
+        let y = panel.y.1 - height * (0.06 + 0.06 * i as f64);
+        chart.draw_series(std::iter::once(Text::new(
+            format!("{name} {size}"),
+            (x, y),
+            ("sans-serif", 12).into_font().color(&SIZES),
+        )))?;
+    }
+    Ok(())
+}
+
+fn throughput_panel(area: &Area, report: &Report, x: (f64, f64)) -> Drawn {
+    let points: Vec<(f64, f64)> = report
+        .trials
+        .iter()
+        .filter(|t| t.outcome == Outcome::Fits)
+        .filter_map(|t| Some((t.batch_size as f64, t.samples_per_second?)))
+        .collect();
+    let one_step = report.settings.steps_per_trial < 2;
+    let caption = if one_step {
+        "samples per second (one step per trial: each time includes first-touch costs and varies by up to 35%)"
+    } else {
+        "samples per second (the mean of the steps after the first)"
+    };
+    let rate_max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.2;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 14))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x.0..x.1, 0.0..rate_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("batch size")
+        .y_desc("samples / s")
+        .x_labels(((x.1 - x.0).ceil() as usize + 1).min(12))
+        .x_label_formatter(&|x| integer_tick(*x))
+        .y_label_formatter(&|y| tick(*y))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+    chart.draw_series(
+        points
+            .iter()
+            .map(|&p| TriangleMarker::new(p, 5, RATE.filled())),
+    )?;
+    Ok(())
+}
+
+/// A value tick: whole numbers from 10 up, one decimal below.
+fn tick(y: f64) -> String {
+    if y.abs() >= 10.0 {
+        format!("{y:.0}")
+    } else {
+        format!("{y:.1}")
+    }
+}
+
+/// A batch-size tick: the integer, or nothing between integers.
+fn integer_tick(x: f64) -> String {
+    if (x - x.round()).abs() < 1e-6 && x >= 0.0 {
+        format!("{}", x.round() as i64)
+    } else {
+        String::new()
+    }
 }
 
 #[cfg(test)]
@@ -193,9 +500,7 @@ mod tests {
     use super::*;
     use crate::report::tests::fixture;
 
-    #[test]
-    fn the_svg_has_every_trial_and_the_lines() {
-        let mut report = fixture("cuda:0", 6, Some(5));
+    fn with_model(mut report: Report) -> Report {
         report.memory_model = crate::analysis::memory_model(
             &report.trials,
             report.max_batch_size,
@@ -203,15 +508,38 @@ mod tests {
             &report.model,
             report.settings.optimizer,
         );
+        report
+    }
+
+    #[test]
+    fn the_svg_has_every_trial_the_lines_and_the_three_sizes() {
+        let report = with_model(fixture("cuda:0", 6, Some(5)));
         let svg = render(&report).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..60.min(svg.len())]);
-        assert!(svg.contains("peak memory (GiB)") && svg.contains("samples per second"));
-        assert!(svg.contains("fitted line") && svg.contains("5% margin"));
-        assert_eq!(
-            svg.matches("<circle").count(),
-            6 + 1,
-            "six fits and the legend's"
+        // The fixture's capacity is 1 GiB and its peaks are below it: MiB would not fit.
+        assert!(svg.contains("peak memory (GiB)") && svg.contains("samples / s"));
+        assert!(svg.contains("fitted line (a prediction between trials)"));
+        assert!(svg.contains("5% margin") && svg.contains("peak ≥ the triangle"));
+        assert!(svg.contains("max 6") && svg.contains("power of two 4"));
+        assert!(svg.contains("recommended 5"));
+        let fits = report
+            .trials
+            .iter()
+            .filter(|t| t.outcome == Outcome::Fits)
+            .count();
+        assert!(
+            svg.matches("<circle").count() > fits,
+            "fits and the legend's"
         );
+    }
+
+    #[test]
+    fn units_fit_the_scale_and_ticks_are_integers() {
+        assert_eq!(Unit::for_largest(300.0 * 1024.0 * 1024.0).name, "MiB");
+        assert_eq!(Unit::for_largest(3.0 * (1u64 << 30) as f64).name, "GiB");
+        assert_eq!(Unit::for_largest(5000.0).name, "KiB");
+        assert_eq!(integer_tick(10.0), "10");
+        assert_eq!(integer_tick(10.5), "");
     }
 
     #[test]
@@ -223,11 +551,10 @@ mod tests {
         assert_eq!(report.plans.len(), 1);
         let svg = render(&report).unwrap();
         assert!(
-            svg.contains("4GiB (predicted)"),
+            svg.contains("4GiB: PREDICTED max"),
             "the capacity line is labelled"
         );
-        assert!(svg.contains("predicted max for a planned device (not run)"));
-        // The six fits, the plan's hollow marker, and the two legend entries.
-        assert_eq!(svg.matches("<circle").count(), 6 + 1 + 2);
+        assert!(svg.contains("memory (PREDICTED)"));
+        assert!(svg.contains("predicted max there (not run)"));
     }
 }
