@@ -419,6 +419,7 @@ impl FindArgs {
                 micro_batch: self.micro_batch,
             }),
             verify_steps: self.verify_steps.unwrap_or(0),
+            bytes_per_sample_hint: None,
         }
     }
 }

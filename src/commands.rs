@@ -225,7 +225,7 @@ fn what_if_rows(args: &FindArgs) -> Result<Vec<maxbatch::what_if::WhatIf>> {
 }
 
 /// A sequence-length sweep: one search per length on one device, the model built once, each
-/// length's first trial steered by the nearest length measured before it.
+/// length's first jump steered by the lengths measured before it.
 fn sweep(args: &FindArgs, lengths: &[usize]) -> Result<ExitCode> {
     let refuse = |flag: &str, why: &str| -> Result<ExitCode> {
         anyhow::bail!(
@@ -263,14 +263,11 @@ fn sweep(args: &FindArgs, lengths: &[usize]) -> Result<ExitCode> {
         let target = args.target.at_seq_len(seq_len);
         let mut setup = Setup::new(&target, device.clone())?;
         let mut settings = setup.settings_for_device(&settings)?;
-        let capacity = setup.meter.capacity().bytes;
-        if let Some(nearest) = maxbatch::sweep::nearest(&measured, seq_len) {
-            let start = maxbatch::sweep::steered_start(nearest, seq_len, capacity);
-            settings.start = start.clamp(settings.start, settings.max_batch_or_default());
+        settings.bytes_per_sample_hint = maxbatch::sweep::bytes_per_sample_hint(&measured, seq_len);
+        if let Some(hint) = settings.bytes_per_sample_hint {
             tracing::info!(
-                "{seq_len} tokens: starting at batch size {} (steered by {} tokens)",
-                settings.start,
-                nearest.seq_len
+                "{seq_len} tokens: first jump steered by about {} per sample",
+                maxbatch::format::bytes(hint)
             );
         }
         let finder = setup
@@ -297,7 +294,6 @@ fn sweep(args: &FindArgs, lengths: &[usize]) -> Result<ExitCode> {
         if let Some(model) = &report.memory_model {
             measured.push(MeasuredLength {
                 seq_len,
-                fixed_bytes: model.fixed_bytes,
                 bytes_per_sample: model.bytes_per_sample,
             });
         }

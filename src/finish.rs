@@ -126,6 +126,7 @@ fn recommended(
                 good,
                 bad: Some(bad),
                 cap: bad,
+                bytes_per_sample_hint: None,
             },
             search::Boundary::Predicted,
             allowed,

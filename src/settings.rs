@@ -52,6 +52,11 @@ pub struct SearchSettings {
     /// Consecutive steps of the soak run at the recommended size after the search (0: none).
     #[serde(default)]
     pub verify_steps: usize,
+    /// An estimate of the bytes each sample adds, from elsewhere (a sequence-length
+    /// sweep's other lengths): the guided search's first jump from one measured size goes
+    /// where it meets the capacity (see `search::Bracket`). `None`: no estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sample_hint: Option<u64>,
 }
 
 impl Default for SearchSettings {
@@ -68,6 +73,7 @@ impl Default for SearchSettings {
             drop_last: false,
             accumulation: None,
             verify_steps: 0,
+            bytes_per_sample_hint: None,
         }
     }
 }
@@ -132,6 +138,7 @@ impl SearchSettings {
         Ok(Bounds {
             start: self.start,
             max_batch,
+            bytes_per_sample_hint: self.bytes_per_sample_hint,
         })
     }
 

@@ -46,47 +46,57 @@ pub struct Sweep {
     pub sweep: Vec<SweepEntry>,
 }
 
-/// Below the size where a measured length's line, with its bytes per sample grown for the
-/// new length, meets the capacity: room for what the growth bound cannot know (the batch's
-/// fixed part at a new length).
-const STEER_SHARE: f64 = 0.9;
-
-/// A length already searched and the line fitted there: peak ≈ fixed + per sample × batch.
+/// A length already searched and the slope of the line fitted there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MeasuredLength {
     /// Tokens per sample.
     pub seq_len: usize,
-    /// The line's bytes at batch size 0.
-    pub fixed_bytes: u64,
     /// The line's bytes per sample.
     pub bytes_per_sample: u64,
 }
 
-/// The first batch size to try at `seq_len`, from the line fitted at a `measured` length,
-/// against `capacity` bytes: a size that fits with room to spare, so that the search skips
-/// batch size 1 and the first jump. Per sample, a decoder's activations grow with the
-/// length and its attention scores with the length's square: going longer, the bytes per
-/// sample are scaled by the square of the ratio (an upper bound); going shorter, by the
-/// ratio itself (they shrink at least that much). 1 when the line says nothing (no bytes
-/// per sample) or nothing fits.
-pub fn steered_start(measured: &MeasuredLength, seq_len: usize, capacity: u64) -> usize {
-    if measured.bytes_per_sample == 0 {
-        return 1;
-    }
-    let ratio = seq_len as f64 / measured.seq_len.max(1) as f64;
-    let growth = if ratio >= 1.0 { ratio * ratio } else { ratio };
-    let per_sample = measured.bytes_per_sample as f64 * growth;
-    let room = capacity as f64 - measured.fixed_bytes as f64;
-    let start = (room / per_sample * STEER_SHARE).floor();
-    if start.is_finite() && start >= 1.0 {
-        start as usize
-    } else {
-        1
-    }
+/// How much above the estimate from the measured lengths a hint is: room for a curve that
+/// is not exactly linear plus square in the length.
+const HINT_ROOM: f64 = 1.05;
+
+/// An estimate, on the high side, of the bytes each sample adds at `seq_len`, from the
+/// lengths measured so far: the guided search's first jump at that length goes where it
+/// meets the capacity, so that a sweep's later lengths skip the short jump a search from
+/// scratch makes. Per sample, a decoder's bytes grow with the length (activations) and its
+/// square (attention scores), `a·L + b·L²` with `a, b ≥ 0`. From the nearest measured length
+/// alone, scaling by the length ratio squared bounds the growth going longer, and by the
+/// ratio itself going shorter; with two measured lengths the curve through them is used,
+/// kept within those bounds. `None` before any length is measured.
+pub fn bytes_per_sample_hint(measured: &[MeasuredLength], seq_len: usize) -> Option<u64> {
+    let nearest = nearest(measured, seq_len).filter(|m| m.bytes_per_sample > 0)?;
+    let ratio = seq_len as f64 / nearest.seq_len.max(1) as f64;
+    let per_sample = nearest.bytes_per_sample as f64;
+    let (linear, square) = (per_sample * ratio, per_sample * ratio * ratio);
+    let (low, high) = (linear.min(square), linear.max(square));
+    let curve = measured
+        .iter()
+        .filter(|m| m.seq_len != nearest.seq_len && m.bytes_per_sample > 0)
+        .min_by_key(|m| m.seq_len.abs_diff(seq_len))
+        .and_then(|other| through(nearest, other))
+        .map(|(a, b)| a * seq_len as f64 + b * (seq_len * seq_len) as f64);
+    let estimate = curve.map_or(high, |c| c.clamp(low, high));
+    Some((estimate * HINT_ROOM).ceil() as u64)
 }
 
-/// Of the lengths measured so far (with their lines), the one nearest `seq_len`, whose line
-/// steers its first trial.
+/// The curve `a·L + b·L²` through two measured lengths' bytes per sample.
+fn through(p: &MeasuredLength, q: &MeasuredLength) -> Option<(f64, f64)> {
+    let (l1, l2) = (p.seq_len as f64, q.seq_len as f64);
+    let (y1, y2) = (p.bytes_per_sample as f64, q.bytes_per_sample as f64);
+    let det = l1 * l2 * l2 - l2 * l1 * l1;
+    if det == 0.0 {
+        return None;
+    }
+    let a = (y1 * l2 * l2 - y2 * l1 * l1) / det;
+    let b = (l1 * y2 - l2 * y1) / det;
+    Some((a, b))
+}
+
+/// Of the lengths measured so far, the one nearest `seq_len`.
 pub fn nearest(measured: &[MeasuredLength], seq_len: usize) -> Option<&MeasuredLength> {
     measured.iter().min_by_key(|m| m.seq_len.abs_diff(seq_len))
 }
@@ -95,10 +105,9 @@ pub fn nearest(measured: &[MeasuredLength], seq_len: usize) -> Option<&MeasuredL
 mod tests {
     use super::*;
 
-    fn line(seq_len: usize, fixed: u64, per_sample: u64) -> MeasuredLength {
+    fn line(seq_len: usize, per_sample: u64) -> MeasuredLength {
         MeasuredLength {
             seq_len,
-            fixed_bytes: fixed,
             bytes_per_sample: per_sample,
         }
     }
@@ -109,45 +118,51 @@ mod tests {
     }
 
     #[test]
-    fn the_steered_start_fits_whatever_the_mix_of_linear_and_square_growth() {
-        let capacity = 4u64 << 30;
-        let fixed = 1u64 << 30;
+    fn the_hint_is_never_below_the_true_bytes_per_sample_of_a_decoder() {
         let lengths = [64, 128, 256, 512, 1024, 2048];
         for (linear, square) in [(1e5, 0.0), (1e5, 50.0), (1e3, 400.0), (0.0, 300.0)] {
-            for &from in &lengths {
-                let measured = line(from, fixed, decoder(from, linear, square) as u64);
-                for &to in &lengths {
-                    let start = steered_start(&measured, to, capacity);
-                    let per_sample = decoder(to, linear, square);
-                    let max = ((capacity - fixed) as f64 / per_sample).floor() as usize;
+            let at = |len: usize| line(len, decoder(len, linear, square) as u64);
+            for (i, &to) in lengths.iter().enumerate() {
+                let truth = decoder(to, linear, square);
+                for &from in lengths.iter().filter(|&&l| l != to) {
+                    let one = bytes_per_sample_hint(&[at(from)], to).unwrap() as f64;
                     assert!(
-                        start <= max.max(1),
-                        "{from}→{to} ({linear}, {square}): start {start} > max {max}"
+                        one >= truth,
+                        "{from}→{to} ({linear}, {square}): {one} < {truth}"
                     );
-                    // It saves trials: at least half the way when only the linear part grows.
-                    if square == 0.0 && to <= from {
-                        assert!(start * 2 >= max, "{from}→{to}: {start} of {max}");
-                    }
+                }
+                // Two lengths before it: the curve through them, with 5% room.
+                if i >= 2 {
+                    let two = [at(lengths[i - 2]), at(lengths[i - 1])];
+                    let hint = bytes_per_sample_hint(&two, to).unwrap() as f64;
+                    assert!(
+                        hint >= truth && hint <= truth * 1.06,
+                        "{to}: {hint} vs {truth}"
+                    );
                 }
             }
         }
     }
 
     #[test]
-    fn nothing_fits_or_an_empty_line_start_at_one() {
-        let capacity = 1u64 << 30;
+    fn no_measured_length_no_hint() {
+        assert_eq!(bytes_per_sample_hint(&[], 256), None);
+        assert_eq!(bytes_per_sample_hint(&[line(128, 0)], 256), None);
+        // 1 MiB per sample at 128 tokens: at most 4 MiB at 256, at least 0.5 MiB at 64.
+        let one = [line(128, 1 << 20)];
         assert_eq!(
-            steered_start(&line(128, 2 << 30, 1 << 20), 256, capacity),
-            1
+            bytes_per_sample_hint(&one, 256),
+            Some(((4u64 << 20) as f64 * 1.05).ceil() as u64)
         );
-        assert_eq!(steered_start(&line(128, 0, 0), 256, capacity), 1);
-        // 1 GiB free, 1 MiB per sample at 128 tokens, 4 MiB at most at 256: 0.9 × 256.
-        assert_eq!(steered_start(&line(128, 0, 1 << 20), 256, capacity), 230);
+        assert_eq!(
+            bytes_per_sample_hint(&one, 64),
+            Some(((1u64 << 19) as f64 * 1.05).ceil() as u64)
+        );
     }
 
     #[test]
     fn the_nearest_measured_length_steers() {
-        let measured = vec![line(128, 0, 1), line(512, 0, 2)];
+        let measured = vec![line(128, 1), line(512, 2)];
         assert_eq!(nearest(&measured, 256).map(|m| m.seq_len), Some(128));
         assert_eq!(nearest(&measured, 400).map(|m| m.seq_len), Some(512));
         assert!(nearest(&[], 400).is_none());

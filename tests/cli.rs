@@ -380,25 +380,23 @@ fn a_sweep_searches_each_length_exactly_and_reports_tokens_per_batch() {
             entry["recommended_batch_size"],
             report["recommended_batch_size"]
         );
-        // The same exact answer as a search at that length alone.
+        // The same exact answer as a search at that length alone, in no more trials; the
+        // second length's first jump, steered by the first length's line, reaches at least
+        // as far as the alone search's.
         let alone = maxbatch()
             .args(base)
             .args(["--seq-len", &len.to_string(), "--json"])
             .output()
             .unwrap();
-        assert_eq!(
-            json_of(&alone)["max_batch_size"].as_u64(),
-            Some(max),
-            "{len}"
+        let alone = json_of(&alone);
+        assert_eq!(alone["max_batch_size"].as_u64(), Some(max), "{len}");
+        let (trials, alone_trials) = (
+            report["trials"].as_array().unwrap(),
+            alone["trials"].as_array().unwrap(),
         );
+        assert!(trials.len() <= alone_trials.len(), "{len}: {trials:?}");
+        assert!(trials[1]["batch_size"].as_u64() >= alone_trials[1]["batch_size"].as_u64());
     }
-    // The second length starts where the first one's line says it fits with room to
-    // spare, not at batch size 1.
-    let first = entries[1]["report"]["trials"][0]["batch_size"]
-        .as_u64()
-        .unwrap();
-    assert!(first > 1, "the 32-token search started at {first}");
-    assert_eq!(entries[1]["report"]["trials"][0]["outcome"], "fits");
 }
 
 #[test]

@@ -36,6 +36,7 @@ where
             good: bounds.start,
             bad: None,
             cap: bounds.max_batch,
+            bytes_per_sample_hint: bounds.bytes_per_sample_hint,
         };
         toward_threshold(
             from,
@@ -122,6 +123,8 @@ struct Guide {
     retried: bool,
     /// Whether the size after the answer is run or left to the line.
     boundary: Boundary,
+    /// Bytes per sample estimated elsewhere (see [`Bracket::bytes_per_sample_hint`]).
+    hint: Option<u64>,
 }
 
 /// How the guided search settles the size after its answer.
@@ -145,15 +148,26 @@ pub struct Bracket {
     pub bad: Option<usize>,
     /// The largest size that may be tried.
     pub cap: usize,
+    /// An estimate of the bytes each sample adds, from elsewhere (another sequence length's
+    /// line, on the high side): with one measured size, the search jumps where a line of
+    /// that slope through it meets the threshold, instead of where peaks proportional to
+    /// the batch size would (which a large fixed part makes short).
+    pub bytes_per_sample_hint: Option<u64>,
 }
 
 impl Guide {
     fn new(from: Bracket, boundary: Boundary) -> Self {
-        let Bracket { good, bad, cap } = from;
+        let Bracket {
+            good,
+            bad,
+            cap,
+            bytes_per_sample_hint,
+        } = from;
         Self {
             good,
             bad,
             cap,
+            hint: bytes_per_sample_hint.filter(|&h| h > 0),
             misses: 0,
             after_miss: false,
             retried: false,
@@ -248,10 +262,15 @@ impl Guide {
         let Some(fit) = line::fit(trials, is_good, threshold) else {
             // One measured size: the largest size it says is safe, if it has a peak.
             return match line::measured_points(trials, is_good).as_slice() {
-                [point] if point.1 > 0 => Move::Try(
-                    inside(to_size(proportional(*point, threshold))),
-                    Aim::WithRoom,
-                ),
+                [point] if point.1 > 0 => {
+                    let jump = match self.hint {
+                        Some(per_sample) => {
+                            point.0 as f64 + (threshold as f64 - point.1 as f64) / per_sample as f64
+                        }
+                        None => proportional(*point, threshold),
+                    };
+                    Move::Try(inside(to_size(jump)), Aim::WithRoom)
+                }
                 _ => self.bracket_step(),
             };
         };

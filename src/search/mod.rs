@@ -90,6 +90,9 @@ pub struct Bounds {
     /// The largest batch size ever tried (at least `start`); it is tried before it is
     /// returned.
     pub max_batch: usize,
+    /// The guided search's estimate of the bytes per sample, if any (see
+    /// [`Bracket::bytes_per_sample_hint`](guided::Bracket)).
+    pub bytes_per_sample_hint: Option<u64>,
 }
 
 /// A finished search: every trial in the order run, and the largest size that fit.

@@ -5,7 +5,11 @@ fn oracle(true_max: usize) -> impl FnMut(usize) -> Result<bool, String> {
 }
 
 fn bounds(start: usize, max_batch: usize) -> Bounds {
-    Bounds { start, max_batch }
+    Bounds {
+        start,
+        max_batch,
+        bytes_per_sample_hint: None,
+    }
 }
 
 fn tried<E>(found: &Result<Found<(usize, bool)>, E>) -> Vec<usize> {

@@ -2,7 +2,11 @@ use super::*;
 use crate::search::{doubling, Fits};
 
 fn bounds(start: usize, max_batch: usize) -> Bounds {
-    Bounds { start, max_batch }
+    Bounds {
+        start,
+        max_batch,
+        bytes_per_sample_hint: None,
+    }
 }
 
 /// A synthetic trial with a peak from a memory curve.
@@ -396,6 +400,7 @@ fn predicted_from_one(
         good: 1,
         bad: None,
         cap,
+        bytes_per_sample_hint: None,
     };
     let answer = toward_threshold(
         from,
