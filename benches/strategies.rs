@@ -113,6 +113,7 @@ fn run_strategy(name: &str, ledger: &mut Ledger, capacity: u64, cap: usize) -> A
             let bounds = Bounds {
                 start: 1,
                 max_batch: cap,
+                bytes_per_sample_hint: None,
             };
             let cell = RefCell::new(&mut *ledger);
             let probe = |b: usize| Ok::<_, ()>(cell.borrow_mut().trial(b, 2));
