@@ -898,7 +898,12 @@ fn accumulation_plan_memory_model_throughput_and_plot() {
     assert!(row["epoch_seconds"].as_f64().unwrap() > 0.0, "{row}");
 
     let svg = std::fs::read_to_string(&plot).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("peak memory (GiB)"));
+    // A 160 MiB budget is drawn in MiB, and the maximum is marked.
+    assert!(svg.starts_with("<svg") && svg.contains("peak memory (MiB)"));
+    assert!(
+        svg.contains(&format!("max {}", r["max_batch_size"])),
+        "{svg}"
+    );
     std::fs::remove_file(&plot).ok();
 }
 

@@ -207,18 +207,8 @@ fn memory_panel(area: &Area, report: &Report, panel: &Panel) -> Drawn {
     let horizontal = |y: f64| vec![(panel.x.0, y), (panel.x.1, y)];
     let capacity = unit.of(report.device.capacity_bytes);
     let allowed = capacity * (1.0 - report.settings.margin);
-    chart
-        .draw_series(LineSeries::new(horizontal(capacity), OOM.stroke_width(2)))?
-        .label(if report.device.capacity_is_budget {
-            "budget"
-        } else {
-            "capacity"
-        })
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], OOM.stroke_width(2)));
-    chart
-        .draw_series(LineSeries::new(horizontal(allowed), MARGIN.stroke_width(1)))?
-        .label(format!("{:.0}% margin", report.settings.margin * 100.0))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MARGIN));
+    chart.draw_series(LineSeries::new(horizontal(capacity), OOM.stroke_width(2)))?;
+    chart.draw_series(LineSeries::new(horizontal(allowed), MARGIN.stroke_width(1)))?;
     if let Some(m) = &report.memory_model {
         let (fixed, slope) = (unit.of(m.fixed_bytes), unit.of(m.bytes_per_sample));
         // plotters clamps points outside the chart instead of clipping the segment: keep
@@ -230,15 +220,12 @@ fn memory_panel(area: &Area, report: &Report, panel: &Panel) -> Drawn {
             x1 = x1.min((panel.y.1 - fixed) / slope);
         }
         if x1 > x0 {
-            chart
-                .draw_series(DashedLineSeries::new(
-                    vec![(x0, fixed + slope * x0), (x1, fixed + slope * x1)],
-                    6,
-                    4,
-                    FIT.mix(0.6).stroke_width(1),
-                ))?
-                .label("fitted line (a prediction between trials)")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], FIT.mix(0.6)));
+            chart.draw_series(DashedLineSeries::new(
+                vec![(x0, fixed + slope * x0), (x1, fixed + slope * x1)],
+                6,
+                4,
+                FIT.mix(0.6).stroke_width(1),
+            ))?;
         }
     }
     size_markers(&mut chart, report, panel)?;
@@ -253,16 +240,13 @@ fn memory_panel(area: &Area, report: &Report, panel: &Panel) -> Drawn {
         .filter(|t| t.outcome == Outcome::Fits)
         .filter(shown)
         .filter(|t| t.peak_bytes.is_some_and(|p| unit.of(p) >= panel.y.0));
-    chart
-        .draw_series(fits.filter_map(|t| {
-            Some(Circle::new(
-                (t.batch_size as f64, unit.of(t.peak_bytes?)),
-                4,
-                FIT.filled(),
-            ))
-        }))?
-        .label("fits (measured peak)")
-        .legend(|(x, y)| Circle::new((x + 10, y), 4, FIT.filled()));
+    chart.draw_series(fits.filter_map(|t| {
+        Some(Circle::new(
+            (t.batch_size as f64, unit.of(t.peak_bytes?)),
+            4,
+            FIT.filled(),
+        ))
+    }))?;
     // A trial stopped over the capacity measured a lower bound: an upward triangle at it.
     let measured_oom = report
         .trials
@@ -270,26 +254,20 @@ fn memory_panel(area: &Area, report: &Report, panel: &Panel) -> Drawn {
         .filter(|t| t.outcome == Outcome::Oom && !t.predicted)
         .filter(shown);
     let top = panel.y.1 - (panel.y.1 - panel.y.0) * 0.03;
-    chart
-        .draw_series(measured_oom.map(|t| {
-            let peak = t.peak_bytes.map_or(top, |p| unit.of(p).min(top));
-            TriangleMarker::new((t.batch_size as f64, peak), 6, OOM.filled())
-        }))?
-        .label("out of memory (peak ≥ the triangle)")
-        .legend(|(x, y)| TriangleMarker::new((x + 10, y), 5, OOM.filled()));
+    chart.draw_series(measured_oom.map(|t| {
+        let peak = t.peak_bytes.map_or(top, |p| unit.of(p).min(top));
+        TriangleMarker::new((t.batch_size as f64, peak), 6, OOM.filled())
+    }))?;
     // Sizes the guard refused by prediction, never run: hollow, at the top.
     if report.trials.iter().any(|t| t.predicted) {
-        chart
-            .draw_series(
-                report
-                    .trials
-                    .iter()
-                    .filter(|t| t.predicted)
-                    .filter(shown)
-                    .map(|t| Circle::new((t.batch_size as f64, top), 5, GREY.stroke_width(2))),
-            )?
-            .label("not run: predicted out of memory")
-            .legend(|(x, y)| Circle::new((x + 10, y), 5, GREY.stroke_width(2)));
+        chart.draw_series(
+            report
+                .trials
+                .iter()
+                .filter(|t| t.predicted)
+                .filter(shown)
+                .map(|t| Circle::new((t.batch_size as f64, top), 5, GREY.stroke_width(2))),
+        )?;
     }
     if panel.whole && !report.plans.is_empty() {
         for plan in &report.plans {
@@ -306,13 +284,10 @@ fn memory_panel(area: &Area, report: &Report, panel: &Panel) -> Drawn {
                 ("sans-serif", 12).into_font().color(&PLAN),
             )))?;
         }
-        chart
-            .draw_series(report.plans.iter().map(|p| {
-                let at = (p.predicted_max as f64, unit.of(p.predicted_peak_bytes));
-                Circle::new(at, 6, PLAN.stroke_width(2))
-            }))?
-            .label("predicted max for a planned device (not run)")
-            .legend(|(x, y)| Circle::new((x + 10, y), 5, PLAN.stroke_width(2)));
+        chart.draw_series(report.plans.iter().map(|p| {
+            let at = (p.predicted_max as f64, unit.of(p.predicted_peak_bytes));
+            Circle::new(at, 6, PLAN.stroke_width(2))
+        }))?;
     }
     Ok(())
 }
