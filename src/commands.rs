@@ -253,6 +253,11 @@ fn sweep(args: &FindArgs, lengths: &[usize]) -> Result<ExitCode> {
             "its half length is one more length of the sweep",
         );
     }
+    // Every length is checked (against a learned context, say) before the first one runs.
+    let spec = ModelSpec::load(&args.target.model_source())?;
+    for &seq_len in lengths {
+        spec.info(&args.target.at_seq_len(seq_len).model_options())?;
+    }
     let settings = args.settings();
     let stop = stop_on_signals();
     let device = open_devices(&args.target)?.remove(0);

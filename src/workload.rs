@@ -280,11 +280,6 @@ impl Workload {
             .sum()
     }
 
-    /// The number of parameters, trained and frozen.
-    pub fn total_parameter_count(&self) -> u64 {
-        self.parameter_count() + self.store.frozen_elements()
-    }
-
     /// The loss of one synthetic batch (forward pass only). Under mixed precision the
     /// model is built again first, from casts of the f32 variables to the half dtype: the
     /// casts are part of the graph, so the backward pass turns their gradients into f32

@@ -344,6 +344,11 @@ fn bad_input_is_one_clear_line_and_exit_2() {
         &[&tiny[..], &["--seq-len", "16,32", "--verify-steps", "3"]].concat(),
         "does not combine with a --seq-len sweep",
     );
+    // A length past the learned context is refused before the first length runs.
+    fails_cleanly(
+        &[&tiny[..], &["--seq-len", "16,128"]].concat(),
+        "context of 64 tokens",
+    );
 }
 
 #[test]

@@ -58,14 +58,6 @@ impl ParamStore {
         frozen
     }
 
-    /// Elements of the frozen tensors.
-    pub fn frozen_elements(&self) -> u64 {
-        self.frozen_map()
-            .values()
-            .map(|t| t.elem_count() as u64)
-            .sum()
-    }
-
     fn frozen_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tensor>> {
         // A poisoned lock only means another thread panicked mid-insert; the map is intact.
         self.frozen.lock().unwrap_or_else(|e| e.into_inner())

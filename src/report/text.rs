@@ -502,7 +502,7 @@ fn results(out: &mut String, r: &Report) {
             .and_then(|t| t.peak_bytes)
             .map(|p| {
                 format!(
-                    "peak {}, {:.0}% of capacity",
+                    "peak {}, {:.1}% of capacity",
                     bytes(p),
                     100.0 * p as f64 / capacity as f64
                 )
