@@ -143,10 +143,9 @@ impl Adapters {
 /// `xs Wᵀ` for a frozen (untracked) `weight` `[out, in]` and `xs` `[…, in]`, with no
 /// gradient for the weight. candle's backward pass computes a gradient for both inputs of a
 /// matmul even when one needs none, and keeps one it never uses until the pass ends: through
-/// candle-nn's `Linear` (which broadcasts its weight over the batch) a frozen weight would
-/// hold a copy of itself per sample, and through a plain matmul one copy of itself, so that
-/// LoRA would save no gradient memory at all (measured on SmolLM2-135M: 545 MB of frozen
-/// weights' gradients kept). [`FrozenMatmul`]'s backward returns the input's gradient only,
+/// candle-nn's `Linear` (a 2-D matmul for contiguous input) each frozen weight would hold a
+/// gradient the size of itself, so that LoRA would save no gradient memory at all (measured
+/// on SmolLM2-135M: 545 MB of frozen weights' gradients kept). [`FrozenMatmul`]'s backward returns the input's gradient only,
 /// as PyTorch does for a weight that does not require one (see docs/design.md).
 pub fn matmul_frozen_t(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (out, inputs) = weight.dims2()?;

@@ -508,9 +508,9 @@ pub(crate) fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor>
     candle_nn::loss::cross_entropy(&logits, &targets.flatten_all()?)
 }
 
-/// The logits `xs Wᵀ` of an output head whose weight `[vocab, hidden]` is trained as
-/// candle users train it (broadcast over the batch, as candle-nn's `Linear` does), or
-/// frozen under LoRA (see [`lora::matmul_frozen_t`]).
+/// The logits `xs Wᵀ` of an output head whose weight `[vocab, hidden]` is trained (candle's
+/// `broadcast_matmul`, which folds the batch into one 2-D matmul as candle-nn's `Linear`
+/// does), or frozen under LoRA (see [`lora::matmul_frozen_t`]).
 pub(crate) fn head_logits(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
     if weight.track_op() {
         xs.broadcast_matmul(&weight.t()?)
