@@ -9,6 +9,7 @@ use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
 use crate::models::{Architecture, ModelOptions, ModelSpec};
+use crate::report::Report;
 use crate::workload::OptimizerKind;
 
 /// The rank `--what-if` tries LoRA at (PEFT's examples' usual rank).
@@ -94,6 +95,36 @@ pub struct WhatIf {
     /// Why the change gave no size: batch size 1 does not fit, or it cannot run on this
     /// device.
     pub error: Option<String>,
+}
+
+impl WhatIf {
+    /// The row of `change` from the report of its search.
+    pub fn measured(change: Change, report: &Report) -> Self {
+        Self {
+            change: change.to_string(),
+            max_batch_size: Some(report.max_batch_size),
+            largest_power_of_two: Some(report.largest_power_of_two),
+            recommended_batch_size: report.recommended_batch_size,
+            peak_bytes: report.peak_at_max(),
+            trials: report.trials.len(),
+            measured: true,
+            error: None,
+        }
+    }
+
+    /// The row of `change` whose search gave no size, and why.
+    pub fn failed(change: Change, error: &str) -> Self {
+        Self {
+            change: change.to_string(),
+            max_batch_size: None,
+            largest_power_of_two: None,
+            recommended_batch_size: None,
+            peak_bytes: None,
+            trials: 0,
+            measured: true,
+            error: Some(error.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -85,26 +85,9 @@ pub fn run(changes: &[Change], json: bool) -> Result<Vec<WhatIf>> {
 
 /// The row of `change` from its child's output: the report's sizes, or its error.
 fn row(change: Change, output: &std::process::Output) -> WhatIf {
-    let mut row = WhatIf {
-        change: change.to_string(),
-        max_batch_size: None,
-        largest_power_of_two: None,
-        recommended_batch_size: None,
-        peak_bytes: None,
-        trials: 0,
-        measured: true,
-        error: None,
-    };
-    let report = serde_json::from_slice::<maxbatch::Report>(&output.stdout);
-    match report {
+    match serde_json::from_slice::<maxbatch::Report>(&output.stdout) {
         Ok(report) if output.status.success() && !report.interrupted => {
-            row.max_batch_size = Some(report.max_batch_size);
-            row.largest_power_of_two = Some(report.largest_power_of_two);
-            row.recommended_batch_size = report.recommended_batch_size;
-            row.peak_bytes = report
-                .fitting_trial(report.max_batch_size)
-                .and_then(|t| t.peak_bytes);
-            row.trials = report.trials.len();
+            WhatIf::measured(change, &report)
         }
         _ => {
             let stderr = String::from_utf8_lossy(&output.stderr);
@@ -113,10 +96,9 @@ fn row(change: Change, output: &std::process::Output) -> WhatIf {
                 .rev()
                 .find_map(|l| l.strip_prefix("error: "))
                 .unwrap_or("the search did not finish");
-            row.error = Some(error.to_string());
+            WhatIf::failed(change, error)
         }
     }
-    row
 }
 
 #[cfg(test)]

@@ -126,6 +126,11 @@ impl Report {
     pub fn fitting_trial(&self, batch_size: usize) -> Option<&Trial> {
         crate::trial::fitting_trial(&self.trials, batch_size)
     }
+
+    /// The measured peak at the maximum, if it ran.
+    pub fn peak_at_max(&self) -> Option<u64> {
+        self.fitting_trial(self.max_batch_size)?.peak_bytes
+    }
 }
 
 /// Several devices searched one by one, and what a data-parallel run with one replica per

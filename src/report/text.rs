@@ -219,9 +219,7 @@ pub fn render_devices(reports: &[Report]) -> String {
         "{:<26}{:>6}",
         "largest power of two", dp.largest_power_of_two
     );
-    let recommended = dp
-        .recommended_batch_size
-        .map_or_else(|| "none".to_string(), |b| b.to_string());
+    let recommended = size_or_none(dp.recommended_batch_size);
     let _ = writeln!(out, "{:<26}{recommended:>6}", "recommended");
     if !dp.schedule.is_empty() {
         let _ = writeln!(
@@ -234,6 +232,11 @@ pub fn render_devices(reports: &[Report]) -> String {
     out
 }
 
+/// A batch size, or "none" where there is none (no size leaves the margin free).
+fn size_or_none(size: Option<usize>) -> String {
+    size.map_or_else(|| "none".to_string(), |b| b.to_string())
+}
+
 /// The `--what-if` table: each change's sizes, measured by a search of its own, after
 /// `baseline`'s (`None`: batch size 1 did not fit as asked).
 pub fn what_if_table(rows: &[crate::what_if::WhatIf], baseline: Option<&Report>) -> String {
@@ -244,20 +247,16 @@ pub fn what_if_table(rows: &[crate::what_if::WhatIf], baseline: Option<&Report>)
          {:<18}  {:>9}  {:>12}  {:>11}  {:>11}  {:>6}",
         "change", "max batch", "power of two", "recommended", "peak at max", "trials"
     );
-    let size = |b: Option<usize>| b.map_or_else(|| "none".to_string(), |b| b.to_string());
     match baseline {
         Some(r) => {
-            let peak = r
-                .fitting_trial(r.max_batch_size)
-                .and_then(|t| t.peak_bytes)
-                .map_or_else(|| "-".to_string(), bytes);
+            let peak = r.peak_at_max().map_or_else(|| "-".to_string(), bytes);
             let _ = writeln!(
                 out,
                 "{:<18}  {:>9}  {:>12}  {:>11}  {:>11}  {:>6}",
                 "as asked",
                 r.max_batch_size,
                 r.largest_power_of_two,
-                size(r.recommended_batch_size),
+                size_or_none(r.recommended_batch_size),
                 peak,
                 r.trials.len()
             );
@@ -274,8 +273,8 @@ pub fn what_if_table(rows: &[crate::what_if::WhatIf], baseline: Option<&Report>)
                     "{:<18}  {:>9}  {:>12}  {:>11}  {:>11}  {:>6}",
                     row.change,
                     max,
-                    size(row.largest_power_of_two),
-                    size(row.recommended_batch_size),
+                    size_or_none(row.largest_power_of_two),
+                    size_or_none(row.recommended_batch_size),
                     row.peak_bytes.map_or_else(|| "-".to_string(), bytes),
                     row.trials
                 );
@@ -313,24 +312,18 @@ pub fn render_sweep(sweep: &crate::sweep::Sweep) -> String {
     );
     for e in &sweep.sweep {
         let r = &e.report;
-        let peak = r
-            .fitting_trial(e.max_batch_size)
-            .and_then(|t| t.peak_bytes)
-            .map_or_else(|| "-".to_string(), bytes);
+        let peak = r.peak_at_max().map_or_else(|| "-".to_string(), bytes);
         let per_sample = r
             .memory_model
             .as_ref()
             .map_or_else(|| "-".to_string(), |m| bytes(m.bytes_per_sample));
-        let recommended = e
-            .recommended_batch_size
-            .map_or_else(|| "none".to_string(), |b| b.to_string());
         let _ = writeln!(
             out,
             "{:>7}  {:>9}  {:>12}  {:>11}  {:>16}  {:>11}  {:>10}  {:>6}",
             e.seq_len,
             e.max_batch_size,
             e.largest_power_of_two,
-            recommended,
+            size_or_none(e.recommended_batch_size),
             e.tokens_per_batch,
             peak,
             per_sample,
