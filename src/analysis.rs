@@ -155,10 +155,7 @@ pub fn memory_model(
     // Gradients and optimizer state exist for the trained parameters only (all of them,
     // or LoRA's adapters), in the weights' dtype.
     let weights = model.weight_bytes();
-    let trained = weights.map(|w| match model.trainable_parameters {
-        Some(t) => w / model.parameters.max(1) * t,
-        None => w,
-    });
+    let trained = model.trained_bytes();
     let copies = optimizer.map(|o| o.state_copies());
     Some(MemoryModel {
         fixed_bytes: fixed.max(0.0) as u64,

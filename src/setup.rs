@@ -157,12 +157,8 @@ impl Setup {
         // The weights, and the optimizer's state for the trained ones (all, or LoRA's
         // adapters), in the dtype the weights are kept in.
         let weight_bytes = self.model.weight_bytes().unwrap_or(0);
-        let per_parameter = weight_bytes / self.model.parameters.max(1);
-        let trained = self
-            .model
-            .trainable_parameters
-            .unwrap_or(self.model.parameters);
-        let needs = weight_bytes + trained * per_parameter * self.optimizer.state_copies();
+        let trained_bytes = self.model.trained_bytes().unwrap_or(0);
+        let needs = weight_bytes + trained_bytes * self.optimizer.state_copies();
         let capacity = self.meter.capacity().bytes;
         if needs > capacity {
             return Err(Error::ModelExceedsCapacity {

@@ -109,6 +109,15 @@ impl ModelInfo {
         let dtype = self.dtype.parse::<DType>().ok()?;
         (self.parameters > 0).then(|| self.parameters * dtype.size_in_bytes() as u64)
     }
+
+    /// The trained weights' bytes (all of them, or LoRA's adapters), in the dtype the
+    /// weights are kept in: what their gradients take, and each copy of optimizer state.
+    /// Arithmetic, not a measurement.
+    pub fn trained_bytes(&self) -> Option<u64> {
+        let dtype = self.dtype.parse::<DType>().ok()?;
+        let trained = self.trainable_parameters.unwrap_or(self.parameters);
+        (self.parameters > 0).then(|| trained * dtype.size_in_bytes() as u64)
+    }
 }
 
 /// An architecture with a fixed shape.
