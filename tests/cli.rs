@@ -55,6 +55,21 @@ fn check(batch_size: usize) -> i32 {
     output.status.code().unwrap_or(-1)
 }
 
+/// `check` at `batch_size` as a soak test of `steps` steps.
+fn check_soak(batch_size: &str, steps: usize) -> std::process::Output {
+    maxbatch()
+        .arg("check")
+        .args(TINY)
+        .args([
+            "--batch-size",
+            batch_size,
+            "--verify-steps",
+            &steps.to_string(),
+        ])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_search_agrees_with_the_preflight_check() {
     let report = search(&["--dataset-size", "10000", "--epochs", "3"]);
@@ -78,12 +93,7 @@ fn a_soak_run_runs_every_step_at_the_recommended_size_and_check_soaks_too() {
     assert_eq!(report["settings"]["verify_steps"], 20);
     // The pre-flight check as a soak test: every step's peak, exit 0 when all fit.
     let max = report["max_batch_size"].as_u64().unwrap().to_string();
-    let output = maxbatch()
-        .arg("check")
-        .args(TINY)
-        .args(["--batch-size", &max, "--verify-steps", "5"])
-        .output()
-        .unwrap();
+    let output = check_soak(&max, 5);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -92,12 +102,7 @@ fn a_soak_run_runs_every_step_at_the_recommended_size_and_check_soaks_too() {
     );
     // A size past the capacity fails the soak: exit 1.
     let over = (report["max_batch_size"].as_u64().unwrap() + 1).to_string();
-    let output = maxbatch()
-        .arg("check")
-        .args(TINY)
-        .args(["--batch-size", &over, "--verify-steps", "5"])
-        .output()
-        .unwrap();
+    let output = check_soak(&over, 5);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("FAILED: step 1"));
 }
