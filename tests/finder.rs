@@ -68,14 +68,17 @@ fn model() -> ModelInfo {
     }
 }
 
+/// A training step's activations: 1 MiB per sample, allocated and freed.
+fn allocate_per_sample(batch_size: usize) -> candle_core::Result<()> {
+    let activations = std::hint::black_box(vec![1u8; batch_size * MIB]);
+    drop(activations);
+    Ok(())
+}
+
 #[test]
 fn a_callers_closure_finds_the_exact_maximum_under_a_cpu_budget() {
     on_heap_thread(|| {
-        let mut step = |batch_size: usize| -> candle_core::Result<()> {
-            let activations = std::hint::black_box(vec![1u8; batch_size * MIB]);
-            drop(activations);
-            Ok(())
-        };
+        let mut step = |batch_size: usize| allocate_per_sample(batch_size);
         let budget = held_with_workspaces() + 100 * MIB as u64 + MIB as u64 / 2;
         let mut meter = CpuMeter::with_budget(budget).unwrap();
         let report = Finder::on_resolved(cpu())
@@ -112,8 +115,7 @@ fn a_soak_run_catches_memory_that_grows_from_step_to_step() {
             let mut kept: Vec<Vec<u8>> = Vec::new();
             let mut step = move |batch_size: usize| -> candle_core::Result<()> {
                 calls += 1;
-                let activations = std::hint::black_box(vec![1u8; batch_size * MIB]);
-                drop(activations);
+                allocate_per_sample(batch_size)?;
                 if calls >= grow_from {
                     kept.push(std::hint::black_box(vec![1u8; 2 * MIB]));
                 }
@@ -387,11 +389,7 @@ fn a_panicking_step_is_an_error_not_out_of_memory() {
 #[test]
 fn the_device_level_call_takes_a_closure_and_reports_like_the_cli() {
     on_heap_thread(|| {
-        let mut step = |batch_size: usize| -> candle_core::Result<()> {
-            let activations = std::hint::black_box(vec![1u8; batch_size * MIB]);
-            drop(activations);
-            Ok(())
-        };
+        let mut step = |batch_size: usize| allocate_per_sample(batch_size);
         let budget = held_with_workspaces() + 40 * MIB as u64 + MIB as u64 / 2;
         let report = Finder::on(&candle_core::Device::Cpu)
             .budget(budget)
@@ -420,9 +418,7 @@ fn a_cache_key_makes_the_second_call_free() {
         let calls = Cell::new(0);
         let mut step = |batch_size: usize| -> candle_core::Result<()> {
             calls.set(calls.get() + 1);
-            let activations = std::hint::black_box(vec![1u8; batch_size * MIB]);
-            drop(activations);
-            Ok(())
+            allocate_per_sample(batch_size)
         };
         let budget = held_with_workspaces() + 20 * MIB as u64 + MIB as u64 / 2;
         let finder = || {
