@@ -44,6 +44,7 @@ pub mod analysis;
 pub mod cache;
 pub mod device;
 pub mod error;
+pub mod estimate;
 pub mod finder;
 pub mod finish;
 pub mod format;

@@ -1,0 +1,346 @@
+//! The counts behind an [`Estimate`], one function per architecture: the tensors candle's
+//! autograd graph keeps in the forward pass, the moments of the backward pass, and what the
+//! gradient store keeps past it. Each count names the tensors it adds up; docs/design.md
+//! ("The estimate from shapes") says how they were found and checked.
+//!
+//! Notation: `s` is the dtype's bytes, `b` a sample; T tokens, C the hidden width, F or I
+//! the feed-forward width, H heads, L blocks, V the vocabulary. The loss is computed in f32
+//! (4 bytes) whatever the dtype.
+
+use super::{Estimate, Term};
+use crate::error::Error;
+use crate::models::llama::LlamaConfig;
+use crate::models::mlp::MlpConfig;
+use crate::models::transformer::GptConfig;
+use crate::models::{Architecture, ModelOptions, ModelSpec};
+use crate::workload::OptimizerKind;
+
+const F32: u64 = 4;
+
+/// The counts of one architecture: what the forward pass keeps, the backward pass's
+/// moments, what the gradient store keeps past the pass (per sample), and the largest
+/// trained variable's elements.
+struct Counted {
+    activations: Term,
+    backward: Vec<Term>,
+    left_per_sample: u64,
+    largest_variable: u64,
+}
+
+pub(super) fn estimate(
+    spec: &ModelSpec,
+    options: &ModelOptions,
+    optimizer: OptimizerKind,
+) -> Result<Estimate, Error> {
+    if options.amp.is_some() || options.lora.is_some() {
+        return Err(Error::InvalidSetting(
+            "maxbatch estimate counts full training in one dtype; for --amp or --lora-rank \
+             run a search or `maxbatch check`, which measure"
+                .into(),
+        ));
+    }
+    let info = spec.info(options)?;
+    let s = options.dtype.size_in_bytes() as u64;
+    let gradients = info.parameters * s;
+    let seq = spec.seq_len(options)?.unwrap_or(0) as u64;
+    let counted = match &spec.architecture {
+        Architecture::Mlp(c) => mlp(c, s, gradients),
+        Architecture::Gpt(c) => gpt(c, seq, s, gradients),
+        Architecture::Llama(c, _) => llama(c, seq, s, gradients),
+        Architecture::ResNet(_) => {
+            return Err(Error::InvalidSetting(format!(
+                "maxbatch estimate does not count {}'s convolutions (candle's convolution \
+                 buffers are not modelled); run a search or `maxbatch check`, which measure",
+                spec.name
+            )))
+        }
+    };
+    let transient_copies = match optimizer {
+        // candle-nn's AdamW keeps 14 variable-sized tensors alive while it updates one
+        // variable (its expressions are tracked, so their operands live as long as the
+        // result); SGD keeps 2.
+        OptimizerKind::AdamW => 14,
+        OptimizerKind::Sgd => 2,
+    };
+    Ok(Estimate {
+        model: info.name,
+        input: info.input,
+        dtype: info.dtype,
+        optimizer,
+        weights_bytes: info.parameters * s,
+        gradients_bytes: gradients,
+        optimizer_bytes: optimizer.state_copies() * gradients,
+        activations: counted.activations,
+        backward: counted.backward,
+        update: vec![
+            Term::new("the gradients", gradients, 0),
+            Term::new(
+                "the gradient store's other tensors",
+                0,
+                counted.left_per_sample,
+            ),
+            Term::new(
+                format!("{optimizer}'s transient on the largest variable"),
+                transient_copies * counted.largest_variable * s,
+                0,
+            ),
+        ],
+    })
+}
+
+/// Bytes per element of a normalised tensor: candle-nn's differentiable LayerNorm keeps 5
+/// tensors of its input's shape (centred, squared, normalised, scaled, shifted), computing
+/// in f32; in a half dtype it also keeps the f32 copy and the cast back.
+fn layer_norm_bytes(s: u64) -> u64 {
+    if s == F32 {
+        5 * F32
+    } else {
+        4 * F32 + 3 * s
+    }
+}
+
+/// The same for RMSNorm: squared, normalised, scaled (and the casts in a half dtype).
+fn rms_norm_bytes(s: u64) -> u64 {
+    if s == F32 {
+        3 * F32
+    } else {
+        3 * F32 + 2 * s
+    }
+}
+
+/// What the loss keeps per token: the logits, their f32 copy in a half dtype, and
+/// log-softmax's three f32 tensors of the vocabulary's width (centred, exponentiated, the
+/// result) and four f32 columns (max, sum, log, the gathered target).
+fn loss_bytes(vocab: u64, s: u64) -> u64 {
+    let copy = if s == F32 { 0 } else { vocab * F32 };
+    vocab * s + copy + 3 * vocab * F32 + 4 * F32
+}
+
+fn mlp(c: &MlpConfig, s: u64, gradients: u64) -> Counted {
+    let mut widths = vec![c.inputs as u64];
+    widths.extend(std::iter::repeat_n(c.width as u64, c.hidden));
+    widths.push(c.classes as u64);
+    let layers = widths.len() - 1;
+    let weight = |l: usize| widths[l] * widths[l + 1] * s;
+    let bias = |l: usize| widths[l + 1] * s;
+    // Gradients computed once the backward pass has gone back past layer `l`.
+    let after = |l: usize| -> u64 { (l + 1..layers).map(|j| weight(j) + bias(j)).sum() };
+    let classes = c.classes as u64;
+    // Per sample: the input and its target id; each hidden layer's product, biased sum and
+    // ReLU; the last layer's product; its biased sum (the logits) and the loss.
+    let hidden: u64 = (0..layers - 1).map(|l| 3 * widths[l + 1] * s).sum();
+    let per_sample = widths[0] * s + 4 + hidden + classes * s + loss_bytes(classes, s);
+    // The bias copies of the stop points.
+    let fixed: u64 = (0..layers).map(bias).sum();
+    let mut backward = vec![Term::new("the loss's gradient", 0, 7 * classes * F32)];
+    for l in 0..layers {
+        // A weight's gradient: computed from a tracked input, the product, the zeros it is
+        // added to and the sum stay alive together with the transposed view's zeros and sum
+        // (5 weight-sized tensors); from the raw input, 3.
+        let copies = if l == 0 { 3 } else { 5 };
+        backward.push(Term::new(
+            format!("layer {l}'s weight gradient"),
+            after(l) + bias(l) + copies * weight(l),
+            (widths[l + 1] + 3 * widths[l]) * s,
+        ));
+        if l + 1 < layers {
+            // ReLU's gradient: 8 tensors of the layer's width and the u8 mask.
+            backward.push(Term::new(
+                format!("layer {l}'s ReLU gradient"),
+                after(l),
+                8 * widths[l + 1] * s + widths[l + 1],
+            ));
+        }
+    }
+    debug_assert!(after(0) + weight(0) + bias(0) == gradients);
+    Counted {
+        activations: Term::new("activations", fixed, per_sample),
+        backward,
+        // The input's gradient (a leaf's, never freed) keeps its product's operands alive.
+        left_per_sample: (3 * widths[0] + widths[1]) * s,
+        largest_variable: (0..layers)
+            .map(|l| widths[l] * widths[l + 1])
+            .max()
+            .unwrap_or(0),
+    }
+}
+
+fn gpt(c: &GptConfig, t: u64, s: u64, gradients: u64) -> Counted {
+    let [v, ctx, w, l, h, f] =
+        [c.vocab, c.context, c.width, c.layers, c.heads, c.ffn].map(|n| n as u64);
+    let scores = h * t * t; // one block's attention scores per sample
+                            // Per sample, one block: 18 [T, C] outside the norms (the fused projection and its bias
+                            // sum, q, k and v copies, q scaled, the attention's output and its copy, the
+                            // projection and its sum, the residual, the FFN's down projection and its sum, the
+                            // residual), two LayerNorms, 3 [T, F] (up, its sum, GELU), 5 score-sized tensors (scores,
+                            // masked, centred, exponentiated, normalised), and the columns of the norms and softmax.
+    let block = 18 * t * w * s
+        + 2 * t * w * layer_norm_bytes(s)
+        + 3 * t * f * s
+        + 5 * scores * s
+        + 12 * t * F32
+        + 2 * h * t * s;
+    let per_sample = 2 * t * F32 // ids and targets
+        + 2 * t * w * s // token embeddings and their sum with the positions
+        + l * block
+        + t * w * layer_norm_bytes(s) + 6 * t * F32 // the final LayerNorm
+        + t * loss_bytes(v, s);
+    // The positions' embeddings, the mask, and the stop points' copies of the norm weights.
+    let fixed = t * w * s + t * t * s + 4 * t + (2 * l + 1) * w * s;
+
+    // The parameters of block 0 in the order its backward pass reaches them.
+    let norm = 2 * w * s;
+    let qkv = (3 * w * w + 3 * w) * s;
+    let proj = (w * w + w) * s;
+    let up = (w * f + f) * s;
+    let down_weight = f * w * s;
+    let positions = ctx * w * s;
+    // Gradients not yet computed when the backward pass reaches block 0's …
+    let before = |pending: u64| gradients - positions - pending;
+    let left = |blocks: u64| blocks * scores * s; // the masks' gradients, one per block passed
+    let backward = vec![
+        Term::new("the loss's gradient", 0, 7 * t * v * F32),
+        Term::new(
+            "the output head's weight gradient",
+            5 * v * w * s,
+            t * (v + 3 * w) * s,
+        ),
+        Term::new(
+            "the first block's feed-forward gradients",
+            before(norm + qkv + proj + norm + up),
+            (21 * t * f + t * w) * s + left(l.saturating_sub(1)),
+        ),
+        Term::new(
+            "the first block's attention gradients",
+            before(norm + qkv),
+            (11 * scores + 5 * t * w) * s + left(l.saturating_sub(1)),
+        ),
+        Term::new(
+            "the first block's down-projection weight gradient",
+            before(norm + qkv + proj + norm + up + down_weight) + 5 * down_weight,
+            (t * w + 3 * t * f) * s + left(l.saturating_sub(1)),
+        ),
+        Term::new(
+            "the first block's up-projection weight gradient",
+            before(norm + qkv + proj + norm + w * f * s) + 5 * w * f * s,
+            (t * f + 3 * t * w) * s + left(l.saturating_sub(1)),
+        ),
+        Term::new(
+            "the first block's fused-projection weight gradient",
+            before(norm + 3 * w * w * s) + 15 * w * w * s,
+            6 * t * w * s + left(l),
+        ),
+        Term::new(
+            "the embeddings' gradients",
+            gradients + 2 * v * w * s,
+            3 * t * w * s + left(l),
+        ),
+    ];
+    Counted {
+        activations: Term::new("activations", fixed, per_sample),
+        backward,
+        left_per_sample: left(l),
+        largest_variable: [v * w, ctx * w, w * f, 3 * w * w]
+            .into_iter()
+            .max()
+            .unwrap_or(0),
+    }
+}
+
+fn llama(c: &LlamaConfig, t: u64, s: u64, gradients: u64) -> Counted {
+    let [v, w, l, h, kv, hd, i] = [
+        c.vocab,
+        c.hidden,
+        c.layers,
+        c.heads,
+        c.kv_heads,
+        c.head_dim,
+        c.intermediate,
+    ]
+    .map(|n| n as u64);
+    let (q, k) = (h * hd, kv * hd); // the query and key/value widths
+    let bias = u64::from(c.qkv_bias);
+    let scores = h * t * t;
+    let grouped = if h > kv { 2 * t * q * s } else { 0 };
+    // Per sample, one layer, in half-tensors (q's rotation keeps half a tensor, the negated
+    // half): two RMSNorms; 4 [T, C] (o, the two residuals, down); q projected, copied,
+    // rotated (negated half, concatenation, two products, sum) and scaled: 7.5; k the
+    // same unscaled: 6.5; v projected and copied: 2 (each +1 with qkv biases); k and v
+    // repeated for grouped heads; the attention's output and its copy; 5 score-sized
+    // tensors; 4 [T, I] (gate, SiLU, up, product); the norms' and softmax's columns.
+    let half_tensors = (15 + 2 * bias) * t * q + (13 + 2 * bias) * t * k + (4 + 2 * bias) * t * k;
+    let layer = 2 * t * w * rms_norm_bytes(s)
+        + 4 * t * w * s
+        + half_tensors * s / 2
+        + grouped
+        + 2 * t * q * s
+        + 5 * scores * s
+        + 4 * t * i * s
+        + 8 * t * F32
+        + 2 * h * t * s;
+    let per_sample = 2 * t * F32
+        + t * w * s
+        + l * layer
+        + t * w * rms_norm_bytes(s)
+        + 4 * t * F32
+        + t * loss_bytes(v, s);
+    // The rotary tables (cos and sin, and each layer's concatenations of them), the mask,
+    // the stop points' copies of the norm weights.
+    let fixed = t * hd * s + t * t * s + l * (4 * t * hd + 2 * w) * s + w * s;
+
+    let embed = if c.tie_embeddings { 0 } else { v * w * s };
+    let norm = w * s;
+    let (q_proj, k_proj) = ((w * q + bias * q) * s, (w * k + bias * k) * s);
+    let attention = q_proj + 2 * k_proj + q * w * s;
+    let (gate_or_up, down) = (w * i * s, i * w * s);
+    let before = |pending: u64| gradients - embed - pending;
+    // What the gradient store keeps per layer passed: the mask's gradient, and for each of
+    // the rotation's four products by the tables, the product's gradient, its operand's,
+    // the zeros and the sum (a tracked expression keeps its operands).
+    let per_layer_left = scores * s + 8 * t * (q + k) * s;
+    let left = |layers: u64| layers * per_layer_left;
+    let backward = vec![
+        Term::new("the loss's gradient", 0, 7 * t * v * F32),
+        Term::new(
+            "the output head's weight gradient",
+            5 * v * w * s,
+            t * (v + 3 * w) * s,
+        ),
+        Term::new(
+            "the first layer's MLP gradients",
+            before(norm + attention + norm + 2 * gate_or_up),
+            (14 * t * i + 2 * t * w) * s + left(l.saturating_sub(1)),
+        ),
+        Term::new(
+            "the first layer's attention gradients",
+            before(norm + q_proj + 2 * k_proj),
+            (11 * scores + 3 * t * w) * s + left(l.saturating_sub(1)),
+        ),
+        Term::new(
+            "the first layer's down-projection weight gradient",
+            before(norm + attention + norm + 2 * gate_or_up + down) + 5 * down,
+            (t * w + 3 * t * i) * s + left(l.saturating_sub(1)),
+        ),
+        Term::new(
+            "the first layer's gate or up weight gradient",
+            before(norm + attention + norm + 2 * gate_or_up) + 6 * gate_or_up,
+            (t * i + 3 * t * w) * s + left(l.saturating_sub(1)),
+        ),
+        Term::new(
+            "the first layer's query weight gradient",
+            before(norm + q_proj) + 5 * q_proj,
+            (t * q + 3 * t * w) * s + left(l),
+        ),
+        Term::new(
+            "the embeddings' gradients",
+            gradients + 2 * v * w * s,
+            3 * t * w * s + left(l),
+        ),
+    ];
+    Counted {
+        activations: Term::new("activations", fixed, per_sample),
+        backward,
+        left_per_sample: left(l),
+        largest_variable: [v * w, w * i, w * q].into_iter().max().unwrap_or(0),
+    }
+}

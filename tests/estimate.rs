@@ -1,0 +1,196 @@
+//! The estimate from shapes (`maxbatch estimate`) against the CPU meter's measured peaks:
+//! every model the estimate counts, at several batch sizes and sequence lengths, both
+//! optimizers, f32 and bf16. Its own test binary: the CPU meter counts the whole process's
+//! heap, so nothing else may allocate while it measures.
+//!
+//! `cargo test --release --test estimate -- --ignored --nocapture` also measures the larger
+//! models of the README's table (transformer-base and -large, SmolLM2-135M, Qwen2-0.5B:
+//! about 16 GiB and ten minutes).
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use maxbatch::estimate::Estimate;
+use maxbatch::models::{ModelOptions, ModelSource, ModelSpec};
+use maxbatch::{CountingAllocator, CpuMeter, Finder, OptimizerKind, Silent, Workload};
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator::new();
+
+/// One measurement: a model, its tokens per sample, a batch size, the optimizer and dtype.
+struct Case {
+    model: &'static str,
+    seq_len: Option<usize>,
+    batch_size: usize,
+    optimizer: OptimizerKind,
+    dtype: DType,
+}
+
+fn case(model: &'static str, seq_len: usize, batch_size: usize) -> Case {
+    Case {
+        model,
+        seq_len: (seq_len > 0).then_some(seq_len),
+        batch_size,
+        optimizer: OptimizerKind::AdamW,
+        dtype: DType::F32,
+    }
+}
+
+impl Case {
+    fn sgd(self) -> Case {
+        Case {
+            optimizer: OptimizerKind::Sgd,
+            ..self
+        }
+    }
+
+    fn bf16(self) -> Case {
+        Case {
+            dtype: DType::BF16,
+            ..self
+        }
+    }
+
+    fn spec(&self) -> ModelSpec {
+        if self.model.ends_with(".json") {
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(self.model);
+            ModelSpec::load(&ModelSource::Config(path)).unwrap()
+        } else {
+            ModelSpec::preset(self.model).unwrap()
+        }
+    }
+}
+
+/// The relative errors of the estimate at one case: the peak so far at each phase boundary
+/// (after the forward pass, after the backward pass, after the update: the last is the
+/// step's peak), estimated against measured.
+fn errors(case: &Case) -> [f64; 3] {
+    let spec = case.spec();
+    let options = ModelOptions {
+        seq_len: case.seq_len,
+        dtype: case.dtype,
+        ..ModelOptions::default()
+    };
+    let estimate = Estimate::new(&spec, &options, case.optimizer).unwrap();
+    // The process's own heap (and the meters' matrix-multiply workspaces) are not the
+    // step's: the measured peaks count from here.
+    let base = CountingAllocator::current_bytes();
+    let mut workload = Workload::new(&spec, &options, case.optimizer, &Device::Cpu).unwrap();
+    let mut meter = CpuMeter::with_budget(base + (64u64 << 30)).unwrap();
+    let trial = Finder::on(&Device::Cpu)
+        .check_with(&mut workload, &mut meter, case.batch_size, &mut Silent)
+        .unwrap();
+    let measured: Vec<u64> = trial
+        .phase_peaks
+        .iter()
+        .map(|p| p.peak_bytes - base)
+        .collect();
+    assert_eq!(measured.len(), 3);
+    let phases = estimate.phases(case.batch_size).map(|p| p.peak_bytes);
+    let so_far = [
+        phases[0],
+        phases[0].max(phases[1]),
+        phases.into_iter().max().unwrap_or(0),
+    ];
+    assert_eq!(so_far[2], estimate.peak(case.batch_size).peak_bytes);
+    let error = |i: usize| so_far[i] as f64 / measured[i] as f64 - 1.0;
+    let errors = [error(0), error(1), error(2)];
+    println!(
+        "{:<22} {:>5} {:>4} {:<6} {:<5} forward {:+6.2}%  backward {:+6.2}%  peak {:+6.2}% \
+         (measured {} MiB, set by {})",
+        case.model,
+        case.seq_len.map_or("-".into(), |t| t.to_string()),
+        case.batch_size,
+        case.optimizer.to_string(),
+        case.dtype.as_str(),
+        errors[0] * 100.0,
+        errors[1] * 100.0,
+        errors[2] * 100.0,
+        measured[2] >> 20,
+        estimate.peak(case.batch_size).set_by,
+    );
+    errors
+}
+
+fn check_within(cases: &[Case], bound: f64) {
+    CpuMeter::with_budget(1).unwrap(); // the workspaces, held before any baseline
+    let mut worst = 0f64;
+    let mut misses = Vec::new();
+    for case in cases {
+        let errors = errors(case);
+        for (phase, e) in ["forward", "backward", "peak"].iter().zip(errors) {
+            worst = worst.max(e.abs());
+            if e.abs() > bound {
+                misses.push(format!(
+                    "{} at {:?} tokens, batch {}, {}, {}: {phase} off by {:+.2}%",
+                    case.model,
+                    case.seq_len,
+                    case.batch_size,
+                    case.optimizer,
+                    case.dtype.as_str(),
+                    e * 100.0
+                ));
+            }
+        }
+    }
+    println!("largest error {:.2}%", worst * 100.0);
+    assert!(misses.is_empty(), "{misses:#?}");
+}
+
+/// Every built-in model the estimate counts and the small configs, each where a different
+/// moment sets the backward pass's peak (a weight's gradient, a ReLU's, the loss's, the
+/// output head's, a block's attention or feed-forward gradients, the embeddings'), within
+/// 5% at every phase boundary.
+#[test]
+fn the_estimate_is_within_five_percent_of_the_measured_peaks() {
+    check_within(
+        &[
+            case("mlp", 0, 1),
+            case("mlp", 0, 256),
+            case("mlp", 0, 4096),
+            case("mlp", 0, 64).sgd(),
+            case("transformer-tiny", 16, 1),
+            case("transformer-tiny", 64, 4),
+            case("transformer-tiny", 64, 16).sgd(),
+            case("transformer-tiny", 32, 8).bf16(),
+            case("transformer-small", 64, 1),
+            case("transformer-small", 128, 4),
+            case("transformer-small", 128, 2).bf16(),
+            case("tiny-gpt2.json", 64, 4),
+            case("wide-ffn-gpt2.json", 128, 4),
+            case("tiny-llama.json", 32, 1),
+            case("tiny-llama.json", 128, 8),
+            case("tiny-llama.json", 64, 4).sgd(),
+            case("tiny-qwen2.json", 32, 8),
+            case("tiny-qwen2.json", 128, 2).bf16(),
+            case("wide-mlp-llama.json", 32, 4),
+        ],
+        0.05,
+    );
+}
+
+/// The README's table: the larger models (about 16 GiB and ten minutes on two cores).
+#[test]
+#[ignore = "large: run with --ignored for the README's table"]
+fn larger_models_for_the_readme() {
+    check_within(
+        &[
+            case("transformer-base", 128, 1),
+            case("transformer-base", 128, 4),
+            case("transformer-base", 512, 2),
+            case("transformer-base", 128, 4).sgd(),
+            case("transformer-large", 64, 1),
+            case("transformer-large", 256, 2),
+            case("smollm2-135m.json", 128, 1),
+            case("smollm2-135m.json", 256, 4),
+            case("smollm2-135m.json", 128, 2).sgd(),
+            case("smollm2-135m.json", 128, 4).bf16(),
+            case("qwen2-0.5b.json", 64, 1),
+            case("mlp", 0, 1024).bf16(),
+            case("mlp", 0, 8192).bf16(),
+        ],
+        0.05,
+    );
+}
