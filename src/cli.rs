@@ -46,6 +46,10 @@ pub enum Command {
     /// Pre-flight check: run one trial at --batch-size; exit 0 if it fits, 1 if not, 2 on
     /// error.
     Check(CheckArgs),
+    /// Predict a training step's peak memory from the model's shapes alone, with no trial:
+    /// each phase's peak, and the largest batch size for --memory or --plan-for targets.
+    /// Every figure is a prediction.
+    Estimate(EstimateArgs),
     /// Internal (--isolate): run one trial and print it as JSON; exit 0 whatever its
     /// outcome.
     #[command(hide = true)]
@@ -92,6 +96,109 @@ pub struct CheckArgs {
     /// The model, device and training flags.
     #[command(flatten)]
     pub target: TargetArgs,
+}
+
+/// Flags of `maxbatch estimate`.
+#[derive(Debug, Args)]
+pub struct EstimateArgs {
+    /// The built-in model (see `maxbatch models`; not cnn, whose convolutions the estimate
+    /// does not count).
+    #[arg(
+        long,
+        short,
+        required_unless_present = "config",
+        conflicts_with = "config",
+        value_name = "NAME"
+    )]
+    pub model: Option<String>,
+
+    /// A Hugging Face config.json (model_type llama, mistral, qwen2 or gpt2), e.g. a 7B or
+    /// 70B model's: only its shapes are read.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Tokens per sample. [default: the model's context length; at most 2048 for a
+    /// --config]
+    #[arg(long, value_name = "TOKENS")]
+    pub seq_len: Option<usize>,
+
+    /// Weights, activations and optimizer state in f32, bf16 or f16.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype, value_name = "DTYPE")]
+    pub dtype: DType,
+
+    /// The optimizer: adamw or sgd.
+    #[arg(long, default_value = "adamw", value_name = "NAME")]
+    pub optimizer: OptimizerKind,
+
+    /// Show each phase's predicted peak at this batch size. [default: the predicted
+    /// maximum for the first capacity]
+    #[arg(long, short = 'b', value_name = "B")]
+    pub batch_size: Option<usize>,
+
+    /// A capacity to predict the largest batch size for, e.g. 24GiB.
+    #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
+    pub memory: Option<u64>,
+
+    /// Capacities (24GiB,80GB) or GPUs (l4, a10g, rtx-4090, a100-40gb, a100-80gb,
+    /// h100-80gb, h200) to predict for. [default: every GPU named here, when --memory is
+    /// not given]
+    #[arg(long, value_name = "TARGETS", value_parser = parse_targets)]
+    pub plan_for: Option<PlanTargets>,
+
+    /// Fraction of the capacity the recommended size leaves free.
+    #[arg(long, default_value_t = 0.05, value_name = "FRACTION")]
+    pub margin: f64,
+
+    /// Print JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl EstimateArgs {
+    /// Where the model comes from: --model or --config (clap enforces exactly one).
+    pub fn model_source(&self) -> ModelSource {
+        match (&self.config, &self.model) {
+            (Some(path), _) => ModelSource::Config(path.clone()),
+            (None, name) => ModelSource::Preset(name.clone().unwrap_or_default()),
+        }
+    }
+
+    /// The model's options: the sequence length and the dtype.
+    pub fn model_options(&self) -> ModelOptions {
+        ModelOptions {
+            seq_len: self.seq_len,
+            dtype: self.dtype,
+            ..ModelOptions::default()
+        }
+    }
+
+    /// The targets to predict for: --memory, then --plan-for's; every named GPU when
+    /// neither is given.
+    pub fn targets(&self) -> Vec<maxbatch::plan::Target> {
+        let mut targets: Vec<maxbatch::plan::Target> = self
+            .memory
+            .map(|bytes| maxbatch::plan::Target {
+                name: format!("--memory {}", maxbatch::format::bytes(bytes)),
+                bytes,
+                is_gpu: false,
+            })
+            .into_iter()
+            .collect();
+        match &self.plan_for {
+            Some(PlanTargets(more)) => targets.extend(more.iter().cloned()),
+            None if targets.is_empty() => {
+                targets.extend(maxbatch::plan::KNOWN_GPUS.iter().map(|&(name, bytes)| {
+                    maxbatch::plan::Target {
+                        name: name.to_string(),
+                        bytes,
+                        is_gpu: true,
+                    }
+                }))
+            }
+            None => {}
+        }
+        targets
+    }
 }
 
 /// Flags of the search.

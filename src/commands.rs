@@ -23,6 +23,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Some(Command::Models(args)) => list_models(&args),
         Some(Command::Check(args)) => check(&args),
+        Some(Command::Estimate(args)) => crate::estimate_command::estimate(&args),
         Some(Command::Trial(args)) => trial(&args),
         Some(Command::PoolSelfTest(args)) => pool_self_test(&args),
         None => find(&cli.find),

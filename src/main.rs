@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod estimate_command;
 mod progress;
 mod setup;
 mod signals;
