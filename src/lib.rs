@@ -10,6 +10,8 @@
 //!   binary search) and returns a [`Report`]: the trials, the maximum, the largest power of
 //!   two, the recommended size, the schedule. `Finder::on(&device).find(&mut step)` is the
 //!   whole library call; [`SearchSettings`] is every setting as plain data.
+//! - [`estimate::Estimate`]: a built-in model's or a config's peak per phase and largest batch
+//!   size predicted from its shapes alone, with no trial (`maxbatch estimate`).
 //!
 //! How the modules fit together, and the measurement rules they keep, is in the
 //! repository's `docs/design.md`.

@@ -230,9 +230,11 @@ fn gpt(c: &GptConfig, t: u64, s: u64, gradients: u64) -> Counted {
             before(norm + 3 * w * w * s) + 15 * w * w * s,
             6 * t * w * s + left(l),
         ),
+        // At the end, the token embedding's gradient is added to by `index_add`, which
+        // writes a new [V, C] while the old one is alive.
         Term::new(
             "the embeddings' gradients",
-            gradients + 2 * v * w * s,
+            gradients + v * w * s,
             3 * t * w * s + left(l),
         ),
     ];
@@ -331,9 +333,11 @@ fn llama(c: &LlamaConfig, t: u64, s: u64, gradients: u64) -> Counted {
             before(norm + q_proj) + 5 * q_proj,
             (t * q + 3 * t * w) * s + left(l),
         ),
+        // At the end, the token embedding's gradient is added to by `index_add`, which
+        // writes a new [V, C] while the old one is alive.
         Term::new(
             "the embeddings' gradients",
-            gradients + 2 * v * w * s,
+            gradients + v * w * s,
             3 * t * w * s + left(l),
         ),
     ];
