@@ -22,7 +22,7 @@ use maxbatch::{OptimizerKind, SearchSettings};
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Examples:\n  maxbatch --model transformer-small --device cpu --memory 4GiB --dataset-size 50000 --epochs 3\n  maxbatch check --model mlp --memory 1GiB --batch-size 256\n  maxbatch models"
+    after_help = "Examples:\n  maxbatch --model transformer-small --device cpu --memory 4GiB --dataset-size 50000 --epochs 3\n  maxbatch check --model mlp --memory 1GiB --batch-size 256\n  maxbatch estimate --config config.json --seq-len 512 --dtype bf16 --plan-for h100-80gb\n  maxbatch models"
 )]
 pub struct Cli {
     /// Subcommands; without one, maxbatch searches for the largest batch size.

@@ -196,7 +196,7 @@ fn gpt(c: &GptConfig, t: u64, s: u64, gradients: u64) -> Counted {
     let down_weight = f * w * s;
     let positions = ctx * w * s;
     // Gradients not yet computed when the backward pass reaches block 0's …
-    let before = |pending: u64| gradients - positions - pending;
+    let before = |pending: u64| gradients.saturating_sub(positions + pending);
     let left = |blocks: u64| blocks * scores * s; // the masks' gradients, one per block passed
     let backward = vec![
         Term::new("the loss's gradient", 0, 7 * t * v * F32),
@@ -295,7 +295,7 @@ fn llama(c: &LlamaConfig, t: u64, s: u64, gradients: u64) -> Counted {
     let (q_proj, k_proj) = ((w * q + bias * q) * s, (w * k + bias * k) * s);
     let attention = q_proj + 2 * k_proj + q * w * s;
     let (gate_or_up, down) = (w * i * s, i * w * s);
-    let before = |pending: u64| gradients - embed - pending;
+    let before = |pending: u64| gradients.saturating_sub(embed + pending);
     // What the gradient store keeps per layer passed: the mask's gradient, and for each of
     // the rotation's four products by the tables, the product's gradient, its operand's,
     // the zeros and the sum (a tracked expression keeps its operands).
