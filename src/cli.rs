@@ -98,11 +98,11 @@ pub struct CheckArgs {
     pub target: TargetArgs,
 }
 
-/// Flags of `maxbatch estimate`.
-#[derive(Debug, Args)]
-pub struct EstimateArgs {
-    /// The built-in model (see `maxbatch models`; not cnn, whose convolutions the estimate
-    /// does not count).
+/// The model: a built-in preset or a Hugging Face config (shared by the search, `check` and
+/// `estimate`).
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// The built-in model (see `maxbatch models`).
     #[arg(
         long,
         short,
@@ -113,9 +113,27 @@ pub struct EstimateArgs {
     pub model: Option<String>,
 
     /// A Hugging Face config.json (model_type llama, mistral, qwen2 or gpt2), e.g. a 7B or
-    /// 70B model's: only its shapes are read.
+    /// 70B model's: only its shapes are read (a search builds it with random weights).
     #[arg(long, value_name = "PATH")]
     pub config: Option<std::path::PathBuf>,
+}
+
+impl ModelArgs {
+    /// Where the model comes from: --model or --config (clap enforces exactly one).
+    pub fn source(&self) -> ModelSource {
+        match (&self.config, &self.model) {
+            (Some(path), _) => ModelSource::Config(path.clone()),
+            (None, name) => ModelSource::Preset(name.clone().unwrap_or_default()),
+        }
+    }
+}
+
+/// Flags of `maxbatch estimate`.
+#[derive(Debug, Args)]
+pub struct EstimateArgs {
+    /// The model (not cnn, whose convolutions the estimate does not count).
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// Tokens per sample. [default: the model's context length; at most 2048 for a
     /// --config]
@@ -155,14 +173,6 @@ pub struct EstimateArgs {
 }
 
 impl EstimateArgs {
-    /// Where the model comes from: --model or --config (clap enforces exactly one).
-    pub fn model_source(&self) -> ModelSource {
-        match (&self.config, &self.model) {
-            (Some(path), _) => ModelSource::Config(path.clone()),
-            (None, name) => ModelSource::Preset(name.clone().unwrap_or_default()),
-        }
-    }
-
     /// The model's options: the sequence length and the dtype.
     pub fn model_options(&self) -> ModelOptions {
         ModelOptions {
@@ -285,20 +295,9 @@ pub struct FindArgs {
 /// The model, the device and how a trial trains: shared by the search and `check`.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
-    /// The built-in model to train (see `maxbatch models`).
-    #[arg(
-        long,
-        short,
-        required_unless_present = "config",
-        conflicts_with = "config",
-        value_name = "NAME"
-    )]
-    pub model: Option<String>,
-
-    /// A Hugging Face config.json (model_type llama, mistral, qwen2 or gpt2) to build with
-    /// random weights, instead of --model.
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<std::path::PathBuf>,
+    /// The model to train.
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// Weights, activations and optimizer state in f32, bf16 or f16 (all in that dtype:
     /// not mixed precision with f32 master weights, which is --amp; the loss is computed in
@@ -413,10 +412,7 @@ fn parse_devices(text: &str) -> Result<Devices, String> {
 impl TargetArgs {
     /// Where the model comes from: --model or --config (clap enforces exactly one).
     pub fn model_source(&self) -> ModelSource {
-        match (&self.config, &self.model) {
-            (Some(path), _) => ModelSource::Config(path.clone()),
-            (None, name) => ModelSource::Preset(name.clone().unwrap_or_default()),
-        }
+        self.model.source()
     }
 
     /// The arguments of a `trial` child process measuring what these flags describe on
@@ -427,7 +423,7 @@ impl TargetArgs {
             args.push(name.into());
             args.push(value.into());
         };
-        match (&self.config, &self.model) {
+        match (&self.model.config, &self.model.model) {
             (Some(path), _) => flag("--config", path.display().to_string()),
             (None, Some(name)) => flag("--model", name.clone()),
             (None, None) => {}
@@ -630,7 +626,7 @@ mod tests {
         };
         assert_eq!(trial.batch_size, 3);
         assert_eq!(trial.target.memory, Some(12345));
-        assert_eq!(trial.target.model.as_deref(), Some("mlp"));
+        assert_eq!(trial.target.model.model.as_deref(), Some("mlp"));
         assert_eq!(trial.target.seq_len, [7]);
         assert_eq!(trial.target.dtype, DType::BF16);
         assert!(trial.target.no_fallback && trial.target.no_cache && trial.target.json);

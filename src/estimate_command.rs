@@ -34,7 +34,7 @@ pub fn estimate(args: &EstimateArgs) -> Result<ExitCode> {
     if args.batch_size == Some(0) {
         bail!("--batch-size must be at least 1");
     }
-    let spec = ModelSpec::load(&args.model_source())?;
+    let spec = ModelSpec::load(&args.model.source())?;
     let options = args.model_options();
     let estimate = Estimate::new(&spec, &options, args.optimizer)?;
     let cuda_cap = spec.cuda_batch_cap(&options)?;

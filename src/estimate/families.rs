@@ -165,6 +165,27 @@ fn mlp(c: &MlpConfig, s: u64, gradients: u64) -> Counted {
     }
 }
 
+/// The moments a decoder's backward pass shares at its two ends, whatever its blocks: the
+/// loss's gradient (7 f32 [T, V] tensors), the output head's weight gradient (5 copies of the
+/// [V, C] head with the logits' gradient and 3 of its input's), and at the end the token
+/// embedding's, which `index_add` writes as a new [V, C] while the old one is alive. `left` is
+/// what the gradient store keeps per sample by the end.
+fn decoder_ends(t: u64, v: u64, w: u64, s: u64, gradients: u64, left: u64) -> [Term; 3] {
+    [
+        Term::new("the loss's gradient", 0, 7 * t * v * F32),
+        Term::new(
+            "the output head's weight gradient",
+            5 * v * w * s,
+            t * (v + 3 * w) * s,
+        ),
+        Term::new(
+            "the embeddings' gradients",
+            gradients + v * w * s,
+            3 * t * w * s + left,
+        ),
+    ]
+}
+
 fn gpt(c: &GptConfig, t: u64, s: u64, gradients: u64) -> Counted {
     let [v, ctx, w, l, h, f] =
         [c.vocab, c.context, c.width, c.layers, c.heads, c.ffn].map(|n| n as u64);
@@ -198,13 +219,8 @@ fn gpt(c: &GptConfig, t: u64, s: u64, gradients: u64) -> Counted {
     // Gradients not yet computed when the backward pass reaches block 0's …
     let before = |pending: u64| gradients.saturating_sub(positions + pending);
     let left = |blocks: u64| blocks * scores * s; // the masks' gradients, one per block passed
-    let backward = vec![
-        Term::new("the loss's gradient", 0, 7 * t * v * F32),
-        Term::new(
-            "the output head's weight gradient",
-            5 * v * w * s,
-            t * (v + 3 * w) * s,
-        ),
+    let mut backward = decoder_ends(t, v, w, s, gradients, left(l)).to_vec();
+    backward.extend([
         Term::new(
             "the first block's feed-forward gradients",
             before(norm + qkv + proj + norm + up),
@@ -230,14 +246,7 @@ fn gpt(c: &GptConfig, t: u64, s: u64, gradients: u64) -> Counted {
             before(norm + 3 * w * w * s) + 15 * w * w * s,
             6 * t * w * s + left(l),
         ),
-        // At the end, the token embedding's gradient is added to by `index_add`, which
-        // writes a new [V, C] while the old one is alive.
-        Term::new(
-            "the embeddings' gradients",
-            gradients + v * w * s,
-            3 * t * w * s + left(l),
-        ),
-    ];
+    ]);
     Counted {
         activations: Term::new("activations", fixed, per_sample),
         backward,
@@ -301,13 +310,8 @@ fn llama(c: &LlamaConfig, t: u64, s: u64, gradients: u64) -> Counted {
     // the zeros and the sum (a tracked expression keeps its operands).
     let per_layer_left = scores * s + 8 * t * (q + k) * s;
     let left = |layers: u64| layers * per_layer_left;
-    let backward = vec![
-        Term::new("the loss's gradient", 0, 7 * t * v * F32),
-        Term::new(
-            "the output head's weight gradient",
-            5 * v * w * s,
-            t * (v + 3 * w) * s,
-        ),
+    let mut backward = decoder_ends(t, v, w, s, gradients, left(l)).to_vec();
+    backward.extend([
         Term::new(
             "the first layer's MLP gradients",
             before(norm + attention + norm + 2 * gate_or_up),
@@ -333,14 +337,7 @@ fn llama(c: &LlamaConfig, t: u64, s: u64, gradients: u64) -> Counted {
             before(norm + q_proj) + 5 * q_proj,
             (t * q + 3 * t * w) * s + left(l),
         ),
-        // At the end, the token embedding's gradient is added to by `index_add`, which
-        // writes a new [V, C] while the old one is alive.
-        Term::new(
-            "the embeddings' gradients",
-            gradients + v * w * s,
-            3 * t * w * s + left(l),
-        ),
-    ];
+    ]);
     Counted {
         activations: Term::new("activations", fixed, per_sample),
         backward,
