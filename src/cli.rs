@@ -99,17 +99,12 @@ pub struct CheckArgs {
 }
 
 /// The model: a built-in preset or a Hugging Face config (shared by the search, `check` and
-/// `estimate`).
+/// `estimate`); exactly one is required.
 #[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
 pub struct ModelArgs {
     /// The built-in model (see `maxbatch models`).
-    #[arg(
-        long,
-        short,
-        required_unless_present = "config",
-        conflicts_with = "config",
-        value_name = "NAME"
-    )]
+    #[arg(long, short, value_name = "NAME")]
     pub model: Option<String>,
 
     /// A Hugging Face config.json (model_type llama, mistral, qwen2 or gpt2), e.g. a 7B or
@@ -188,7 +183,7 @@ impl EstimateArgs {
         let mut targets: Vec<maxbatch::plan::Target> = self
             .memory
             .map(|bytes| maxbatch::plan::Target {
-                name: format!("--memory {}", maxbatch::format::bytes(bytes)),
+                name: "--memory".to_string(),
                 bytes,
                 is_gpu: false,
             })

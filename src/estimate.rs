@@ -195,12 +195,12 @@ impl Estimate {
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
     }
 
-    /// The predicted sizes for `capacity` with `margin` left free.
+    /// The predicted sizes for `capacity` (what the step may use) with `margin` of it left
+    /// free.
     pub fn sizes_for(&self, capacity: u64, margin: f64) -> Option<PredictedSizes> {
         let max = self.max_batch(capacity)?;
         let recommended = self.max_batch(allowed_peak(capacity, margin))?.min(max);
         Some(PredictedSizes {
-            capacity_bytes: capacity,
             predicted_max: max,
             predicted_power_of_two: largest_power_of_two_at_most(max),
             predicted_recommended: recommended,
@@ -278,8 +278,6 @@ impl Estimate {
 /// The sizes an estimate predicts for one capacity. Nothing here ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PredictedSizes {
-    /// The memory the batch may use.
-    pub capacity_bytes: u64,
     /// The largest batch size whose estimated peak fits (0: not even one sample).
     pub predicted_max: usize,
     /// The largest power of two ≤ it.

@@ -95,21 +95,34 @@ fn text(
     }
     out += "\npredicted sizes (no trial ran):\n";
     out += &format!(
-        "  {:<18}{:>11}{:>11}{:>9}{:>7}{:>8}{:>13}\n",
+        "  {:<14}{:>11}{:>11}{:>10}{:>10}{:>10}{:>13}\n",
         "target", "capacity", "usable", "max", "2^n", "rec", "peak at max"
     );
+    let mut notes: Vec<String> = Vec::new();
     for plan in plans {
+        let none = || "none".to_string();
         let (max, pow2, rec, peak) = match plan.sizes {
-            Some(s) => (
+            Some(s) if s.predicted_max > 0 => (
                 s.predicted_max.to_string(),
                 s.predicted_power_of_two.to_string(),
-                s.predicted_recommended.to_string(),
+                Some(s.predicted_recommended)
+                    .filter(|&r| r > 0)
+                    .map_or_else(none, |r| r.to_string()),
                 s.predicted_peak_bytes.map_or("-".into(), bytes),
             ),
+            Some(_) => {
+                notes.push(format!(
+                    "{}: batch size 1 does not fit: its predicted peak is {}, above the {} usable",
+                    plan.target,
+                    bytes(estimate.peak(1).peak_bytes),
+                    bytes(plan.usable_bytes)
+                ));
+                (none(), "-".into(), "-".into(), "-".into())
+            }
             None => ("no bound".into(), "-".into(), "-".into(), "-".into()),
         };
         out += &format!(
-            "  {:<18}{:>11}{:>11}{:>9}{:>7}{:>8}{:>13}\n",
+            "  {:<14}{:>11}{:>11}{:>10}{:>10}{:>10}{:>13}\n",
             plan.target,
             bytes(plan.capacity_bytes),
             bytes(plan.usable_bytes),
@@ -119,7 +132,28 @@ fn text(
             peak
         );
     }
-    let mut notes: Vec<String> = Vec::new();
+    if let Some(first) = plans
+        .first()
+        .filter(|p| p.sizes.is_some_and(|s| s.predicted_max > 0))
+    {
+        let peak = phases.iter().map(|p| p.peak_bytes).max().unwrap_or(0);
+        if peak > first.usable_bytes {
+            notes.push(format!(
+                "batch size {batch_size}: its predicted peak, {}, is above {}'s {} usable",
+                bytes(peak),
+                first.target,
+                bytes(first.usable_bytes)
+            ));
+        }
+    }
+    if plans.iter().any(|p| p.assumptions.is_empty()) {
+        notes.push(
+            "--memory and plain capacities are what the step's tensors may use: a CPU search's \
+             budget also counts the process's own heap (a few MiB of matrix-multiply \
+             workspaces), so a search under the same budget may find a few samples fewer"
+                .into(),
+        );
+    }
     for plan in plans {
         for a in &plan.assumptions {
             let note = format!("assumed: {} takes {} of each GPU", a.what, bytes(a.bytes));

@@ -1034,6 +1034,38 @@ fn the_estimate_predicts_the_searched_maximum_and_labels_every_figure() {
 }
 
 #[test]
+fn the_estimate_table_keeps_large_sizes_apart_and_says_when_nothing_fits() {
+    let args = ["estimate", "--model", "mlp", "--plan-for", "h200,64MiB"];
+    let json = json_of(&maxbatch().args(args).arg("--json").output().unwrap());
+    let output = maxbatch().args(args).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // Seven-digit sizes on the H200: each column its own word, as in the JSON.
+    let sizes = &json["plans"][0]["sizes"];
+    assert!(sizes["predicted_max"].as_u64().unwrap() >= 1_000_000, "{sizes}");
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("h200"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[5], sizes["predicted_max"].to_string(), "{text}");
+    assert_eq!(row[6], sizes["predicted_power_of_two"].to_string(), "{text}");
+    assert_eq!(row[7], sizes["predicted_recommended"].to_string(), "{text}");
+    // 64 MiB holds less than the weights and AdamW's transient: no size, and why.
+    assert_eq!(json["plans"][1]["sizes"]["predicted_max"], 0);
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("64MiB "))
+        .unwrap();
+    assert!(row.contains("none"), "{row}");
+    assert!(
+        text.contains("64MiB: batch size 1 does not fit: its predicted peak is"),
+        "{text}"
+    );
+}
+
+#[test]
 fn the_estimate_refuses_what_it_does_not_count() {
     fails_cleanly(
         &["estimate", "--model", "cnn", "--memory", "1GiB"],

@@ -41,7 +41,7 @@ fn one_trial_per_family_fits_a_budget_and_is_measured() {
             Workload::new(&spec, &options, OptimizerKind::AdamW, &Device::Cpu).unwrap();
         let held = CountingAllocator::current_bytes();
         // The weights and AdamW's moments are held already; AdamW's step needs a transient
-        // of about 14 times the largest variable on top (docs/design.md).
+        // of 14 times the largest variable on top (docs/design.md).
         let budget = held + (1 << 30);
         let mut meter = CpuMeter::with_budget(budget).unwrap();
         let trial = Finder::on(&candle_core::Device::Cpu)
