@@ -1042,7 +1042,10 @@ fn the_estimate_table_keeps_large_sizes_apart_and_says_when_nothing_fits() {
     let text = String::from_utf8_lossy(&output.stdout);
     // Seven-digit sizes on the H200: each column its own word, as in the JSON.
     let sizes = &json["plans"][0]["sizes"];
-    assert!(sizes["predicted_max"].as_u64().unwrap() >= 1_000_000, "{sizes}");
+    assert!(
+        sizes["predicted_max"].as_u64().unwrap() >= 1_000_000,
+        "{sizes}"
+    );
     let row: Vec<&str> = text
         .lines()
         .find(|l| l.trim_start().starts_with("h200"))
@@ -1050,7 +1053,11 @@ fn the_estimate_table_keeps_large_sizes_apart_and_says_when_nothing_fits() {
         .split_whitespace()
         .collect();
     assert_eq!(row[5], sizes["predicted_max"].to_string(), "{text}");
-    assert_eq!(row[6], sizes["predicted_power_of_two"].to_string(), "{text}");
+    assert_eq!(
+        row[6],
+        sizes["predicted_power_of_two"].to_string(),
+        "{text}"
+    );
     assert_eq!(row[7], sizes["predicted_recommended"].to_string(), "{text}");
     // 64 MiB holds less than the weights and AdamW's transient: no size, and why.
     assert_eq!(json["plans"][1]["sizes"]["predicted_max"], 0);
