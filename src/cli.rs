@@ -191,15 +191,11 @@ impl EstimateArgs {
             .collect();
         match &self.plan_for {
             Some(PlanTargets(more)) => targets.extend(more.iter().cloned()),
-            None if targets.is_empty() => {
-                targets.extend(maxbatch::plan::KNOWN_GPUS.iter().map(|&(name, bytes)| {
-                    maxbatch::plan::Target {
-                        name: name.to_string(),
-                        bytes,
-                        is_gpu: true,
-                    }
-                }))
-            }
+            None if targets.is_empty() => targets.extend(
+                maxbatch::plan::KNOWN_GPUS
+                    .iter()
+                    .map(maxbatch::plan::Target::gpu),
+            ),
             None => {}
         }
         targets

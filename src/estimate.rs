@@ -247,10 +247,7 @@ impl Estimate {
         let mut caveats = Vec::new();
         if let (Some(s), Some(cap), true) = (sizes.as_mut(), cuda_cap, target.is_gpu) {
             if s.predicted_max > cap {
-                caveats.push(format!(
-                    "capped at {cap}: beyond it a tensor passes the 2^32 elements candle's \
-                     CUDA kernels can index, though memory would allow more"
-                ));
+                caveats.push(crate::plan::cuda_cap_caveat(cap));
                 s.predicted_max = cap;
                 s.predicted_power_of_two = largest_power_of_two_at_most(cap);
                 s.predicted_recommended = s.predicted_recommended.min(cap);

@@ -25,12 +25,7 @@ struct EstimateOutput<'a> {
 
 /// Runs `maxbatch estimate`.
 pub fn estimate(args: &EstimateArgs) -> Result<ExitCode> {
-    if !(0.0..1.0).contains(&args.margin) {
-        bail!(
-            "--margin {} is not a fraction in [0, 1); e.g. 0.05 leaves 5% free",
-            args.margin
-        );
-    }
+    maxbatch::settings::check_margin(args.margin)?;
     if args.batch_size == Some(0) {
         bail!("--batch-size must be at least 1");
     }

@@ -37,6 +37,25 @@ pub struct Target {
     pub is_gpu: bool,
 }
 
+impl Target {
+    /// A named GPU from [`KNOWN_GPUS`]: its CUDA overhead is part of the plan.
+    pub fn gpu(&(name, bytes): &(&str, u64)) -> Self {
+        Self {
+            name: name.to_string(),
+            bytes,
+            is_gpu: true,
+        }
+    }
+}
+
+/// Why a named GPU's predicted maximum stops at `cap` (`ModelSpec::cuda_batch_cap`).
+pub fn cuda_cap_caveat(cap: usize) -> String {
+    format!(
+        "capped at {cap}: beyond it a tensor passes the 2^32 elements candle's CUDA kernels \
+         can index, though memory would allow more"
+    )
+}
+
 /// Parses `--plan-for`: a comma-separated list of GPU names ([`KNOWN_GPUS`]) and capacities
 /// (`24GiB`, `80GB`).
 pub fn parse_targets(text: &str) -> Result<Vec<Target>, String> {
@@ -48,11 +67,7 @@ pub fn parse_targets(text: &str) -> Result<Vec<Target>, String> {
                 .iter()
                 .find(|(name, _)| name.eq_ignore_ascii_case(item));
             match known {
-                Some(&(name, bytes)) => Ok(Target {
-                    name: name.to_string(),
-                    bytes,
-                    is_gpu: true,
-                }),
+                Some(gpu) => Ok(Target::gpu(gpu)),
                 None => crate::format::parse_bytes(item)
                     .map(|bytes| Target {
                         name: item.to_string(),
@@ -163,10 +178,7 @@ fn plan(report: &Report, target: &Target, cuda_cap: Option<usize>) -> Option<Pla
     let fitted_through = crate::trial::phase_of(&report.trials, chosen.through);
     let mut caveats = Vec::new();
     if let Some(cap) = capped {
-        caveats.push(format!(
-            "capped at {cap}: beyond it a tensor passes the 2^32 elements candle's CUDA kernels \
-             can index, though memory would allow more"
-        ));
+        caveats.push(cuda_cap_caveat(cap));
     }
     if target.is_gpu && !measured_on_gpu {
         caveats.push(

@@ -108,12 +108,7 @@ impl SearchSettings {
         if self.steps_per_trial == 0 {
             return invalid("--steps-per-trial must be at least 1".into());
         }
-        if !(0.0..1.0).contains(&self.margin) {
-            return invalid(format!(
-                "--margin {} is not a fraction in [0, 1); e.g. 0.05 leaves 5% free",
-                self.margin
-            ));
-        }
+        check_margin(self.margin)?;
         if let Some(plan) = self.accumulation {
             if plan.target_batch == 0 || plan.world_size == 0 || plan.micro_batch == Some(0) {
                 return invalid(
@@ -159,6 +154,17 @@ impl SearchSettings {
             ));
         }
         self.validate().map(|_| ())
+    }
+}
+
+/// Refuses a `--margin` that is not a fraction in [0, 1) (the search's and the estimate's).
+pub fn check_margin(margin: f64) -> Result<(), Error> {
+    if (0.0..1.0).contains(&margin) {
+        Ok(())
+    } else {
+        Err(Error::InvalidSetting(format!(
+            "--margin {margin} is not a fraction in [0, 1); e.g. 0.05 leaves 5% free"
+        )))
     }
 }
 
