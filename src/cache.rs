@@ -101,10 +101,28 @@ impl Cache {
 
     /// Stores `value` as the answer for `key`. Failing to write is a warning, not an error.
     pub fn store<T: Serialize>(&self, key: &CacheKey, value: &T) {
+        if let Some(file) = self.not_a_folder() {
+            tracing::warn!(
+                "the cache folder {} is not a folder ({} is a file), so this answer is not \
+                 cached; set MAXBATCH_CACHE to a folder, or leave it unset",
+                self.dir.display(),
+                file.display()
+            );
+            return;
+        }
         let path = self.path(key);
         if let Err(error) = write_atomically(&self.dir, &path, key, value) {
             tracing::warn!("could not write the cache file {}: {error}", path.display());
         }
+    }
+}
+
+impl Cache {
+    /// The path in the way when the cache's folder, or a folder above it, is a file
+    /// (`MAXBATCH_CACHE=/dev/null`, say): nothing can be stored there.
+    fn not_a_folder(&self) -> Option<PathBuf> {
+        let existing = self.dir.ancestors().find(|p| p.exists())?;
+        (!existing.is_dir()).then(|| existing.to_path_buf())
     }
 }
 
@@ -300,6 +318,9 @@ mod tests {
         let cache = Cache::at(&file);
         cache.store(&key("search"), &1u32); // must not panic
         assert_eq!(cache.load::<u32>(&key("search")), None);
+        assert_eq!(cache.not_a_folder(), Some(file.clone()));
+        assert_eq!(Cache::at(file.join("below")).not_a_folder(), Some(file));
+        assert_eq!(Cache::at(temporary_dir("new")).not_a_folder(), None);
     }
 }
 #[cfg(test)]

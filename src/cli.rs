@@ -165,6 +165,42 @@ pub struct EstimateArgs {
     /// Print JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+
+    /// The search's training-mode flags, which the estimate does not count: taken only to
+    /// say so (and that a search measures them) instead of clap's "unexpected argument".
+    #[command(flatten)]
+    pub uncounted: UncountedModes,
+}
+
+/// `--amp`, `--lora-rank`, `--lora-alpha` and `--lora-targets` given to `estimate`.
+#[derive(Debug, Args)]
+pub struct UncountedModes {
+    /// Not counted by the estimate: a search measures mixed precision.
+    #[arg(long, hide = true, value_name = "DTYPE")]
+    pub amp: Option<String>,
+    /// Not counted by the estimate: a search measures LoRA.
+    #[arg(long, hide = true, value_name = "RANK")]
+    pub lora_rank: Option<String>,
+    /// Not counted by the estimate: a search measures LoRA.
+    #[arg(long, hide = true, value_name = "ALPHA")]
+    pub lora_alpha: Option<String>,
+    /// Not counted by the estimate: a search measures LoRA.
+    #[arg(long, hide = true, value_name = "NAMES")]
+    pub lora_targets: Option<String>,
+}
+
+impl UncountedModes {
+    /// The first such flag given, as it was typed.
+    pub fn given(&self) -> Option<String> {
+        [
+            ("--amp", &self.amp),
+            ("--lora-rank", &self.lora_rank),
+            ("--lora-alpha", &self.lora_alpha),
+            ("--lora-targets", &self.lora_targets),
+        ]
+        .into_iter()
+        .find_map(|(flag, value)| value.as_ref().map(|v| format!("{flag} {v}")))
+    }
 }
 
 impl EstimateArgs {
@@ -305,7 +341,12 @@ pub struct TargetArgs {
     /// LoRA fine-tuning: adapters of this rank beside the targeted linear layers are the
     /// only trained weights; every other weight is frozen (no gradient, no optimizer
     /// state). Transformers and Llama-family configs. [default: 0, train every weight]
-    #[arg(long, default_value_t = 0, value_name = "RANK")]
+    #[arg(
+        long,
+        default_value_t = 0,
+        hide_default_value = true,
+        value_name = "RANK"
+    )]
     pub lora_rank: usize,
 
     /// LoRA's alpha: the adapters' output is scaled by alpha / rank.
@@ -544,6 +585,33 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every flag of every command, with the command's name.
+    fn every_flag(command: &clap::Command) -> Vec<(String, clap::Arg)> {
+        let mut flags: Vec<(String, clap::Arg)> = command
+            .get_arguments()
+            .map(|a| (command.get_name().to_string(), a.clone()))
+            .collect();
+        for sub in command.get_subcommands() {
+            flags.extend(every_flag(sub));
+        }
+        flags
+    }
+
+    #[test]
+    fn help_states_each_default_once() {
+        // A default written in a flag's help and also shown by clap reads
+        // "[default: 0, train every weight] [default: 0]".
+        for (command, arg) in every_flag(&Cli::command()) {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let shown = !arg.get_default_values().is_empty() && !arg.is_hide_default_value_set();
+            assert!(
+                !(shown && help.contains("[default:")),
+                "{command} --{}: the default is written in its help and shown by clap",
+                arg.get_id()
+            );
+        }
     }
 
     #[test]

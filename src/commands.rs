@@ -185,7 +185,8 @@ fn search_devices(
             cached(&finder, key, || {
                 let mut progress = Progress::new(args.target.json);
                 Ok(finder.search(&mut children, device, &mut progress)?)
-            })?
+            })
+            .map_err(|e| setup.explain(e))?
         } else {
             cached(&finder, key, || {
                 let mut progress = Progress::new(args.target.json);
@@ -195,7 +196,8 @@ fn search_devices(
                     setup.meter.as_mut(),
                     &mut progress,
                 )?)
-            })?
+            })
+            .map_err(|e| setup.explain(e))?
         };
         let interrupted = report.interrupted;
         reports.push(report);
@@ -222,7 +224,7 @@ fn what_if_rows(args: &FindArgs) -> Result<Vec<maxbatch::what_if::WhatIf>> {
     let options = args.target.model_options();
     let seq_len = spec.seq_len(&options)?;
     let changes = maxbatch::what_if::changes(&spec, &options, args.target.optimizer, seq_len);
-    crate::what_if_runs::run(&changes, args.target.json)
+    crate::what_if_runs::run(&changes)
 }
 
 /// A sequence-length sweep: one search per length on one device, the model built once, each
@@ -296,7 +298,8 @@ fn sweep(args: &FindArgs, lengths: &[usize]) -> Result<ExitCode> {
             );
             built = Some((workload, held));
             Ok(report?)
-        })?;
+        })
+        .map_err(|e| setup.explain(e))?;
         if let Some(model) = &report.memory_model {
             measured.push(MeasuredLength {
                 seq_len,

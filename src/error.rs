@@ -31,7 +31,9 @@ pub enum Error {
         /// The capacity it was measured against.
         capacity: u64,
         /// What to try instead.
-        hint: &'static str,
+        hint: String,
+        /// True when the warm-up step ran out of memory (CUDA), not a trial.
+        at_warm_up: bool,
     },
 
     /// The model and optimizer state alone are over the capacity.
@@ -64,7 +66,10 @@ pub enum Error {
     },
 
     /// No built-in model has that name.
-    #[error("unknown model {name:?}; known models: {known} (see `maxbatch models`)")]
+    #[error(
+        "unknown model {name:?}; known models: {known} (see `maxbatch models`); {}",
+        config_hint(name)
+    )]
     UnknownModel {
         /// The name given.
         name: String,
@@ -114,6 +119,21 @@ impl Error {
     }
 }
 
+/// What to do with a model name that is not a preset: a Hugging Face model (a repository
+/// name like `HuggingFaceTB/SmolLM2-135M`, or its `config.json`) is given by its config.
+fn config_hint(name: &str) -> String {
+    if name.ends_with(".json") {
+        format!("{name} looks like a config file: give it with --config {name}")
+    } else if name.contains('/') {
+        format!(
+            "{name} looks like a Hugging Face model: download its config.json and give it \
+             with --config PATH (only the shapes are read)"
+        )
+    } else {
+        "for a Hugging Face model, give its config.json with --config PATH".to_string()
+    }
+}
+
 /// A next step for errors that come from the dtype rather than the model.
 fn dtype_hint(error: &candle_core::Error) -> String {
     use candle_core::Error as E;
@@ -132,6 +152,20 @@ fn dtype_hint(error: &candle_core::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_model_points_to_a_config() {
+        let message = |name: &str| {
+            Error::UnknownModel {
+                name: name.into(),
+                known: "mlp".into(),
+            }
+            .to_string()
+        };
+        assert!(message("x.json").contains("give it with --config x.json"));
+        assert!(message("HuggingFaceTB/SmolLM2-135M").contains("download its config.json"));
+        assert!(message("smollm2-135m").contains("give its config.json with --config PATH"));
+    }
 
     #[test]
     fn the_debug_form_carries_the_fix() {

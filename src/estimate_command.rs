@@ -25,6 +25,13 @@ struct EstimateOutput<'a> {
 
 /// Runs `maxbatch estimate`.
 pub fn estimate(args: &EstimateArgs) -> Result<ExitCode> {
+    if let Some(flag) = args.uncounted.given() {
+        bail!(
+            "the estimate does not count {flag} yet (only full training in one dtype); a \
+             search measures it: run maxbatch with the same model and {flag}, or `maxbatch \
+             check ... {flag} --batch-size B` for one size"
+        );
+    }
     maxbatch::settings::check_margin(args.margin)?;
     if args.batch_size == Some(0) {
         bail!("--batch-size must be at least 1");

@@ -534,7 +534,10 @@ impl Finder {
                 return Err(Error::NothingFits {
                     needs: trials.last().and_then(|t| t.peak_bytes),
                     capacity,
-                    hint: "raise --memory, shorten --seq-len, or train with --optimizer sgd",
+                    hint: "give it more memory, or make one sample lighter (shorter inputs, \
+                           a lower-precision dtype, an optimizer with less state)"
+                        .into(),
+                    at_warm_up: false,
                 })
             }
             Err(SearchError::InvalidBounds(b)) => {

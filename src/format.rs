@@ -42,7 +42,7 @@ pub fn rate(value: f64) -> String {
 const UNITS: &str = "B, KB, MB, GB, TB (powers of 1000), KiB, MiB, GiB, TiB (powers of 1024), \
                      or K, M, G, T (powers of 1000)";
 
-/// Parses a human byte size: "512MiB", "4GiB", "4G" (decimal: 4×10⁹), "1500000".
+/// Parses a human byte size: "512MiB", "4GiB", "4 GiB", "4G" (decimal: 4×10⁹), "1500000".
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let unit = trimmed.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.' || c == ' ');
@@ -62,7 +62,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         };
         return Err(format!(
             "{text:?} is not a size in bytes{hint}; write a number (bytes) with one of {UNITS}, \
-             e.g. 512MiB or 4GiB, with no space"
+             e.g. 512MiB or 4GiB (a space before the unit is fine)"
         ));
     }
     let size: ByteSize = trimmed.parse().map_err(|_| {
@@ -96,6 +96,9 @@ mod tests {
             );
         }
         assert!(parse_bytes("lots").is_err());
+        // A space before the unit is accepted, so no message may say otherwise.
+        let err = parse_bytes("4 parsecs").unwrap_err();
+        assert!(err.contains("a space before the unit is fine"), "{err}");
         assert!(parse_bytes("4 parsecs").is_err());
         assert!(parse_bytes("").is_err());
     }

@@ -203,7 +203,9 @@ pub fn warm_up(
                 needs: None,
                 capacity: meter.capacity().bytes,
                 hint: "the warm-up step at batch size 1 ran out of memory; free the device or \
-                       choose a smaller model",
+                       choose a smaller model"
+                    .into(),
+                at_warm_up: true,
             })
         }
         Err(error) => return Err(Error::trial(1, error)),

@@ -109,6 +109,62 @@ impl Setup {
         })
     }
 
+    /// `error`, with a hint that names only the flags that apply to this model when it is
+    /// that batch size 1 does not fit.
+    pub fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+        match error.downcast::<Error>() {
+            Ok(Error::NothingFits {
+                needs,
+                capacity,
+                at_warm_up: false,
+                ..
+            }) => Error::NothingFits {
+                needs,
+                capacity,
+                hint: self.lighter_step(),
+                at_warm_up: false,
+            }
+            .into(),
+            Ok(other) => other.into(),
+            Err(error) => error,
+        }
+    }
+
+    /// The flags that would make this model's step need less memory, in words.
+    fn lighter_step(&self) -> String {
+        use models::Architecture;
+        let mut ways = vec!["raise --memory".to_string()];
+        let transformer = matches!(
+            self.spec.architecture,
+            Architecture::Gpt(_) | Architecture::Llama(..)
+        );
+        let resnet = matches!(self.spec.architecture, Architecture::ResNet(_));
+        if transformer {
+            ways.push("shorten --seq-len".into());
+        }
+        if resnet {
+            ways.push("use a smaller --image-size".into());
+        }
+        if self.optimizer == OptimizerKind::AdamW {
+            ways.push("train with --optimizer sgd".into());
+        }
+        // The CPU cannot train convolutions in bf16.
+        let half = self.options.dtype == candle_core::DType::F32 && self.options.amp.is_none();
+        if half && !(resnet && self.device.kind == DeviceKind::Cpu) {
+            ways.push("--dtype bf16".into());
+        }
+        if transformer && self.options.lora.is_none() {
+            ways.push("fine-tune with --lora-rank 8".into());
+        }
+        let last = ways.pop().unwrap_or_default();
+        let ways = if ways.is_empty() {
+            last
+        } else {
+            format!("{}, or {last}", ways.join(", "))
+        };
+        format!("{ways} (--what-if measures each)")
+    }
+
     /// Gives up the device (its CUDA context and memory pool) after its capacity was read:
     /// the meter keeps only the figures, and the model cannot be built here any more.
     pub fn release_device(&mut self) {

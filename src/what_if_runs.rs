@@ -4,7 +4,8 @@
 //! on transformer-tiny at 40 MiB that moved an answer by one).
 
 use std::ffi::OsString;
-use std::process::Command;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 use maxbatch::what_if::{Change, WhatIf};
@@ -64,40 +65,68 @@ pub fn child_args(parent: &[OsString], change: Change) -> Vec<OsString> {
     args
 }
 
-/// Searches with each change in a child process, one at a time; a change that does not fit
-/// or cannot run here gets the child's error as its row.
-pub fn run(changes: &[Change], json: bool) -> Result<Vec<WhatIf>> {
+/// Searches with each change in a child process, one at a time, showing each child's
+/// trials on stderr as they finish; a change that does not fit or cannot run here gets the
+/// child's error as its row.
+pub fn run(changes: &[Change]) -> Result<Vec<WhatIf>> {
     let program = std::env::current_exe().context("cannot find this program to run --what-if")?;
     let parent: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let list: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+    eprintln!(
+        "what if: {} more searches, one per change ({}), each as long as a search of its own",
+        changes.len(),
+        list.join(", ")
+    );
     let mut rows = Vec::new();
-    for &change in changes {
-        if !json {
-            eprintln!("what if {change}: searching…");
-        }
-        let output = Command::new(&program)
-            .args(child_args(&parent, change))
-            .output()
-            .with_context(|| format!("cannot run {} for --what-if", program.display()))?;
-        rows.push(row(change, &output));
+    for (i, &change) in changes.iter().enumerate() {
+        eprintln!("what if {change} ({} of {}):", i + 1, changes.len());
+        rows.push(search(&program, &parent, change)?);
     }
     Ok(rows)
 }
 
-/// The row of `change` from its child's output: the report's sizes, or its error.
-fn row(change: Change, output: &std::process::Output) -> WhatIf {
-    match serde_json::from_slice::<maxbatch::Report>(&output.stdout) {
-        Ok(report) if output.status.success() && !report.interrupted => {
-            WhatIf::measured(change, &report)
+/// The search with `change` in a child process: its progress lines passed on to stderr as
+/// they come, indented, and its row.
+fn search(program: &std::path::Path, parent: &[OsString], change: Change) -> Result<WhatIf> {
+    let mut child = Command::new(program)
+        .args(child_args(parent, change))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {} for --what-if", program.display()))?;
+    // Read on another thread: a report larger than the pipe would otherwise block the child
+    // before it closes stderr.
+    let mut stdout = child.stdout.take().context("the child's stdout")?;
+    let report = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        stdout.read_to_end(&mut text).map(|_| text)
+    });
+    let mut error = None;
+    if let Some(stderr) = child.stderr.take() {
+        for line in BufReader::new(stderr).lines() {
+            let line = line.context("the child's stderr")?;
+            match line.strip_prefix("error: ") {
+                Some(message) => error = Some(message.to_string()),
+                None => eprintln!("  {line}"),
+            }
         }
-        _ => {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let error = stderr
-                .lines()
-                .rev()
-                .find_map(|l| l.strip_prefix("error: "))
-                .unwrap_or("the search did not finish");
-            WhatIf::failed(change, error)
-        }
+    }
+    let status = child.wait().context("waiting for a --what-if search")?;
+    let stdout = report
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading a --what-if search's report failed"))?
+        .context("the child's report")?;
+    Ok(row(change, status.success(), &stdout, error))
+}
+
+/// The row of `change` from its child's report (`stdout`), or its error.
+fn row(change: Change, success: bool, stdout: &[u8], error: Option<String>) -> WhatIf {
+    match serde_json::from_slice::<maxbatch::Report>(stdout) {
+        Ok(report) if success && !report.interrupted => WhatIf::measured(change, &report),
+        _ => WhatIf::failed(
+            change,
+            error.as_deref().unwrap_or("the search did not finish"),
+        ),
     }
 }
 

@@ -1,42 +1,38 @@
-//! The binary end to end on the CPU with the tiny models and small budgets.
+//! The binary end to end on the CPU with the tiny models and budgets derived from what the
+//! process holds on the machine the tests run on (see tests/common/mod.rs).
 
-use assert_cmd::Command;
+mod common;
+
+use common::{above_held, bytes_flag, held, json_of, maxbatch, with_room, MIB};
 use serde_json::Value;
 
-/// The binary, with a result cache of its own so that no test answers from another's.
-fn maxbatch() -> Command {
-    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let cache = std::env::temp_dir().join(format!("maxbatch-cli-{}-{run}", std::process::id()));
-    let mut cmd = Command::cargo_bin("maxbatch").unwrap();
-    cmd.env_remove("RUST_LOG").env("MAXBATCH_CACHE", cache);
-    cmd
-}
-
-const TINY: &[&str] = &[
+/// transformer-tiny at 32 tokens on the CPU, without a budget.
+const TINY_MODEL: &[&str] = &[
     "--model",
     "transformer-tiny",
     "--device",
     "cpu",
-    "--memory",
-    "160MiB",
     "--seq-len",
     "32",
 ];
 
-fn json_of(output: &std::process::Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
+/// The room the tiny searches have above what the model holds: about 30 samples, well clear
+/// of batch size 1 and of the 65,536 cap.
+const TINY_ROOM: u64 = 155 * MIB;
+
+/// transformer-tiny at 32 tokens under a budget of [`TINY_ROOM`] above what it holds here.
+fn tiny() -> Vec<String> {
+    with_room(TINY_MODEL, TINY_ROOM)
+}
+
+/// The budget [`tiny`] gives, in bytes.
+fn tiny_budget() -> u64 {
+    held(TINY_MODEL).bytes + TINY_ROOM
 }
 
 fn search(extra: &[&str]) -> Value {
     let output = maxbatch()
-        .args(TINY)
+        .args(tiny())
         .args(["--json"])
         .args(extra)
         .output()
@@ -48,7 +44,7 @@ fn search(extra: &[&str]) -> Value {
 fn check(batch_size: usize) -> i32 {
     let output = maxbatch()
         .arg("check")
-        .args(TINY)
+        .args(tiny())
         .args(["--batch-size", &batch_size.to_string()])
         .output()
         .unwrap();
@@ -59,7 +55,7 @@ fn check(batch_size: usize) -> i32 {
 fn check_soak(batch_size: &str, steps: usize) -> std::process::Output {
     maxbatch()
         .arg("check")
-        .args(TINY)
+        .args(tiny())
         .args([
             "--batch-size",
             batch_size,
@@ -113,7 +109,7 @@ fn the_json_report_has_the_documented_keys_and_consistent_figures() {
     assert_eq!(r["model"]["name"], "transformer-tiny");
     assert!(r["model"]["parameters"].as_u64().unwrap() > 100_000);
     assert_eq!(r["device"]["kind"], "cpu");
-    assert_eq!(r["device"]["capacity_bytes"], 160u64 << 20);
+    assert_eq!(r["device"]["capacity_bytes"], tiny_budget());
     let max = r["max_batch_size"].as_u64().unwrap();
     let pow2 = r["largest_power_of_two"].as_u64().unwrap();
     let recommended = r["recommended_batch_size"].as_u64().unwrap();
@@ -183,14 +179,18 @@ fn the_cap_is_run_and_reported() {
 #[test]
 fn the_text_report_shows_trials_results_and_schedule() {
     let output = maxbatch()
-        .args(TINY)
+        .args(tiny())
         .args(["--dataset-size", "50000", "--epochs", "3"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0));
     let stdout = String::from_utf8(output.stdout).unwrap();
+    let budget = format!(
+        "budget {} from the --memory flag",
+        maxbatch::format::bytes(tiny_budget())
+    );
     for needle in [
-        "budget 160.0 MiB from the --memory flag",
+        budget.as_str(),
         "not a hardware limit",
         "out of memory",
         "max batch size",
@@ -251,7 +251,7 @@ fn models_lists_every_preset_with_its_parameters() {
 fn check_prints_the_trial_as_json() {
     let output = maxbatch()
         .arg("check")
-        .args(TINY)
+        .args(tiny())
         .args(["--batch-size", "2", "--json"])
         .output()
         .unwrap();
@@ -284,6 +284,22 @@ fn bad_input_is_one_clear_line_and_exit_2() {
         &["--model", "gpt-17", "--device", "cpu"],
         "known models: mlp, transformer-tiny, transformer-small, transformer-base",
     );
+    // A Hugging Face model's name or config file is pointed to --config.
+    for (name, needle) in [
+        ("smollm2-135m", "give its config.json with --config PATH"),
+        ("HuggingFaceTB/SmolLM2-135M", "download its config.json"),
+        ("x.json", "give it with --config x.json"),
+    ] {
+        fails_cleanly(&["--model", name, "--device", "cpu"], needle);
+    }
+    // The estimate's uncounted training modes are named, with what measures them.
+    for flag in ["--amp", "--lora-rank"] {
+        let value = if flag == "--amp" { "bf16" } else { "8" };
+        fails_cleanly(
+            &["estimate", "--model", "transformer-tiny", flag, value],
+            &format!("the estimate does not count {flag} {value} yet"),
+        );
+    }
     fails_cleanly(
         &[
             "check",
@@ -297,6 +313,7 @@ fn bad_input_is_one_clear_line_and_exit_2() {
         "--batch-size must be at least 1",
     );
     fails_cleanly(&["--model", "mlp", "--memory", "lots"], "is not a size");
+    // 1 KiB is less than any model and any machine's workspaces hold.
     fails_cleanly(
         &["--model", "mlp", "--device", "cpu", "--memory", "1KiB"],
         "raise --memory",
@@ -358,16 +375,12 @@ fn bad_input_is_one_clear_line_and_exit_2() {
 
 #[test]
 fn a_sweep_searches_each_length_exactly_and_reports_tokens_per_batch() {
-    let base = [
-        "--model",
-        "transformer-tiny",
-        "--device",
-        "cpu",
-        "--memory",
-        "160MiB",
-    ];
+    let model = ["--model", "transformer-tiny", "--device", "cpu"];
+    // The budget of the 32-token searches, given to both lengths.
+    let memory = bytes_flag(tiny_budget());
+    let base = [&model[..], &["--memory", &memory]].concat();
     let output = maxbatch()
-        .args(base)
+        .args(&base)
         .args(["--seq-len", "16,32", "--json"])
         .output()
         .unwrap();
@@ -394,7 +407,7 @@ fn a_sweep_searches_each_length_exactly_and_reports_tokens_per_batch() {
         // second length's first jump, steered by the first length's line, reaches at least
         // as far as the alone search's.
         let alone = maxbatch()
-            .args(base)
+            .args(&base)
             .args(["--seq-len", &len.to_string(), "--json"])
             .output()
             .unwrap();
@@ -428,7 +441,7 @@ fn mixed_precision_and_lora_say_what_they_train_in_text_and_json() {
         plain["model"]["parameters"]
     );
     let output = maxbatch()
-        .args(TINY)
+        .args(tiny())
         .args(["--amp", "bf16", "--lora-rank", "4"])
         .output()
         .unwrap();
@@ -445,33 +458,75 @@ fn mixed_precision_and_lora_say_what_they_train_in_text_and_json() {
 
 #[test]
 fn a_budget_below_batch_one_says_what_it_needs() {
-    // Enough for the tiny model's weights and optimizer state (2 MiB) and the CPU's
-    // matrix-multiply workspaces (2 MiB a thread), not for one batch.
+    // Above what the model holds (its weights, optimizer state and this machine's
+    // matrix-multiply workspaces), halfway to batch size 1's peak.
+    let model = ["--model", "transformer-tiny", "--device", "cpu"];
+    let tiny = held(&model);
+    let memory = bytes_flag(tiny.bytes + (tiny.batch_one - tiny.bytes) / 2);
     fails_cleanly(
-        &[
-            "--model",
-            "transformer-tiny",
-            "--device",
-            "cpu",
-            "--memory",
-            "12MiB",
-        ],
+        &[&model[..], &["--memory", &memory]].concat(),
         "does not fit even at batch size 1: needs at least",
     );
+    // The hint names the flags that apply to the model: --seq-len for a transformer, not
+    // for the MLP.
+    let hint = |model: &[&str]| {
+        let held = held(model);
+        let memory = bytes_flag(held.bytes + (held.batch_one - held.bytes) / 2);
+        let output = maxbatch()
+            .args(model)
+            .args(["--memory", &memory])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let tiny_hint = hint(&model);
+    assert!(tiny_hint.contains("shorten --seq-len"), "{tiny_hint}");
+    let mlp_hint = hint(&["--model", "mlp", "--device", "cpu"]);
+    assert!(
+        mlp_hint.contains("train with --optimizer sgd"),
+        "{mlp_hint}"
+    );
+    assert!(!mlp_hint.contains("--seq-len"), "{mlp_hint}");
+    assert!(!mlp_hint.contains("--lora-rank"), "{mlp_hint}");
 }
+
+#[test]
+fn a_cache_path_that_is_a_file_is_named_as_not_a_folder() {
+    let output = maxbatch()
+        .env("MAXBATCH_CACHE", "/dev/null")
+        .arg("check")
+        .args(tiny())
+        .args(["--batch-size", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the cache folder /dev/null is not a folder"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("os error"), "{stderr}");
+}
+
+/// transformer-tiny at 8 tokens on the CPU, where a CUDA request falls back to.
+#[cfg(not(feature = "cuda"))]
+const TINY_AT_8: &[&str] = &[
+    "--model",
+    "transformer-tiny",
+    "--device",
+    "cpu",
+    "--seq-len",
+    "8",
+];
 
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn a_cuda_request_falls_back_with_one_warning_unless_refused() {
+    // Room for many more than the two samples the search is capped at.
+    let memory = above_held(TINY_AT_8, 59 * MIB);
     let output = maxbatch()
-        .args([
-            "--model",
-            "transformer-tiny",
-            "--device",
-            "cuda:0",
-            "--memory",
-            "64MiB",
-        ])
+        .args(["--model", "transformer-tiny", "--device", "cuda:0"])
+        .args(["--memory", &memory])
         .args(["--seq-len", "8", "--max-batch", "2", "--json"])
         .output()
         .unwrap();
@@ -500,7 +555,7 @@ fn a_list_of_cuda_devices_falls_back_to_one_cpu_search() {
         .args(["--model", "transformer-tiny", "--device", "cuda:0,cuda:1"])
         .args([
             "--memory",
-            "64MiB",
+            &above_held(TINY_AT_8, 59 * MIB),
             "--seq-len",
             "8",
             "--max-batch",
@@ -581,6 +636,8 @@ fn broken_configs_are_one_line_naming_the_file() {
 
 #[test]
 fn a_config_too_large_for_the_budget_is_refused_before_it_is_built() {
+    // Arithmetic, the same on every machine: 6.7B parameters with AdamW's two moments in
+    // f32 are 81 GB, ten times the budget, refused before anything is built or measured.
     fails_cleanly(
         &[
             "--config",
@@ -596,17 +653,20 @@ fn a_config_too_large_for_the_budget_is_refused_before_it_is_built() {
 
 #[test]
 fn a_config_model_searches_on_the_cpu() {
+    let llama = fixture("tiny-llama.json");
+    let model = [
+        "--config",
+        &llama,
+        "--device",
+        "cpu",
+        "--seq-len",
+        "32",
+        "--dtype",
+        "bf16",
+    ];
     let output = maxbatch()
-        .args(["--config", &fixture("tiny-llama.json"), "--device", "cpu"])
-        .args([
-            "--memory",
-            "96MiB",
-            "--seq-len",
-            "32",
-            "--json",
-            "--dtype",
-            "bf16",
-        ])
+        .args(with_room(&model, 90 * MIB))
+        .arg("--json")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0), "{output:?}");
@@ -623,7 +683,7 @@ fn a_repeated_search_answers_from_the_cache_and_survives_a_corrupt_file() {
     let run = |extra: &[&str]| {
         let output = maxbatch()
             .env("MAXBATCH_CACHE", &cache)
-            .args(TINY)
+            .args(tiny())
             .args(["--max-batch", "8", "--json"])
             .args(extra)
             .output()
@@ -658,15 +718,9 @@ fn a_repeated_search_answers_from_the_cache_and_survives_a_corrupt_file() {
     // A different budget is a different question.
     let output = maxbatch()
         .env("MAXBATCH_CACHE", &cache)
-        .args([
-            "--model",
-            "transformer-tiny",
-            "--device",
-            "cpu",
-            "--memory",
-            "150MiB",
-        ])
-        .args(["--seq-len", "32", "--max-batch", "8", "--json"])
+        .args(TINY_MODEL)
+        .args(["--memory", &bytes_flag(tiny_budget() - 10 * MIB)])
+        .args(["--max-batch", "8", "--json"])
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&output.stderr).contains("cached result"));
@@ -691,7 +745,7 @@ fn a_repeated_search_answers_from_the_cache_and_survives_a_corrupt_file() {
 /// Starts a search with `args` (no cache), waits until `trials` trials have started, sends
 /// `signal` (as `kill -SIGNAL`), and returns the exit code, stdout, and what stderr printed
 /// after the signal.
-fn interrupt_after(args: &[&str], trials: usize, signal: &str) -> (Option<i32>, String, String) {
+fn interrupt_after(args: &[String], trials: usize, signal: &str) -> (Option<i32>, String, String) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("maxbatch"))
@@ -731,18 +785,9 @@ fn interrupt_after(args: &[&str], trials: usize, signal: &str) -> (Option<i32>, 
 #[test]
 fn ctrl_c_stops_after_the_running_trial_with_the_sizes_so_far() {
     let trials = 4;
-    let (code, stdout, rest) = interrupt_after(
-        &[
-            "--model",
-            "transformer-tiny",
-            "--device",
-            "cpu",
-            "--memory",
-            "2GiB",
-        ],
-        trials,
-        "INT",
-    );
+    // Room for hundreds of samples: the search is far from done after four trials.
+    let args = with_room(&["--model", "transformer-tiny", "--device", "cpu"], 2 << 30);
+    let (code, stdout, rest) = interrupt_after(&args, trials, "INT");
     assert_eq!(code, Some(130), "{rest}");
     assert!(
         stdout.contains("interrupted: the search stopped early"),
@@ -763,22 +808,9 @@ fn ctrl_c_stops_after_the_running_trial_with_the_sizes_so_far() {
 /// what it verified, and exits 143.
 #[test]
 fn sigterm_stops_after_the_running_trial_and_exits_143() {
-    let (code, stdout, rest) = interrupt_after(
-        &[
-            "--model",
-            "transformer-tiny",
-            "--device",
-            "cpu",
-            "--seq-len",
-            "32",
-            "--memory",
-            "2GiB",
-            "--strategy",
-            "doubling",
-        ],
-        3,
-        "TERM",
-    );
+    let mut args = with_room(TINY_MODEL, 2 << 30);
+    args.extend(["--strategy".to_string(), "doubling".to_string()]);
+    let (code, stdout, rest) = interrupt_after(&args, 3, "TERM");
     assert_eq!(code, Some(143), "{rest}");
     assert!(
         stdout.contains("interrupted: the search stopped early"),
@@ -927,9 +959,12 @@ fn what_if_measures_each_change_and_answers_a_model_that_does_not_fit() {
         "--seq-len",
         "16",
     ];
+    // Room for every change to fit a few samples (batch size 1 needs under 5 MiB above
+    // what the model holds).
+    let memory = above_held(&base, 35 * MIB);
     let output = maxbatch()
         .args(base)
-        .args(["--memory", "40MiB", "--what-if", "--json"])
+        .args(["--memory", &memory, "--what-if", "--json"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0), "{output:?}");
@@ -952,15 +987,19 @@ fn what_if_measures_each_change_and_answers_a_model_that_does_not_fit() {
     // Each row is the exact answer of a search with that change.
     let sgd = maxbatch()
         .args(base)
-        .args(["--memory", "40MiB", "--optimizer", "sgd", "--json"])
+        .args(["--memory", &memory, "--optimizer", "sgd", "--json"])
         .output()
         .unwrap();
     assert_eq!(json_of(&sgd)["max_batch_size"], rows[0]["max_batch_size"]);
 
-    // 12 MiB: batch size 1 does not fit as asked, but does with SGD.
+    // Between batch size 1's peak with SGD and with AdamW (whose moments and update
+    // transient SGD does not have): batch size 1 does not fit as asked, but does with SGD.
+    let sgd = held(&[&base[..], &["--optimizer", "sgd"]].concat()).batch_one;
+    let adamw = held(&base).batch_one;
+    assert!(sgd < adamw, "SGD peaked at {sgd}, AdamW at {adamw}");
     let output = maxbatch()
         .args(base)
-        .args(["--memory", "12MiB", "--what-if"])
+        .args(["--memory", &bytes_flag((sgd + adamw) / 2), "--what-if"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2), "{output:?}");
@@ -975,7 +1014,18 @@ fn what_if_measures_each_change_and_answers_a_model_that_does_not_fit() {
         .unwrap_or_else(|| panic!("{stdout}"));
     let max: usize = sgd_row.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert!(max >= 1, "{sgd_row}");
-    assert!(String::from_utf8_lossy(&output.stderr).contains("does not fit even at batch size 1"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("does not fit even at batch size 1"));
+    // Up front, how many searches follow; then each child's trials as they run.
+    assert!(
+        stderr.contains("what if: 5 more searches, one per change"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("what if --optimizer sgd (1 of 5):"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("\n  trial  1:"), "{stderr}");
 }
 
 #[test]
@@ -1035,6 +1085,7 @@ fn the_estimate_predicts_the_searched_maximum_and_labels_every_figure() {
 
 #[test]
 fn the_estimate_table_keeps_large_sizes_apart_and_says_when_nothing_fits() {
+    // Predictions from the shapes alone, the same on every machine: nothing is measured.
     let args = ["estimate", "--model", "mlp", "--plan-for", "h200,64MiB"];
     let json = json_of(&maxbatch().args(args).arg("--json").output().unwrap());
     let output = maxbatch().args(args).output().unwrap();
@@ -1074,6 +1125,7 @@ fn the_estimate_table_keeps_large_sizes_apart_and_says_when_nothing_fits() {
 
 #[test]
 fn the_estimate_refuses_what_it_does_not_count() {
+    // Refused before anything is counted: the budget does not matter.
     fails_cleanly(
         &["estimate", "--model", "cnn", "--memory", "1GiB"],
         "convolutions",

@@ -125,23 +125,35 @@ fn one_trial_per_family_fits_a_budget_and_is_measured() {
 
         // A budget the forward pass stays under and the backward pass passes by far more
         // than FAR_PAST: the trial stops at a stop point inside the backward pass, its peak
-        // measured past the budget, instead of finishing the pass. At batch size 16 the
-        // activations outweigh the weights, so the backward pass rises far enough.
-        let batch = 16;
-        let mut roomy = CpuMeter::with_budget(held + (4 << 30)).unwrap();
-        let trial = Finder::on(&candle_core::Device::Cpu)
-            .check_with(&mut workload, &mut roomy, batch, &mut Silent)
-            .unwrap();
-        let (forward, backward) = (
-            trial.phase_peaks[0].peak_bytes,
-            trial.phase_peaks[1].peak_bytes,
-        );
-        let budget = forward + (backward - forward) / 8;
+        // measured past the budget, instead of finishing the pass. From batch size 16 on,
+        // doubled until the activations outweigh what the process holds on this machine
+        // enough for the backward pass to rise that far.
+        let rises_far = |(forward, backward): (u64, u64)| {
+            let budget = forward + (backward - forward) / 8;
+            backward as f64 > budget as f64 * (1.0 + FAR_PAST) * 1.02
+        };
+        let mut boundaries = |batch: usize| {
+            let mut roomy = CpuMeter::with_budget(held + (4 << 30)).unwrap();
+            let trial = Finder::on(&candle_core::Device::Cpu)
+                .check_with(&mut workload, &mut roomy, batch, &mut Silent)
+                .unwrap();
+            (
+                trial.phase_peaks[0].peak_bytes,
+                trial.phase_peaks[1].peak_bytes,
+            )
+        };
+        let mut batch = 16;
+        let (mut forward, mut backward) = boundaries(batch);
+        while !rises_far((forward, backward)) && batch < 1024 {
+            batch *= 2;
+            (forward, backward) = boundaries(batch);
+        }
         assert!(
-            backward as f64 > budget as f64 * (1.0 + FAR_PAST) * 1.02,
+            rises_far((forward, backward)),
             "{}: the backward pass rises too little to test: {forward} then {backward}",
             spec.name
         );
+        let budget = forward + (backward - forward) / 8;
         let mut meter = CpuMeter::with_budget(budget).unwrap();
         let trial = Finder::on(&candle_core::Device::Cpu)
             .check_with(&mut workload, &mut meter, batch, &mut Silent)

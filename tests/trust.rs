@@ -2,7 +2,10 @@
 //! them): the default CPU budget measured, not predicted; a cache that sees every setting and can be refreshed; nothing lost to a bad output path; flags that do
 //! not apply refused; what `check` says.
 
+mod common;
+
 use assert_cmd::Command;
+use common::{above_held, held, with_room, MIB};
 use serde_json::Value;
 
 /// The binary with a result cache of its own (`cache` names it within this test binary).
@@ -47,7 +50,11 @@ fn trial_at(report: &Value, batch_size: u64) -> Option<&Value> {
 /// out of memory, in both runs: no prediction decides the answer.
 #[test]
 fn the_default_cpu_budget_is_measured_like_an_explicit_one() {
-    let available = (200u64 << 20).to_string();
+    // A machine with about 155 MiB for the step's tensors once the budget, 80% of what is
+    // available plus what the process holds, is taken (the default budget's rule).
+    let held = held(TINY).bytes;
+    let available = ((155 * MIB + held / 5) as f64 / 0.8) as u64;
+    let available = available.to_string();
     let default = json(
         maxbatch("default")
             .env("MAXBATCH_TEST_AVAILABLE_BYTES", &available)
@@ -81,11 +88,16 @@ fn the_default_cpu_budget_is_measured_like_an_explicit_one() {
 /// the headline, the JSON and the plot say so.
 #[test]
 fn a_maximum_bounded_by_prediction_says_so() {
+    // A machine whose guard (95% of what is available and held) leaves about 55 MiB for
+    // the step's tensors, under a budget of 2 GiB above what the model holds.
+    let held = held(TINY).bytes;
+    let available = (((55 * MIB + held) as f64 / 0.95) as u64).to_string();
+    let memory = above_held(TINY, 2 << 30);
     let plot = std::env::temp_dir().join(format!("maxbatch-trust-{}.svg", std::process::id()));
     let output = maxbatch("predicted")
-        .env("MAXBATCH_TEST_AVAILABLE_BYTES", (60u64 << 20).to_string())
+        .env("MAXBATCH_TEST_AVAILABLE_BYTES", &available)
         .args(TINY)
-        .args(["--memory", "2GiB", "--no-cache", "--plot"])
+        .args(["--memory", &memory, "--no-cache", "--plot"])
         .arg(&plot)
         .output()
         .unwrap();
@@ -98,9 +110,9 @@ fn a_maximum_bounded_by_prediction_says_so() {
 
     let report = json(
         maxbatch("predicted-json")
-            .env("MAXBATCH_TEST_AVAILABLE_BYTES", (60u64 << 20).to_string())
+            .env("MAXBATCH_TEST_AVAILABLE_BYTES", &available)
             .args(TINY)
-            .args(["--memory", "2GiB", "--no-cache", "--json"]),
+            .args(["--memory", &memory, "--no-cache", "--json"]),
     );
     let boundary = report["unmeasured_boundary"].as_u64().expect("a boundary");
     assert_eq!(trial_at(&report, boundary).unwrap()["predicted"], true);
@@ -111,11 +123,12 @@ fn a_maximum_bounded_by_prediction_says_so() {
 /// measures again and replaces the entry.
 #[test]
 fn the_cache_recomputes_the_schedule_and_no_cache_refreshes_it() {
+    let memory = above_held(TINY, 43 * MIB);
     let run = |extra: &[&str]| {
         json(
             maxbatch("schedule")
                 .args(TINY)
-                .args(["--memory", "48MiB", "--json", "--dataset-size", "1000"])
+                .args(["--memory", &memory, "--json", "--dataset-size", "1000"])
                 .args(extra),
         )
     };
@@ -145,14 +158,8 @@ fn the_cache_recomputes_the_schedule_and_no_cache_refreshes_it() {
 #[test]
 fn an_unwritable_plot_fails_before_any_trial() {
     let output = maxbatch("plot")
-        .args(TINY)
-        .args([
-            "--memory",
-            "48MiB",
-            "--no-cache",
-            "--plot",
-            "/nonexistent-dir/x.svg",
-        ])
+        .args(with_room(TINY, 43 * MIB))
+        .args(["--no-cache", "--plot", "/nonexistent-dir/x.svg"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -203,6 +210,8 @@ fn flags_that_do_not_apply_and_ambiguous_units_are_refused() {
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn check_prints_the_share_of_the_budget_and_logs_have_no_colour_codes() {
+    // Room for a few samples above what the model holds (on the CPU it falls back to).
+    let budget = held(TINY).bytes + 43 * MIB;
     let output = maxbatch("check")
         .arg("check")
         .args([
@@ -213,14 +222,15 @@ fn check_prints_the_share_of_the_budget_and_logs_have_no_colour_codes() {
             "--device",
             "cuda:0",
         ])
-        .args(["--memory", "48MiB", "--batch-size", "2"])
+        .args(["--memory", &common::bytes_flag(budget), "--batch-size", "2"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("fits on cpu: peak"), "{stdout}");
-    assert!(stdout.contains("% of the budget 48.0 MiB"), "{stdout}");
+    let share = format!("% of the budget {}", maxbatch::format::bytes(budget));
+    assert!(stdout.contains(&share), "{stdout}");
     assert!(stderr.contains("WARN"), "the CPU fallback warns: {stderr}");
     assert!(
         !stderr.contains('\u{1b}'),
@@ -235,17 +245,25 @@ fn check_prints_the_share_of_the_budget_and_logs_have_no_colour_codes() {
 fn the_search_check_and_isolated_trials_agree_on_every_family() {
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     let llama = format!("{fixtures}/tiny-llama.json");
-    let families: [&[&str]; 3] = [
-        &["--model", "mlp", "--memory", "128MiB"],
-        &["--model", "cnn", "--image-size", "8", "--memory", "480MiB"],
-        &["--config", &llama, "--seq-len", "16", "--memory", "64MiB"],
+    // Each with room for a few samples above what it holds here.
+    let families: [(&[&str], u64); 3] = [
+        (&["--model", "mlp", "--device", "cpu"], 92 * MIB),
+        (
+            &["--model", "cnn", "--image-size", "8", "--device", "cpu"],
+            349 * MIB,
+        ),
+        (
+            &["--config", &llama, "--seq-len", "16", "--device", "cpu"],
+            60 * MIB,
+        ),
     ];
-    for family in families {
+    for (model, room) in families {
+        let family = with_room(model, room);
         let search = |extra: &[&str]| {
             json(
                 maxbatch("agree")
-                    .args(family)
-                    .args(["--device", "cpu", "--no-cache", "--json"])
+                    .args(&family)
+                    .args(["--no-cache", "--json"])
                     .args(extra),
             )
         };
@@ -254,8 +272,8 @@ fn the_search_check_and_isolated_trials_agree_on_every_family() {
         for (size, fits) in [(max, true), (max + 1, false)] {
             let output = maxbatch("agree")
                 .arg("check")
-                .args(family)
-                .args(["--device", "cpu", "--no-cache", "--batch-size"])
+                .args(&family)
+                .args(["--no-cache", "--batch-size"])
                 .arg(size.to_string())
                 .output()
                 .unwrap();
@@ -268,5 +286,61 @@ fn the_search_check_and_isolated_trials_agree_on_every_family() {
             );
         }
         assert_eq!(search(&["--isolate"])["max_batch_size"], max, "{family:?}");
+    }
+}
+
+/// The test knob that stands in for another machine (`MAXBATCH_TEST_WORKSPACE_OFFSET`): the
+/// process holds that much more, or less, before every trial, and every peak moves with it,
+/// byte for byte, so a budget derived from what was measured means the same everywhere.
+#[test]
+fn the_workspace_offset_moves_what_every_trial_finds_held() {
+    let measure = |offset: Option<&str>| {
+        let mut cmd = maxbatch("offset");
+        match offset {
+            Some(offset) => cmd.env("MAXBATCH_TEST_WORKSPACE_OFFSET", offset),
+            None => cmd.env_remove("MAXBATCH_TEST_WORKSPACE_OFFSET"),
+        };
+        // 1 GiB: far more than batch size 2 of this model needs on any machine; what is
+        // compared is what the trials count, not whether they fit.
+        let report = json(cmd.args(TINY).args([
+            "--memory",
+            "1GiB",
+            "--max-batch",
+            "2",
+            "--json",
+            "--no-cache",
+        ]));
+        let baseline = report["device"]["baseline_bytes"].as_u64().unwrap();
+        let peaks: Vec<u64> = report["trials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["peak_bytes"].as_u64().unwrap())
+            .collect();
+        (baseline, peaks)
+    };
+    // The same trial in two processes differs by a few bytes of lazily created state.
+    let close = |a: u64, b: u64| a.abs_diff(b) < 4096;
+    let (baseline, peaks) = measure(None);
+    let (more, more_peaks) = measure(Some("+8MiB"));
+    assert!(close(more, baseline + 8 * MIB), "{baseline} then {more}");
+    for (with, without) in more_peaks.iter().zip(&peaks) {
+        assert!(
+            close(*with, without + 8 * MIB),
+            "{peaks:?} then {more_peaks:?}"
+        );
+    }
+    // Less: at most what the thread pool's workspaces hold on this machine.
+    let (less, less_peaks) = measure(Some("-1MiB"));
+    let removed = baseline.saturating_sub(less);
+    assert!(
+        removed > MIB / 2 && removed < MIB + 4096,
+        "{baseline} then {less}"
+    );
+    for (with, without) in less_peaks.iter().zip(&peaks) {
+        assert!(
+            close(with + removed, *without),
+            "{peaks:?} then {less_peaks:?}"
+        );
     }
 }

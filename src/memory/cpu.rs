@@ -271,9 +271,78 @@ fn reserve_matmul_workspace() -> u64 {
         }
     };
     small_product();
+    let pool_before = CountingAllocator::current_bytes();
     rayon::broadcast(|_| small_product());
-    let grown = CountingAllocator::current_bytes().saturating_sub(before);
+    let after = CountingAllocator::current_bytes();
+    let grown = after.saturating_sub(before);
+    #[cfg(feature = "test-hooks")]
+    let grown = test_offset::apply(grown, after.saturating_sub(pool_before));
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = pool_before;
     WORKSPACES.fetch_add(grown, Ordering::Relaxed) + grown
+}
+
+/// A testing aid (builds with the `test-hooks` feature only, which only the tests turn on):
+/// `MAXBATCH_TEST_WORKSPACE_OFFSET=+8MiB` (or `-2MiB`) makes the process hold that many
+/// bytes more (or fewer) than its matrix-multiply workspaces, as a machine with larger (or
+/// smaller) caches or more (or fewer) threads would. A test that hard-codes a figure of
+/// the machine it was written on fails under an offset; one that derives its budgets from
+/// what it measured passes (see docs/design.md, "Tests on any machine").
+#[cfg(feature = "test-hooks")]
+mod test_offset {
+    use std::sync::atomic::Ordering;
+    use std::sync::Once;
+
+    use super::CURRENT;
+
+    /// The environment variable that sets the offset.
+    const VARIABLE: &str = "MAXBATCH_TEST_WORKSPACE_OFFSET";
+
+    /// The offset asked for, in bytes: `+N`, `-N` or `N` with a unit `--memory` accepts.
+    fn requested() -> Option<i64> {
+        let text = std::env::var(VARIABLE).ok()?;
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        let (sign, size) = match text.strip_prefix('-') {
+            Some(rest) => (-1, rest),
+            None => (1, text.strip_prefix('+').unwrap_or(text)),
+        };
+        match crate::format::parse_bytes(size) {
+            Ok(bytes) => Some(sign * i64::try_from(bytes).unwrap_or(i64::MAX)),
+            Err(error) => panic!("{VARIABLE}={text}: {error}"),
+        }
+    }
+
+    /// Applies the offset once per process, to the first reservation: `grown` bytes of
+    /// workspaces, `pool` of them held by the thread pool's workers for the process's whole
+    /// life. Returns the workspace bytes the process now counts as held. A negative offset
+    /// takes bytes off the counted heap, at most the pool's (so the count never falls
+    /// below what is really held).
+    pub(super) fn apply(grown: u64, pool: u64) -> u64 {
+        static ONCE: Once = Once::new();
+        let mut counted = grown;
+        ONCE.call_once(|| match requested() {
+            Some(offset) if offset > 0 => {
+                let block = vec![0u8; offset as usize].into_boxed_slice();
+                std::mem::forget(std::hint::black_box(block));
+                counted = grown + offset as u64;
+            }
+            Some(offset) if offset < 0 => {
+                let removed = offset.unsigned_abs().min(pool);
+                if removed < offset.unsigned_abs() {
+                    tracing::info!(
+                        "{VARIABLE}: only {removed} bytes of workspaces to take off this machine"
+                    );
+                }
+                CURRENT.fetch_sub(removed, Ordering::Relaxed);
+                counted = grown - removed;
+            }
+            _ => {}
+        });
+        counted
+    }
 }
 
 /// `bytes` rounded down to its five most significant bits.
