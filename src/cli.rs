@@ -58,6 +58,22 @@ pub enum Command {
     /// check that the memory pool counts it and gives it back; JSON on stdout, exit 1 if not.
     #[command(hide = true)]
     PoolSelfTest(PoolSelfTestArgs),
+    /// Acceptance check on a GPU (scripts/gpu-check.sh): time candle's element-wise kernels
+    /// on one tensor of --elements u32s (at and past 2^31) and check every element was
+    /// written; JSON on stdout.
+    #[command(hide = true)]
+    ElementProbe(ElementProbeArgs),
+}
+
+/// Flags of `maxbatch element-probe`.
+#[derive(Debug, Args)]
+pub struct ElementProbeArgs {
+    /// The CUDA device, e.g. cuda:0.
+    #[arg(long, short, default_value = "cuda:0", value_parser = parse_devices, value_name = "DEVICE")]
+    pub device: Devices,
+    /// Elements of the tensor (it needs 8 bytes each on the device).
+    #[arg(long, value_name = "N")]
+    pub elements: usize,
 }
 
 /// Flags of `maxbatch pool-self-test`.
@@ -411,6 +427,11 @@ pub struct TargetArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// For scripts/gpu-check.sh only: let CUDA trials pass the 2^31 elements candle's
+    /// kernels can loop over, to measure what happens there (steps slow down, or never end).
+    #[arg(long, hide = true)]
+    pub ignore_element_cap: bool,
+
     /// Measure again instead of answering from the result cache ($MAXBATCH_CACHE, or the
     /// user's cache folder: ~/.cache/maxbatch on Linux); the new answer replaces the cached one.
     #[arg(long)]
@@ -448,8 +469,9 @@ impl TargetArgs {
     }
 
     /// The arguments of a `trial` child process measuring what these flags describe on
-    /// `device` against `capacity` bytes (the parent's, so that every child agrees).
-    pub fn child_args(&self, device: &str, capacity: u64) -> Vec<OsString> {
+    /// `device`, against `memory` bytes when given (the parent's CPU budget, or a CUDA cap:
+    /// without one the child reads the device after its warm-up step).
+    pub fn child_args(&self, device: &str, memory: Option<u64>) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["trial".into()];
         let mut flag = |name: &str, value: String| {
             args.push(name.into());
@@ -461,7 +483,9 @@ impl TargetArgs {
             (None, None) => {}
         }
         flag("--device", device.to_string());
-        flag("--memory", capacity.to_string());
+        if let Some(memory) = memory {
+            flag("--memory", memory.to_string());
+        }
         flag("--optimizer", self.optimizer.to_string());
         flag("--dtype", self.dtype.as_str().to_string());
         if let Some(amp) = self.amp {
@@ -554,7 +578,7 @@ impl FindArgs {
                 micro_batch: self.micro_batch,
             }),
             verify_steps: self.verify_steps.unwrap_or(0),
-            bytes_per_sample_hint: None,
+            ..SearchSettings::default()
         }
     }
 }
@@ -675,7 +699,7 @@ mod tests {
             "--isolate",
         ])
         .unwrap();
-        let args = cli.find.target.child_args("cpu", 12345);
+        let args = cli.find.target.child_args("cpu", Some(12345));
         let mut child = vec![std::ffi::OsString::from("maxbatch")];
         child.extend(args);
         child.extend(["--batch-size".into(), "3".into()]);
@@ -708,7 +732,12 @@ mod tests {
         ])
         .unwrap();
         let mut child = vec![std::ffi::OsString::from("maxbatch")];
-        child.extend(cli.find.target.child_args("cpu", 1 << 30));
+        child.extend(cli.find.target.child_args("cpu", Some(1 << 30)));
+        assert!(!cli
+            .find
+            .target
+            .child_args("cuda:0", None)
+            .contains(&"--memory".into()));
         child.extend(["--batch-size".into(), "3".into()]);
         let Some(Command::Trial(trial)) = Cli::try_parse_from(child).unwrap().command else {
             panic!("not a trial command")

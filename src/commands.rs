@@ -5,15 +5,17 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
-use maxbatch::device::{self, DeviceRequest};
+use maxbatch::device::{self, DeviceKind, DeviceRequest};
 use maxbatch::format::{bytes, parameters};
 use maxbatch::isolate::ChildProcessTrials;
 use maxbatch::models::{self, ModelSource, ModelSpec, PRESETS};
 use maxbatch::report::{json, text, DeviceInfo};
 use maxbatch::sweep::MeasuredLength;
-use maxbatch::{Error, Outcome, Silent, Trial};
+use maxbatch::{Error, Observer, Outcome, Silent, Trial};
 
-use crate::cli::{CheckArgs, Cli, Command, FindArgs, ModelsArgs, PoolSelfTestArgs};
+use crate::cli::{
+    CheckArgs, Cli, Command, ElementProbeArgs, FindArgs, ModelsArgs, PoolSelfTestArgs,
+};
 use crate::progress::Progress;
 use crate::setup::{cached, open_devices, Setup};
 use crate::signals::{stop_on_signals, StopSignals};
@@ -26,6 +28,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Estimate(args)) => crate::estimate_command::estimate(&args),
         Some(Command::Trial(args)) => trial(&args),
         Some(Command::PoolSelfTest(args)) => pool_self_test(&args),
+        Some(Command::ElementProbe(args)) => element_probe(&args),
         None => find(&cli.find),
     }
 }
@@ -167,24 +170,40 @@ fn search_devices(
             .stop_when(stop.flag.clone());
         let key = finder.cached("search", setup.meter.as_ref());
         let report = if args.isolate {
-            let device = DeviceInfo::of(&setup.device, setup.meter.as_ref());
+            // A CPU budget is the parent's, so that every child agrees; on CUDA each child
+            // reads the device itself after its warm-up step, within the user's cap.
+            let memory = match setup.device.kind {
+                DeviceKind::Cpu => Some(setup.meter.capacity().bytes),
+                DeviceKind::Cuda => args.target.memory,
+            };
             let mut children = ChildProcessTrials::new(
                 std::env::current_exe()?,
-                args.target
-                    .child_args(&setup.device.name, setup.meter.capacity().bytes),
+                args.target.child_args(&setup.device.name, memory),
                 setup.meter.hard_limit(),
             );
+            let mut device = DeviceInfo::of(&setup.device, setup.meter.as_ref());
             // The parent lets go of the device before the children run: a CUDA context of
             // its own would hold memory that each child's measurement then lacks.
             drop(finder);
             setup.release_device();
             let finder = setup
                 .finder(args.target.cache_unless(args.verify_steps.is_some()))
-                .settings(settings)
+                .settings(settings.clone())
                 .stop_when(stop.flag.clone());
             cached(&finder, key, || {
                 let mut progress = Progress::new(args.target.json);
-                Ok(finder.search(&mut children, device, &mut progress)?)
+                // The first child measures the capacity after its warm-up step, as the
+                // in-process search does; its trial is the search's first.
+                progress.trial_started(settings.start);
+                let measured = children
+                    .calibrate(settings.start)
+                    .map_err(|e| Error::trial(settings.start, e))?;
+                device.capacity_bytes = measured.capacity.bytes;
+                device.capacity_source = measured.capacity.source;
+                device.capacity_is_budget = measured.capacity.is_budget;
+                device.overhead_bytes = measured.overhead_bytes;
+                device.meter = measured.meter;
+                Ok(finder.search(&mut children, device.clone(), &mut progress)?)
             })
             .map_err(|e| setup.explain(e))?
         } else {
@@ -399,7 +418,13 @@ fn trial(args: &CheckArgs) -> Result<ExitCode> {
         .finder(None)
         .settings(setup.settings_for_device(&settings)?);
     let trial = setup.check(&finder, args.batch_size, &mut Silent)?;
-    println!("{}", serde_json::to_string(&trial)?);
+    let child = maxbatch::isolate::ChildTrial {
+        trial,
+        capacity: setup.meter.capacity(),
+        overhead_bytes: setup.meter.outside_bytes()?,
+        meter: setup.meter.describe().to_string(),
+    };
+    println!("{}", serde_json::to_string(&child)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -519,4 +544,24 @@ fn pool_self_test_on(device: &candle_core::Device) -> Result<ExitCode> {
 #[cfg(not(feature = "cuda"))]
 fn pool_self_test_on(_device: &candle_core::Device) -> Result<ExitCode> {
     anyhow::bail!("the pool self-test needs a build with `--features cuda` and a GPU")
+}
+
+/// The GPU acceptance script's element probe (see `maxbatch::memory::cuda::element_probe`).
+fn element_probe(args: &ElementProbeArgs) -> Result<ExitCode> {
+    let device = device::resolve(args.device.0[0], false)?;
+    element_probe_on(&device.device, args.elements)
+}
+
+#[cfg(feature = "cuda")]
+fn element_probe_on(device: &candle_core::Device, elements: usize) -> Result<ExitCode> {
+    let probe = maxbatch::memory::cuda::element_probe(device, elements)?;
+    let mut json = serde_json::to_value(probe)?;
+    json["exact"] = probe.exact().into();
+    println!("{json}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn element_probe_on(_device: &candle_core::Device, _elements: usize) -> Result<ExitCode> {
+    anyhow::bail!("the element probe needs a build with `--features cuda` and a GPU")
 }

@@ -117,6 +117,17 @@ impl Error {
     pub fn trial(batch_size: usize, error: candle_core::Error) -> Self {
         Error::Trial { batch_size, error }
     }
+
+    /// This error as a candle error, for a training step (which returns candle's): a
+    /// candle error comes back as it was, typed, so that a meter still recognises its
+    /// device's out-of-memory inside it (`candle_core::Error::wrap` would keep only its
+    /// text); any other becomes its message.
+    pub fn into_candle(self) -> candle_core::Error {
+        match self {
+            Error::Candle(error) => error,
+            other => candle_core::Error::Msg(other.to_string()),
+        }
+    }
 }
 
 /// What to do with a model name that is not a preset: a Hugging Face model (a repository
@@ -165,6 +176,20 @@ mod tests {
         assert!(message("x.json").contains("give it with --config x.json"));
         assert!(message("HuggingFaceTB/SmolLM2-135M").contains("download its config.json"));
         assert!(message("smollm2-135m").contains("give its config.json with --config PATH"));
+    }
+
+    #[test]
+    fn a_candle_error_comes_back_typed() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("out of memory, typed")]
+        struct Typed;
+        let error = Error::Candle(candle_core::Error::Cuda(Box::new(Typed))).into_candle();
+        assert!(
+            crate::memory::errors::find_in(&error, |e| e.downcast_ref::<Typed>().map(|_| ()))
+                .is_some()
+        );
+        let other = Error::InvalidDevice("tpu".into()).into_candle();
+        assert_eq!(other.to_string(), "invalid device tpu");
     }
 
     #[test]

@@ -51,8 +51,8 @@ impl Target {
 /// Why a named GPU's predicted maximum stops at `cap` (`ModelSpec::cuda_batch_cap`).
 pub fn cuda_cap_caveat(cap: usize) -> String {
     format!(
-        "capped at {cap}: beyond it a tensor passes the 2^32 elements candle's CUDA kernels \
-         can index, though memory would allow more"
+        "capped at {cap}: beyond it a tensor passes the 2^31 elements candle's CUDA kernels \
+         can loop over, though memory would allow more"
     )
 }
 

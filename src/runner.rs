@@ -198,7 +198,7 @@ pub fn warm_up(
     tracing::info!("warm-up step at batch size 1");
     match step.step(1) {
         Ok(()) => {}
-        Err(error) if meter.is_out_of_memory(&error) => {
+        Err(error) if meter.out_of_memory(&error).is_some() => {
             return Err(Error::NothingFits {
                 needs: None,
                 capacity: meter.capacity().bytes,

@@ -57,6 +57,11 @@ pub struct SearchSettings {
     /// where it meets the capacity (see `search::Bracket`). `None`: no estimate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_per_sample_hint: Option<u64>,
+    /// The largest batch size whose tensors the device's kernels can loop over (CUDA: 2³¹
+    /// elements, see `models::CUDA_MAX_ELEMENTS`), when it is below the other caps: the
+    /// search stops there and `check` refuses a size past it. `None`: no such limit binds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element_cap: Option<usize>,
 }
 
 impl Default for SearchSettings {
@@ -74,6 +79,7 @@ impl Default for SearchSettings {
             accumulation: None,
             verify_steps: 0,
             bytes_per_sample_hint: None,
+            element_cap: None,
         }
     }
 }
@@ -137,13 +143,22 @@ impl SearchSettings {
         })
     }
 
-    /// These settings with the largest batch size lowered to `cap` (a device's limit), or
-    /// `None` when the search would not pass it anyway.
-    pub fn capped_at(&self, cap: usize) -> Option<SearchSettings> {
-        (cap < self.max_batch_or_default()).then(|| SearchSettings {
-            max_batch: Some(cap),
+    /// These settings on a device whose kernels can loop over tensors of at most `cap`
+    /// samples (see [`element_cap`](Self::element_cap)): the largest batch size is lowered to
+    /// `cap` where it was above it, and `check` refuses sizes past it.
+    pub fn with_element_cap(&self, cap: usize) -> SearchSettings {
+        SearchSettings {
+            max_batch: Some(cap.min(self.max_batch_or_default())),
+            element_cap: Some(cap),
             ..self.clone()
-        })
+        }
+    }
+
+    /// True when the device's element cap is what bounds the search (the largest batch
+    /// size it may try).
+    pub fn capped_by_elements(&self) -> bool {
+        self.element_cap
+            .is_some_and(|cap| cap == self.max_batch_or_default())
     }
 
     /// Checks the settings of a pre-flight check at `batch_size`.
@@ -152,6 +167,13 @@ impl SearchSettings {
             return Err(Error::InvalidSetting(
                 "--batch-size must be at least 1".into(),
             ));
+        }
+        if let Some(cap) = self.element_cap.filter(|&cap| batch_size > cap) {
+            return Err(Error::InvalidSetting(format!(
+                "--batch-size {batch_size} makes a tensor of more than 2^31 elements, which \
+                 candle's CUDA kernels cannot loop over (past it they compute some elements \
+                 twice or never finish); at most {cap} for this model and input on CUDA"
+            )));
         }
         self.validate().map(|_| ())
     }
@@ -265,15 +287,26 @@ mod tests {
             dataset_size: Some(1000),
             ..SearchSettings::default()
         };
-        let capped = settings.capped_at(262).unwrap();
+        let capped = settings.with_element_cap(262);
         assert_eq!(capped.validate().unwrap().max_batch, 262);
+        assert!(capped.capped_by_elements());
+        // A pre-flight check past the device's limit is refused before anything runs.
+        assert!(capped.validate_check(262).is_ok());
+        let err = capped.validate_check(263).unwrap_err().to_string();
+        assert!(
+            err.contains("2^31 elements") && err.contains("at most 262"),
+            "{err}"
+        );
         assert_eq!(
             capped.dataset_size,
             Some(1000),
             "the schedule keeps its dataset"
         );
-        assert_eq!(settings.capped_at(1000), None);
-        assert_eq!(settings.capped_at(5000), None);
+        // A cap above the search's own keeps the search's, and still bounds a check.
+        let loose = settings.with_element_cap(5000);
+        assert_eq!(loose.validate().unwrap().max_batch, 1000);
+        assert!(!loose.capped_by_elements());
+        assert!(loose.validate_check(5000).is_ok() && loose.validate_check(5001).is_err());
     }
 
     #[test]

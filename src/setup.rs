@@ -41,6 +41,8 @@ pub struct Setup {
     optimizer: OptimizerKind,
     /// `--steps-per-trial`, when given.
     steps_per_trial: Option<usize>,
+    /// The GPU check's `--ignore-element-cap`.
+    ignore_element_cap: bool,
 }
 
 /// Steps per trial of a built-in model when `--steps-per-trial` is not given: one on the
@@ -75,6 +77,7 @@ impl Setup {
             meter,
             optimizer: target.optimizer,
             steps_per_trial: target.steps_per_trial,
+            ignore_element_cap: target.ignore_element_cap,
         })
     }
 
@@ -88,25 +91,21 @@ impl Setup {
                 .unwrap_or_else(|| default_steps_per_trial(self.device.kind)),
             ..settings.clone()
         };
-        if self.device.kind != DeviceKind::Cuda {
+        if self.device.kind != DeviceKind::Cuda || self.ignore_element_cap {
             return Ok(settings.clone());
         }
-        let capped = self
-            .spec
-            .cuda_batch_cap(&self.options)?
-            .and_then(|cap| settings.capped_at(cap));
-        Ok(match capped {
-            Some(capped) => {
-                tracing::info!(
-                    "{}: batch sizes above {} make a tensor of more than 2^32 elements, which \
-                     candle's CUDA kernels cannot index; the search stops there",
-                    self.device.name,
-                    capped.max_batch_or_default()
-                );
-                capped
-            }
-            None => settings.clone(),
-        })
+        let Some(cap) = self.spec.cuda_batch_cap(&self.options)? else {
+            return Ok(settings.clone());
+        };
+        let capped = settings.with_element_cap(cap);
+        if capped.capped_by_elements() {
+            tracing::info!(
+                "{}: batch sizes above {cap} make a tensor of more than 2^31 elements, which \
+                 candle's CUDA kernels cannot loop over; the search stops there",
+                self.device.name
+            );
+        }
+        Ok(capped)
     }
 
     /// `error`, with a hint that names only the flags that apply to this model when it is

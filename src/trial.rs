@@ -303,11 +303,18 @@ pub fn run(
                 inside_backward = true;
                 break;
             }
-            Err(error) if meter.is_out_of_memory(&error) => {
-                device_oom = Some(error.to_string());
-                break;
-            }
-            Err(error) => return Err(error),
+            Err(error) => match meter.out_of_memory(&error) {
+                Some(status) => {
+                    device_oom = Some(format!("{status}: {}", crate::format::candle_error(&error)));
+                    break;
+                }
+                None => {
+                    return Err(match meter.failure_hint(&error) {
+                        Some(hint) => error.context(hint),
+                        None => error,
+                    })
+                }
+            },
         }
     }
     // After every step: what this allocates must not be in any step's peak window.

@@ -293,7 +293,7 @@ impl Workload {
                 rebuilt = self
                     .spec
                     .build(&self.options, vb)
-                    .map_err(candle_core::Error::wrap)?;
+                    .map_err(crate::Error::into_candle)?;
                 crate::memory::parts::mark("weight casts");
                 &rebuilt
             }

@@ -218,6 +218,10 @@ impl MemoryMeter for CpuMeter {
         self.machine_limit()
     }
 
+    fn describe(&self) -> &'static str {
+        "the heap bytes maxbatch's counting allocator saw (the global allocator)"
+    }
+
     fn mark_reference(&mut self, held: Option<u64>) -> candle_core::Result<u64> {
         let held = held.unwrap_or_else(CountingAllocator::current_bytes);
         self.reference = Some(held);

@@ -5,7 +5,8 @@
 //! account of what a training step holds: `CU_MEMPOOL_ATTR_USED_MEM_HIGH` is the peak of
 //! bytes in use since it was last set to 0, `RESERVED_MEM_HIGH` the peak the pool took from
 //! the device. Both are read after a stream synchronisation. A device without memory pools
-//! falls back to sampling `cuMemGetInfo` at each phase boundary: an approximate peak.
+//! falls back to sampling `cuMemGetInfo` at each phase boundary: an approximate peak, counted
+//! with the capacity from one reference (see [`SampledUse`]).
 //!
 //! Out of memory on CUDA is an error, not an abort, so a trial can really run out; this
 //! module also recognises that error ([`is_cuda_out_of_memory`]) among all others.
@@ -17,6 +18,7 @@ use candle_core::cuda_backend::cudarc::driver::{result, sys, CudaStream, DriverE
 use candle_core::cuda_backend::CudaError;
 use candle_core::Device;
 
+use super::sampled::SampledUse;
 use super::{Capacity, CapacitySource, MemoryMeter};
 use crate::error::Error;
 
@@ -27,6 +29,8 @@ pub struct CudaMeter {
     capacity: Capacity,
     budget: Option<u64>,
     total_bytes: u64,
+    /// Without a pool: the reference in-use bytes are counted from.
+    sampled: Option<SampledUse>,
     sampled_peak: u64,
     /// The pool's release threshold before the meter raised it, restored on drop.
     release_threshold: Option<u64>,
@@ -79,6 +83,9 @@ impl CudaMeter {
             },
             budget,
             total_bytes: total as u64,
+            sampled: pool.is_none().then_some(SampledUse {
+                reference: (total - free) as u64,
+            }),
             sampled_peak: 0,
             release_threshold: None,
         };
@@ -99,12 +106,17 @@ impl CudaMeter {
     }
 
     /// The capacity with `free` bytes free on the device: those plus what the pool holds
-    /// (this process's own tensors), or the budget when that is smaller.
+    /// (this process's own tensors), or without a pool the device's total above the
+    /// reference; the budget when that is smaller.
     fn available(&self, free: u64) -> candle_core::Result<Capacity> {
-        let reserved = self
-            .pool_attribute(PoolFigure::ReservedCurrent)?
-            .unwrap_or(0);
-        let available = free + reserved;
+        let available = match self.sampled {
+            Some(sampled) => sampled.capacity(self.total_bytes, None),
+            None => {
+                free + self
+                    .pool_attribute(PoolFigure::ReservedCurrent)?
+                    .unwrap_or(0)
+            }
+        };
         Ok(match self.budget {
             Some(b) if b < available => Capacity {
                 bytes: b,
@@ -122,6 +134,11 @@ impl CudaMeter {
     fn device_used(&self) -> candle_core::Result<u64> {
         let (free, total) = self.stream.context().mem_get_info().map_err(driver)?;
         Ok(total.saturating_sub(free) as u64)
+    }
+
+    /// Without a pool: the bytes in use above the reference.
+    fn sampled_now(&self, sampled: SampledUse) -> candle_core::Result<u64> {
+        Ok(sampled.counted(self.device_used()?))
     }
 
     fn pool_attribute(&self, figure: PoolFigure) -> candle_core::Result<Option<u64>> {
@@ -209,31 +226,34 @@ impl MemoryMeter for CudaMeter {
 
     fn reset_peak(&mut self) -> candle_core::Result<()> {
         self.stream.synchronize().map_err(driver)?;
-        match self.pool {
-            Some(pool) => self.reset_high_marks(pool),
-            None => {
-                self.sampled_peak = self.device_used()?;
+        match (self.pool, self.sampled) {
+            (Some(pool), _) => self.reset_high_marks(pool),
+            (None, Some(sampled)) => {
+                self.sampled_peak = self.sampled_now(sampled)?;
                 Ok(())
             }
+            (None, None) => Ok(()),
         }
     }
 
     fn peak_bytes(&mut self) -> candle_core::Result<u64> {
         self.stream.synchronize().map_err(driver)?;
-        match self.pool_attribute(PoolFigure::UsedHigh)? {
-            Some(peak) => Ok(peak),
-            None => {
-                self.sampled_peak = self.sampled_peak.max(self.device_used()?);
+        match (self.pool_attribute(PoolFigure::UsedHigh)?, self.sampled) {
+            (Some(peak), _) => Ok(peak),
+            (None, Some(sampled)) => {
+                self.sampled_peak = self.sampled_peak.max(self.sampled_now(sampled)?);
                 Ok(self.sampled_peak)
             }
+            (None, None) => Ok(0),
         }
     }
 
     fn current_bytes(&mut self) -> candle_core::Result<u64> {
         self.stream.synchronize().map_err(driver)?;
-        match self.pool_attribute(PoolFigure::UsedCurrent)? {
-            Some(used) => Ok(used),
-            None => self.device_used(),
+        match (self.pool_attribute(PoolFigure::UsedCurrent)?, self.sampled) {
+            (Some(used), _) => Ok(used),
+            (None, Some(sampled)) => self.sampled_now(sampled),
+            (None, None) => Ok(0),
         }
     }
 
@@ -271,18 +291,34 @@ impl MemoryMeter for CudaMeter {
 
     fn outside_bytes(&mut self) -> candle_core::Result<Option<u64>> {
         self.stream.synchronize().map_err(driver)?;
+        if let Some(sampled) = self.sampled {
+            return Ok(Some(sampled.outside()));
+        }
         let reserved = self
             .pool_attribute(PoolFigure::ReservedCurrent)?
             .unwrap_or(0);
         Ok(Some(self.device_used()?.saturating_sub(reserved)))
     }
 
+    fn describe(&self) -> &'static str {
+        if self.pool.is_some() {
+            "the CUDA memory pool's high-water marks (every tensor candle allocates)"
+        } else {
+            "cuMemGetInfo sampled at each phase boundary (this device has no memory pool): \
+             approximate, and counts whatever else starts using the device"
+        }
+    }
+
     fn total_bytes(&self) -> Option<u64> {
         Some(self.total_bytes)
     }
 
-    fn is_out_of_memory(&self, error: &candle_core::Error) -> bool {
-        is_cuda_out_of_memory(error)
+    fn out_of_memory(&self, error: &candle_core::Error) -> Option<&'static str> {
+        out_of_memory_status(error)
+    }
+
+    fn failure_hint(&self, error: &candle_core::Error) -> Option<String> {
+        failure_hint(error)
     }
 }
 
@@ -331,37 +367,153 @@ pub fn pool_self_test(device: &Device) -> Result<PoolSelfTest, Error> {
     })
 }
 
-/// True when `error` is CUDA running out of memory: the driver's
-/// `CUDA_ERROR_OUT_OF_MEMORY`, cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED` or cuRAND's
-/// `CURAND_STATUS_ALLOCATION_FAILED`, inside any of candle's wrappers (`WithBacktrace`,
-/// `Context`, `WithPath`). Every other error, CUDA or not, is not out of memory.
-pub fn is_cuda_out_of_memory(error: &candle_core::Error) -> bool {
-    use candle_core::Error as E;
-    match error {
-        E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => {
-            is_cuda_out_of_memory(inner)
-        }
-        E::Cuda(source) => {
-            if let Some(cuda) = source.downcast_ref::<CudaError>() {
-                is_out_of_memory_status(cuda)
-            } else {
-                source
-                    .downcast_ref::<DriverError>()
-                    .is_some_and(|d| d.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)
-            }
-        }
-        _ => false,
+/// What the element probe measured (see [`element_probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ElementProbe {
+    /// Elements of each tensor.
+    pub elements: u64,
+    /// Seconds to fill a `u32` tensor with ones (candle's `fill` kernel).
+    pub fill_seconds: f64,
+    /// Seconds for `x · 1 + 1` on it (candle's `affine` kernel), out of place.
+    pub affine_seconds: f64,
+    /// The sum of the result (with `size_t` indices, which do not wrap): `2 × elements` when
+    /// every element was written.
+    pub sum: u64,
+}
+
+impl ElementProbe {
+    /// True when every element was written once with the right value.
+    pub fn exact(&self) -> bool {
+        self.sum == 2 * self.elements
     }
 }
 
-fn is_out_of_memory_status(error: &CudaError) -> bool {
-    use candle_core::cuda_backend::cudarc::{cublas, curand};
-    match error {
-        CudaError::Cuda(d) => d.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
-        CudaError::Cublas(c) => c.0 == cublas::sys::cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED,
-        CudaError::Curand(r) => r.0 == curand::sys::curandStatus_t::CURAND_STATUS_ALLOCATION_FAILED,
-        _ => false,
+/// Times candle's element-wise kernels on one tensor of `elements` `u32`s on `device`: the
+/// GPU check runs it at 2³¹ elements and past it, where the kernels' 32-bit loop index wraps
+/// and elements are processed again (slower), to measure what `CUDA_MAX_ELEMENTS` guards
+/// against. Needs `8 × elements` bytes of device memory.
+pub fn element_probe(device: &Device, elements: usize) -> Result<ElementProbe, Error> {
+    use candle_core::{DType, Tensor};
+    let timed =
+        |f: &dyn Fn() -> candle_core::Result<Tensor>| -> candle_core::Result<(Tensor, f64)> {
+            device.synchronize()?;
+            let started = std::time::Instant::now();
+            let tensor = f()?;
+            device.synchronize()?;
+            Ok((tensor, started.elapsed().as_secs_f64()))
+        };
+    let (ones, fill_seconds) = timed(&|| Tensor::ones(elements, DType::U32, device))?;
+    let (twos, affine_seconds) = timed(&|| ones.affine(1.0, 1.0))?;
+    drop(ones);
+    // Summed in pieces of 2³⁰, whose sums fit a u32 and whose kernels do not wrap.
+    let mut sum = 0u64;
+    let mut start = 0;
+    while start < elements {
+        let len = (1usize << 30).min(elements - start);
+        sum += u64::from(twos.narrow(0, start, len)?.sum_all()?.to_scalar::<u32>()?);
+        start += len;
     }
+    Ok(ElementProbe {
+        elements: elements as u64,
+        fill_seconds,
+        affine_seconds,
+        sum,
+    })
+}
+
+/// The status that makes `error` CUDA running out of memory, named, or `None` for any other
+/// error: the driver's `CUDA_ERROR_OUT_OF_MEMORY` (also while loading a kernel module
+/// lazily, which needs device memory too), cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED` or cuRAND's
+/// `CURAND_STATUS_ALLOCATION_FAILED`, however deep candle's wrappers and boxed sources hold
+/// it (see [`errors`](super::errors)). A typed check: a message that merely says "out of
+/// memory" is not one.
+///
+/// cuBLAS's `EXECUTION_FAILED` and `INTERNAL_ERROR` are not counted: they also come from
+/// kernels that fail for other reasons, and counting a bug as a memory limit would report a
+/// maximum smaller than the truth with nothing to say why. PyTorch Lightning's and
+/// Accelerate's finders draw the same line. They stop the search, named, with the hint of
+/// [`failure_hint`].
+pub fn out_of_memory_status(error: &candle_core::Error) -> Option<&'static str> {
+    super::errors::find_in(error, status_of)
+}
+
+/// True when `error` is CUDA running out of memory (see [`out_of_memory_status`]).
+pub fn is_cuda_out_of_memory(error: &candle_core::Error) -> bool {
+    out_of_memory_status(error).is_some()
+}
+
+fn status_of(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use candle_core::cuda_backend::cudarc::{cublas, curand};
+    if let Some(cuda) = error.downcast_ref::<CudaError>() {
+        return match cuda {
+            CudaError::Cuda(d) => driver_status(d),
+            CudaError::Load { cuda, .. } => {
+                driver_status(cuda).map(|_| "CUDA_ERROR_OUT_OF_MEMORY (loading a kernel module)")
+            }
+            CudaError::Cublas(c) => cublas_status(c),
+            CudaError::Curand(r) => curand_status(r),
+            _ => None,
+        };
+    }
+    error
+        .downcast_ref::<DriverError>()
+        .and_then(driver_status)
+        .or_else(|| {
+            error
+                .downcast_ref::<cublas::result::CublasError>()
+                .and_then(cublas_status)
+        })
+        .or_else(|| {
+            error
+                .downcast_ref::<curand::result::CurandError>()
+                .and_then(curand_status)
+        })
+}
+
+fn driver_status(error: &DriverError) -> Option<&'static str> {
+    (error.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY).then_some("CUDA_ERROR_OUT_OF_MEMORY")
+}
+
+fn cublas_status(
+    error: &candle_core::cuda_backend::cudarc::cublas::result::CublasError,
+) -> Option<&'static str> {
+    use candle_core::cuda_backend::cudarc::cublas::sys::cublasStatus_t as S;
+    (error.0 == S::CUBLAS_STATUS_ALLOC_FAILED).then_some("CUBLAS_STATUS_ALLOC_FAILED")
+}
+
+fn curand_status(
+    error: &candle_core::cuda_backend::cudarc::curand::result::CurandError,
+) -> Option<&'static str> {
+    use candle_core::cuda_backend::cudarc::curand::sys::curandStatus_t as S;
+    (error.0 == S::CURAND_STATUS_ALLOCATION_FAILED).then_some("CURAND_STATUS_ALLOCATION_FAILED")
+}
+
+/// What to do about a cuBLAS failure that is not counted as out of memory
+/// (`CUBLAS_STATUS_EXECUTION_FAILED`, `CUBLAS_STATUS_INTERNAL_ERROR`), naming it; `None`
+/// for any other error.
+pub fn failure_hint(error: &candle_core::Error) -> Option<String> {
+    use candle_core::cuda_backend::cudarc::cublas;
+    use cublas::sys::cublasStatus_t as S;
+    let status = super::errors::find_in(error, |e| {
+        let cublas = e
+            .downcast_ref::<CudaError>()
+            .and_then(|c| match c {
+                CudaError::Cublas(c) => Some(c),
+                _ => None,
+            })
+            .or_else(|| e.downcast_ref::<cublas::result::CublasError>())?;
+        match cublas.0 {
+            S::CUBLAS_STATUS_EXECUTION_FAILED => Some("CUBLAS_STATUS_EXECUTION_FAILED"),
+            S::CUBLAS_STATUS_INTERNAL_ERROR => Some("CUBLAS_STATUS_INTERNAL_ERROR"),
+            _ => None,
+        }
+    })?;
+    Some(format!(
+        "cuBLAS returned {status}, which is not counted as out of memory (kernels fail this \
+         way for other reasons too); if it happens only at sizes near the capacity it is \
+         likely cuBLAS failing to get memory for a workspace or a kernel: search again below \
+         this size (--max-batch) or with a lower --memory"
+    ))
 }
 
 #[cfg(test)]
@@ -379,6 +531,10 @@ mod tests {
         )))
     }
 
+    fn cublas(status: cublas::sys::cublasStatus_t) -> candle_core::Error {
+        wrap(CudaError::Cublas(cublas::result::CublasError(status)))
+    }
+
     #[test]
     fn out_of_memory_is_recognised_in_every_wrapper() {
         assert!(is_cuda_out_of_memory(&driver_oom()));
@@ -388,17 +544,73 @@ mod tests {
             &driver_oom().context("in matmul").bt()
         ));
         assert!(is_cuda_out_of_memory(&driver_oom().with_path("model.bin")));
-        assert!(is_cuda_out_of_memory(&wrap(CudaError::Cublas(
-            cublas::result::CublasError(cublas::sys::cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED)
-        ))));
-        assert!(is_cuda_out_of_memory(&wrap(CudaError::Curand(
-            curand::result::CurandError(
-                curand::sys::curandStatus_t::CURAND_STATUS_ALLOCATION_FAILED
-            )
-        ))));
         assert!(is_cuda_out_of_memory(&candle_core::Error::Cuda(Box::new(
             DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)
         ))));
+        // `Context::context` on a result: WrappedContext, around a candle error or a raw one.
+        use candle_core::Context;
+        let around: candle_core::Result<()> = Err(driver_oom()).context("casting the weights");
+        assert!(is_cuda_out_of_memory(&around.unwrap_err()));
+        let raw: candle_core::Result<()> =
+            Err(DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)).context("allocating");
+        assert!(is_cuda_out_of_memory(&raw.unwrap_err()));
+        // maxbatch's own errors come back typed (the --amp rebuild of workload.rs).
+        let rebuilt = crate::Error::Candle(driver_oom()).into_candle();
+        assert!(is_cuda_out_of_memory(&rebuilt));
+    }
+
+    #[test]
+    fn each_out_of_memory_status_is_named() {
+        let load = wrap(CudaError::Load {
+            cuda: DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY),
+            module_name: "unary".into(),
+        });
+        let curand = wrap(CudaError::Curand(curand::result::CurandError(
+            curand::sys::curandStatus_t::CURAND_STATUS_ALLOCATION_FAILED,
+        )));
+        for (error, status) in [
+            (driver_oom(), "CUDA_ERROR_OUT_OF_MEMORY"),
+            (load, "CUDA_ERROR_OUT_OF_MEMORY (loading a kernel module)"),
+            (
+                cublas(cublas::sys::cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED),
+                "CUBLAS_STATUS_ALLOC_FAILED",
+            ),
+            (curand, "CURAND_STATUS_ALLOCATION_FAILED"),
+        ] {
+            assert_eq!(
+                out_of_memory_status(&error.context("in a step")),
+                Some(status)
+            );
+        }
+    }
+
+    #[test]
+    fn cublas_failures_near_the_limit_are_errors_that_say_so() {
+        use cublas::sys::cublasStatus_t as S;
+        for (status, name) in [
+            (
+                S::CUBLAS_STATUS_EXECUTION_FAILED,
+                "CUBLAS_STATUS_EXECUTION_FAILED",
+            ),
+            (
+                S::CUBLAS_STATUS_INTERNAL_ERROR,
+                "CUBLAS_STATUS_INTERNAL_ERROR",
+            ),
+        ] {
+            let error = cublas(status).context("in matmul");
+            assert_eq!(out_of_memory_status(&error), None, "{name}");
+            let hint = failure_hint(&error).unwrap();
+            assert!(
+                hint.contains(name) && hint.contains("not counted"),
+                "{hint}"
+            );
+        }
+        assert_eq!(failure_hint(&driver_oom()), None);
+        assert_eq!(
+            failure_hint(&cublas(S::CUBLAS_STATUS_ALLOC_FAILED)),
+            None,
+            "out of memory needs no hint"
+        );
     }
 
     #[test]

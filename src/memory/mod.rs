@@ -7,7 +7,9 @@ pub mod available;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod errors;
 pub mod parts;
+pub mod sampled;
 pub mod stop;
 
 use serde::{Deserialize, Serialize};
@@ -82,9 +84,17 @@ pub trait MemoryMeter {
         None
     }
 
-    /// True when `error` is this device running out of memory (not any other failure).
-    fn is_out_of_memory(&self, _error: &candle_core::Error) -> bool {
-        false
+    /// The device's out-of-memory status that `error` carries, named (e.g.
+    /// `CUDA_ERROR_OUT_OF_MEMORY`), or `None` when `error` is any other failure. A typed
+    /// check, never a message match alone.
+    fn out_of_memory(&self, _error: &candle_core::Error) -> Option<&'static str> {
+        None
+    }
+
+    /// What to do about `error`, a failure that is not out of memory but may come from a
+    /// device short of memory (cuBLAS's `EXECUTION_FAILED`), naming it; `None` elsewhere.
+    fn failure_hint(&self, _error: &candle_core::Error) -> Option<String> {
+        None
     }
 
     /// The most bytes the device's allocator reserved since the last reset, where it
@@ -96,6 +106,12 @@ pub trait MemoryMeter {
     /// False when the peak is sampled rather than counted, so it may miss a short spike.
     fn peak_is_exact(&self) -> bool {
         true
+    }
+
+    /// How this meter measures, in words, for the report (e.g. "the CUDA memory pool's
+    /// high-water marks").
+    fn describe(&self) -> &'static str {
+        "the heap bytes a counting allocator saw"
     }
 
     /// After a trial: gives back what the device's allocator can release and returns the

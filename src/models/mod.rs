@@ -133,10 +133,14 @@ pub enum Architecture {
     ResNet(resnet::ResNetConfig),
 }
 
-/// The most elements one tensor may have on CUDA: candle's CUDA kernels index elements with
-/// `u32`, so a larger tensor would crash or compute garbage. The search never tries a batch
-/// size past it.
-pub const CUDA_MAX_ELEMENTS: u64 = u32::MAX as u64;
+/// The most elements one tensor may have on CUDA: 2³¹. candle's element-wise CUDA kernels
+/// (unary, binary, affine, cast, ternary, indexing, and the `sum` reduction) loop
+/// `for (unsigned int i = …; i < numel; i += blockDim.x * gridDim.x)` over a grid of ⌈n/1024⌉
+/// blocks of 1024 threads, so the stride is about n: past 2³¹ elements `i + stride` wraps
+/// in 32 bits and elements are processed again (slower, and wrong where the op is not
+/// idempotent), and near 2³² the stride itself wraps to 0 and the loop never ends. Up to
+/// 2³¹, `i + stride` stays below 2³². The search, `check` and the plans never pass it.
+pub const CUDA_MAX_ELEMENTS: u64 = 1 << 31;
 
 /// The built-in presets, in the order `maxbatch models` lists them.
 pub const PRESETS: &[(&str, Architecture)] = &[
@@ -567,13 +571,14 @@ mod tests {
             assert!(cap * per_sample <= CUDA_MAX_ELEMENTS, "{name}");
             assert!((cap + 1) * per_sample > CUDA_MAX_ELEMENTS, "{name}");
         }
-        // transformer-small at 512 tokens: the logits, 512 × 32,000 per sample.
+        // transformer-small at 512 tokens: the logits, 512 × 32,000 per sample, 131 samples
+        // to 2^31.
         let small = ModelSpec::preset("transformer-small").unwrap();
         assert_eq!(small.elements_per_sample(&options).unwrap(), 512 * 32_000);
-        assert_eq!(small.cuda_batch_cap(&options).unwrap(), Some(262));
-        // The MLP's widest layer is 1,024 wide: about four million samples.
+        assert_eq!(small.cuda_batch_cap(&options).unwrap(), Some(131));
+        // The MLP's widest layer is 1,024 wide: 2^21 samples.
         let mlp = ModelSpec::preset("mlp").unwrap();
-        assert_eq!(mlp.cuda_batch_cap(&options).unwrap(), Some(4_194_303));
+        assert_eq!(mlp.cuda_batch_cap(&options).unwrap(), Some(1 << 21));
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub struct DeviceInfo {
     pub overhead_bytes: Option<u64>,
     /// Why the CPU was used instead of the CUDA device asked for.
     pub fallback: Option<String>,
+    /// How the peaks were measured, in words: the counting allocator, the CUDA memory
+    /// pool's high-water marks, or samples of the device's memory in use (approximate).
+    #[serde(default)]
+    pub meter: String,
 }
 
 impl DeviceInfo {
@@ -61,6 +65,7 @@ impl DeviceInfo {
             total_bytes: meter.total_bytes(),
             overhead_bytes: None,
             fallback: device.fallback.clone(),
+            meter: meter.describe().to_string(),
         }
     }
 }
@@ -259,6 +264,7 @@ pub(crate) mod tests {
                 total_bytes: Some(2 << 30),
                 overhead_bytes: Some(500 << 20),
                 fallback: None,
+                meter: "the CUDA memory pool's high-water marks".into(),
             },
             settings: SearchSettings {
                 optimizer: Some(OptimizerKind::AdamW),
@@ -341,6 +347,7 @@ pub(crate) mod tests {
             "cuda:0, capacity 1.0 GiB from the device's free memory after the warm-up step",
             "device total 2.0 GiB",
             "500.0 MiB held outside the pool after the warm-up step",
+            "measured by the CUDA memory pool's high-water marks",
             "LEAKED 3.0 MiB after the trial",
             "pool reserved 600.0 MiB",
             "max batch size                 6",
@@ -354,6 +361,26 @@ pub(crate) mod tests {
         let several = super::text::render_devices(&[report.clone(), fixture("cuda:1", 9, Some(8))]);
         assert!(several.contains("=== cuda:1 ==="), "{several}");
         assert!(several.contains("data parallel: 2 replicas"), "{several}");
+    }
+
+    #[test]
+    fn a_maximum_bounded_by_the_cuda_element_cap_says_so() {
+        let mut report = fixture("cuda:0", 6, Some(5));
+        report.max_is_cap = true;
+        report.settings = report.settings.with_element_cap(6);
+        let text = super::text::render(&report);
+        assert!(
+            text.contains("batch size 7 would make a tensor of more than 2^31 elements"),
+            "{text}"
+        );
+        assert!(text.contains("memory did not bound it"), "{text}");
+        // The --max-batch cap is named as such.
+        report.settings.element_cap = None;
+        let text = super::text::render(&report);
+        assert!(
+            text.contains("it is --max-batch or the dataset size"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -417,9 +417,12 @@ fn header(out: &mut String, r: &Report) {
     if let Some(overhead) = d.overhead_bytes {
         let _ = writeln!(
             out,
-            "          {} held outside the pool after the warm-up step (CUDA context, cuBLAS workspace, kernels, other processes)",
+            "          {} held outside the pool after the warm-up step (CUDA context, kernels, other processes; cuBLAS's workspace where the pool does not hold it)",
             bytes(overhead)
         );
+    }
+    if d.kind != crate::device::DeviceKind::Cpu && !d.meter.is_empty() {
+        let _ = writeln!(out, "          measured by {}", d.meter);
     }
 }
 
@@ -502,10 +505,15 @@ fn results(out: &mut String, r: &Report) {
             })
             .unwrap_or_default()
     };
-    let cap_note = if r.max_is_cap {
+    let cap_note = if r.max_is_cap && r.settings.capped_by_elements() {
         format!(
-            " (the cap, {}: larger sizes not tried; it is --max-batch, the dataset size or, \
-             on CUDA, the 2^32-element limit)",
+            " (the cap: batch size {} would make a tensor of more than 2^31 elements, which \
+             candle's CUDA kernels cannot loop over; memory did not bound it)",
+            r.max_batch_size + 1
+        )
+    } else if r.max_is_cap {
+        format!(
+            " (the cap, {}: larger sizes not tried; it is --max-batch or the dataset size)",
             r.settings.max_batch.unwrap_or(r.max_batch_size)
         )
     } else {
