@@ -83,13 +83,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             optimizer.backward_step(&loss)
         }))?;
     let batch_size = report
-        .recommended_batch_size
+        .sizes
+        .recommended
         .ok_or("no batch size leaves the 5% margin free")?;
     println!(
         "maxbatch: {} ({} parameters), max {} in {} trials, recommended {batch_size}",
         report.model.name,
         report.model.parameters,
-        report.max_batch_size,
+        report.sizes.max,
         report.trials.len()
     );
     // The trials trained the weights; maxbatch put them back.

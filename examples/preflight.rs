@@ -89,11 +89,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .dataset_size(SAMPLES as u64)
         .find(&mut |b| train_step(b).map(|_| ()))?;
     let batch_size = report
-        .recommended_batch_size
+        .sizes
+        .recommended
         .ok_or("no batch size leaves the 5% margin free")?;
     println!(
         "maxbatch: max {} (ran {} trials), recommended {batch_size}",
-        report.max_batch_size,
+        report.sizes.max,
         report.trials.len()
     );
 

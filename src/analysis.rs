@@ -247,15 +247,13 @@ mod tests {
             (Phase::Update, update.max(backward)),
         ];
         Trial {
-            outcome: Outcome::Fits,
             peak_bytes: Some(update.max(backward)),
             phase_peaks: boundaries
                 .iter()
                 .map(|&(phase, peak_bytes)| PhasePeak { phase, peak_bytes })
                 .collect(),
             steps: 1,
-            detail: None,
-            ..Trial::unmeasured_oom(b, String::new())
+            ..Trial::new(b, Outcome::Fits)
         }
     }
 

@@ -227,8 +227,10 @@ mod tests {
         assert_eq!(resolved.kind, DeviceKind::Cpu);
         assert!(resolved.fallback.unwrap().contains("--features cuda"));
 
+        // The refusal names the setting to drop (the command line as --no-fallback).
         let refused = resolve(DeviceRequest::Cuda(0), false).unwrap_err();
-        assert!(refused.to_string().contains("--no-fallback"), "{refused}");
+        let named = refused.describe(&|s| format!("<{s:?}>"));
+        assert!(named.contains("drop <NoFallback>"), "{named}");
 
         let auto = resolve(DeviceRequest::Auto, true).unwrap();
         assert_eq!(auto.kind, DeviceKind::Cpu);

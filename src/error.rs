@@ -1,48 +1,204 @@
-//! The library's error type. Each message says what to do next. It depends on nothing in
-//! the crate but [`format`](crate::format), so every module can return it.
+//! The library's error type. Each message says what to do next, naming the settings to
+//! change as typed [`Setting`]s: the library prints them in plain words ("the margin"), the
+//! command line by their flags (`--margin`), through [`Error::describe`]. It depends on nothing
+//! in the crate but [`format`](crate::format), so every module can return it.
 
 use crate::format::{bytes, candle_error};
 
+/// A setting of a search, a model or a device: what an error asks the caller to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Setting {
+    /// The model: a built-in preset's name.
+    Model,
+    /// The model: a Hugging Face `config.json`.
+    Config,
+    /// The device the trials run on.
+    Device,
+    /// Refusing the CPU when the CUDA device asked for cannot be used.
+    NoFallback,
+    /// The memory budget (a CUDA cap).
+    Memory,
+    /// The dtype weights, activations and optimizer state are kept in.
+    Dtype,
+    /// Mixed precision's compute dtype.
+    Amp,
+    /// The optimizer.
+    Optimizer,
+    /// Tokens per sample.
+    SeqLen,
+    /// The image side.
+    ImageSize,
+    /// LoRA's rank.
+    LoraRank,
+    /// LoRA's alpha.
+    LoraAlpha,
+    /// The linear layers LoRA adapts.
+    LoraTargets,
+    /// The first batch size tried.
+    Start,
+    /// The largest batch size tried.
+    MaxBatch,
+    /// Full training steps per trial.
+    StepsPerTrial,
+    /// The fraction of the capacity the recommended size leaves free.
+    Margin,
+    /// Training samples.
+    DatasetSize,
+    /// Passes over the dataset.
+    Epochs,
+    /// The global batch of an accumulation goal.
+    TargetBatch,
+    /// Data-parallel replicas.
+    WorldSize,
+    /// The micro-batch of an accumulation goal.
+    MicroBatch,
+    /// The batch size of a pre-flight check.
+    BatchSize,
+    /// Steps of the verification run.
+    VerifySteps,
+    /// Capacities or GPUs to plan for.
+    PlanFor,
+}
+
+impl Setting {
+    /// Every setting, for parsing templates.
+    pub const ALL: [Setting; 25] = [
+        Setting::Model,
+        Setting::Config,
+        Setting::Device,
+        Setting::NoFallback,
+        Setting::Memory,
+        Setting::Dtype,
+        Setting::Amp,
+        Setting::Optimizer,
+        Setting::SeqLen,
+        Setting::ImageSize,
+        Setting::LoraRank,
+        Setting::LoraAlpha,
+        Setting::LoraTargets,
+        Setting::Start,
+        Setting::MaxBatch,
+        Setting::StepsPerTrial,
+        Setting::Margin,
+        Setting::DatasetSize,
+        Setting::Epochs,
+        Setting::TargetBatch,
+        Setting::WorldSize,
+        Setting::MicroBatch,
+        Setting::BatchSize,
+        Setting::VerifySteps,
+        Setting::PlanFor,
+    ];
+
+    /// Its name in plain words, as the library's messages say it.
+    pub fn plain(self) -> &'static str {
+        match self {
+            Setting::Model => "the model",
+            Setting::Config => "a config.json",
+            Setting::Device => "the device",
+            Setting::NoFallback => "the refusal to fall back to the CPU",
+            Setting::Memory => "the memory budget",
+            Setting::Dtype => "the dtype",
+            Setting::Amp => "mixed precision",
+            Setting::Optimizer => "the optimizer",
+            Setting::SeqLen => "the sequence length",
+            Setting::ImageSize => "the image size",
+            Setting::LoraRank => "the LoRA rank",
+            Setting::LoraAlpha => "LoRA's alpha",
+            Setting::LoraTargets => "the LoRA targets",
+            Setting::Start => "the first batch size",
+            Setting::MaxBatch => "the largest batch size",
+            Setting::StepsPerTrial => "the steps per trial",
+            Setting::Margin => "the margin",
+            Setting::DatasetSize => "the dataset size",
+            Setting::Epochs => "the epochs",
+            Setting::TargetBatch => "the target batch",
+            Setting::WorldSize => "the world size",
+            Setting::MicroBatch => "the micro-batch",
+            Setting::BatchSize => "the batch size",
+            Setting::VerifySteps => "the verification steps",
+            Setting::PlanFor => "the plan's targets",
+        }
+    }
+
+    /// The name a template refers to it by: `$Margin`.
+    fn id(self) -> String {
+        format!("{self:?}")
+    }
+}
+
+/// Renders a message template: every `$Id` naming a [`Setting`] (`$Margin`, `$SeqLen`)
+/// becomes `name(setting)`; everything else is kept.
+pub fn render(template: &str, name: &dyn Fn(Setting) -> String) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let ident_len = after
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(after.len());
+        match Setting::ALL.iter().find(|s| s.id() == after[..ident_len]) {
+            Some(&setting) => {
+                out.push_str(&name(setting));
+                rest = &after[ident_len..];
+            }
+            None => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A setting out of range, or a combination of settings that does not go together: which
+/// setting, its value, and the message (a template naming settings as `$Id`, see
+/// [`render`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    /// The setting to change.
+    pub setting: Setting,
+    /// Its value, as given.
+    pub value: String,
+    /// What is wrong and what is allowed, naming settings as `$Id`.
+    pub message: String,
+}
+
+impl SettingError {
+    /// `setting` at `value` is refused for `message` (a template, see [`render`]).
+    pub fn new(setting: Setting, value: impl ToString, message: impl Into<String>) -> Self {
+        Self {
+            setting,
+            value: value.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Everything that can stop maxbatch short of an answer. Its `Debug` form is its message
 /// too, so that a `main` returning `Result<_, Box<dyn Error>>` prints what to do next.
-#[derive(thiserror::Error)]
 pub enum Error {
     /// The CPU meter needs the counting allocator as the global allocator.
-    #[error(
-        "maxbatch's counting allocator is not installed, so CPU memory cannot be measured; \
-         add `#[global_allocator] static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator::new();` \
-         to your binary (or `CountingAllocator::wrapping(YourAllocator)` around another one)"
-    )]
     AllocatorNotInstalled,
 
     /// The machine's available memory could not be read.
-    #[error("cannot read the machine's available memory ({0}); give a budget instead, e.g. --memory 4GiB")]
     MemInfo(String),
 
     /// Even batch size 1 ran out of memory.
-    #[error(
-        "does not fit even at batch size 1: needs {}, capacity {}; {hint}",
-        needs.map_or_else(|| "more".to_string(), |n| format!("at least {}", bytes(n))),
-        bytes(*capacity)
-    )]
     NothingFits {
         /// The peak measured at batch size 1 (a lower bound when the trial stopped early).
         needs: Option<u64>,
         /// The capacity it was measured against.
         capacity: u64,
-        /// What to try instead.
+        /// What to try instead (a template, see [`render`]).
         hint: String,
         /// True when the warm-up step ran out of memory (CUDA), not a trial.
         at_warm_up: bool,
     },
 
     /// The model and optimizer state alone are over the capacity.
-    #[error(
-        "the model alone (weights and optimizer state{}) needs {}, more than the capacity {}; \
-         raise --memory, or choose a smaller model, --dtype bf16 or --optimizer sgd",
-        if *workspace > 0 { format!(", with {} of matrix-multiply workspaces", bytes(*workspace)) } else { String::new() },
-        bytes(*held), bytes(*capacity)
-    )]
     ModelExceedsCapacity {
         /// Bytes held before any trial.
         held: u64,
@@ -53,11 +209,6 @@ pub enum Error {
     },
 
     /// A trial failed with something other than out-of-memory.
-    #[error(
-        "the trial at batch size {batch_size} failed (not out of memory): {}{}",
-        candle_error(error),
-        dtype_hint(error)
-    )]
     Trial {
         /// The batch size being tried.
         batch_size: usize,
@@ -66,10 +217,6 @@ pub enum Error {
     },
 
     /// No built-in model has that name.
-    #[error(
-        "unknown model {name:?}; known models: {known} (see `maxbatch models`); {}",
-        config_hint(name)
-    )]
     UnknownModel {
         /// The name given.
         name: String,
@@ -78,7 +225,6 @@ pub enum Error {
     },
 
     /// A `config.json` could not be turned into a model.
-    #[error("{}: {problem}", path.display())]
     Config {
         /// The file.
         path: std::path::PathBuf,
@@ -87,28 +233,30 @@ pub enum Error {
     },
 
     /// The device string did not parse.
-    #[error("invalid device {0}")]
     InvalidDevice(String),
 
     /// CUDA was asked for, cannot be had, and falling back to the CPU was refused.
-    #[error("{reason}; drop --no-fallback to run on the CPU instead")]
     CudaUnavailable {
         /// Why CUDA cannot be used.
         reason: String,
     },
 
-    /// A setting is out of range.
-    #[error("{0}")]
-    InvalidSetting(String),
+    /// A setting is out of range, or does not go with another.
+    Setting(SettingError),
 
     /// candle failed outside a trial (building the model, say).
-    #[error("{}", candle_error(.0))]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
 }
 
-impl std::fmt::Debug for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self}")
+impl From<candle_core::Error> for Error {
+    fn from(error: candle_core::Error) -> Self {
+        Error::Candle(error)
+    }
+}
+
+impl From<SettingError> for Error {
+    fn from(error: SettingError) -> Self {
+        Error::Setting(error)
     }
 }
 
@@ -116,6 +264,11 @@ impl Error {
     /// A trial at `batch_size` that failed with `error` (not out of memory).
     pub fn trial(batch_size: usize, error: candle_core::Error) -> Self {
         Error::Trial { batch_size, error }
+    }
+
+    /// `setting` at `value` refused for `message` (a template, see [`render`]).
+    pub fn setting(setting: Setting, value: impl ToString, message: impl Into<String>) -> Self {
+        Error::Setting(SettingError::new(setting, value, message))
     }
 
     /// This error as a candle error, for a training step (which returns candle's): a
@@ -128,20 +281,97 @@ impl Error {
             other => candle_core::Error::Msg(other.to_string()),
         }
     }
+
+    /// The message, with every setting it names called `name(setting)`: plain words in
+    /// the library's `Display`, flags on the command line.
+    pub fn describe(&self, name: &dyn Fn(Setting) -> String) -> String {
+        let template = match self {
+            Error::AllocatorNotInstalled => {
+                "maxbatch's counting allocator is not installed, so CPU memory cannot be \
+                 measured; add `#[global_allocator] static ALLOCATOR: \
+                 maxbatch::CountingAllocator = maxbatch::CountingAllocator::new();` to your \
+                 binary (or `CountingAllocator::wrapping(YourAllocator)` around another one)"
+                    .to_string()
+            }
+            Error::MemInfo(why) => format!(
+                "cannot read the machine's available memory ({why}); give $Memory instead, \
+                 e.g. 4GiB"
+            ),
+            Error::NothingFits {
+                needs,
+                capacity,
+                hint,
+                ..
+            } => format!(
+                "does not fit even at batch size 1: needs {}, capacity {}; {hint}",
+                needs.map_or_else(|| "more".to_string(), |n| format!("at least {}", bytes(n))),
+                bytes(*capacity)
+            ),
+            Error::ModelExceedsCapacity {
+                held,
+                workspace,
+                capacity,
+            } => format!(
+                "the model alone (weights and optimizer state{}) needs {}, more than the \
+                 capacity {}; raise $Memory, or choose a smaller model, $Dtype bf16 or \
+                 $Optimizer sgd",
+                if *workspace > 0 {
+                    format!(", with {} of matrix-multiply workspaces", bytes(*workspace))
+                } else {
+                    String::new()
+                },
+                bytes(*held),
+                bytes(*capacity)
+            ),
+            Error::Trial { batch_size, error } => format!(
+                "the trial at batch size {batch_size} failed (not out of memory): {}{}",
+                candle_error(error),
+                dtype_hint(error)
+            ),
+            Error::UnknownModel { name, known } => format!(
+                "unknown model {name:?}; known models: {known} (see `maxbatch models`); {}",
+                config_hint(name)
+            ),
+            Error::Config { path, problem } => format!("{}: {problem}", path.display()),
+            Error::InvalidDevice(what) => format!("invalid device {what}"),
+            Error::CudaUnavailable { reason } => {
+                format!("{reason}; drop $NoFallback to run on the CPU instead")
+            }
+            Error::Setting(error) => error.message.clone(),
+            Error::Candle(error) => candle_error(error),
+        };
+        render(&template, name)
+    }
 }
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe(&|s| s.plain().to_string()))
+    }
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// No `source`: the message already says what the candle error inside it says (printing the
+/// chain would say it twice).
+impl std::error::Error for Error {}
 
 /// What to do with a model name that is not a preset: a Hugging Face model (a repository
 /// name like `HuggingFaceTB/SmolLM2-135M`, or its `config.json`) is given by its config.
 fn config_hint(name: &str) -> String {
     if name.ends_with(".json") {
-        format!("{name} looks like a config file: give it with --config {name}")
+        format!("{name} looks like a config file: give it as $Config {name}")
     } else if name.contains('/') {
         format!(
             "{name} looks like a Hugging Face model: download its config.json and give it \
-             with --config PATH (only the shapes are read)"
+             as $Config (only the shapes are read)"
         )
     } else {
-        "for a Hugging Face model, give its config.json with --config PATH".to_string()
+        "for a Hugging Face model, give its config.json as $Config".to_string()
     }
 }
 
@@ -153,7 +383,7 @@ fn dtype_hint(error: &candle_core::Error) -> String {
             dtype_hint(inner)
         }
         E::UnsupportedDTypeForOp(dtype, op) => format!(
-            "; this device cannot train {op} in {}: use --dtype f32 and no --amp",
+            "; this device cannot train {op} in {}: use $Dtype f32 and no $Amp",
             dtype.as_str()
         ),
         _ => String::new(),
@@ -164,6 +394,20 @@ fn dtype_hint(error: &candle_core::Error) -> String {
 mod tests {
     use super::*;
 
+    fn flag(setting: Setting) -> String {
+        format!("--{}", format!("{setting:?}").to_ascii_lowercase())
+    }
+
+    #[test]
+    fn templates_name_settings_in_plain_words_or_as_flags() {
+        let error = Error::setting(Setting::Margin, 1.5, "$Margin 1.5 is not a fraction");
+        assert_eq!(error.to_string(), "the margin 1.5 is not a fraction");
+        assert_eq!(error.describe(&flag), "--margin 1.5 is not a fraction");
+        // `$` before anything that is not a setting stays as it was.
+        assert_eq!(render("$5 and $Nothing", &flag), "$5 and $Nothing");
+        assert_eq!(render("raise $Memory.", &flag), "raise --memory.");
+    }
+
     #[test]
     fn an_unknown_model_points_to_a_config() {
         let message = |name: &str| {
@@ -171,11 +415,11 @@ mod tests {
                 name: name.into(),
                 known: "mlp".into(),
             }
-            .to_string()
+            .describe(&flag)
         };
-        assert!(message("x.json").contains("give it with --config x.json"));
+        assert!(message("x.json").contains("give it as --config x.json"));
         assert!(message("HuggingFaceTB/SmolLM2-135M").contains("download its config.json"));
-        assert!(message("smollm2-135m").contains("give its config.json with --config PATH"));
+        assert!(message("smollm2-135m").contains("give its config.json as --config"));
     }
 
     #[test]

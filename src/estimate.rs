@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::models::{ModelOptions, ModelSpec};
-use crate::plan::{Assumption, Target, ASSUMED_CUDA_OVERHEAD};
 use crate::search::{allowed_peak, largest_power_of_two_at_most};
+use crate::sizes::Sizes;
 use crate::workload::{OptimizerKind, Phase};
 
 /// Bytes that grow by a fixed amount per sample: `fixed + per_sample × batch size`.
@@ -196,93 +196,16 @@ impl Estimate {
     }
 
     /// The predicted sizes for `capacity` (what the step may use) with `margin` of it left
-    /// free.
-    pub fn sizes_for(&self, capacity: u64, margin: f64) -> Option<PredictedSizes> {
+    /// free; `None` when no line grows with the batch size (no bound).
+    pub fn sizes_for(&self, capacity: u64, margin: f64) -> Option<Sizes> {
         let max = self.max_batch(capacity)?;
         let recommended = self.max_batch(allowed_peak(capacity, margin))?.min(max);
-        Some(PredictedSizes {
-            predicted_max: max,
-            predicted_power_of_two: largest_power_of_two_at_most(max),
-            predicted_recommended: recommended,
-            predicted_peak_bytes: (max > 0).then(|| self.peak(max).peak_bytes),
+        Some(Sizes {
+            max,
+            power_of_two: largest_power_of_two_at_most(max),
+            recommended: (recommended > 0).then_some(recommended),
         })
     }
-}
-
-/// The sizes an estimate predicts for one target. Nothing here ran.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EstimatedPlan {
-    /// The target's name, or the capacity as given.
-    pub target: String,
-    /// The target's memory.
-    pub capacity_bytes: u64,
-    /// Taken off the capacity before any batch: a named GPU's CUDA overhead, assumed.
-    pub assumptions: Vec<Assumption>,
-    /// What the step may use: the capacity less the assumptions.
-    pub usable_bytes: u64,
-    /// The predicted sizes for the usable bytes (`None`: no batch size bounds the peak).
-    pub sizes: Option<PredictedSizes>,
-    /// What the prediction does not model.
-    pub caveat: Option<String>,
-}
-
-impl Estimate {
-    /// The plan for `target` with `margin` left free; a named GPU's plan takes the assumed
-    /// CUDA overhead off first and stops at `cuda_cap` (the largest batch size candle's CUDA
-    /// kernels can index, `ModelSpec::cuda_batch_cap`).
-    pub fn plan(&self, target: &Target, margin: f64, cuda_cap: Option<usize>) -> EstimatedPlan {
-        let assumptions: Vec<Assumption> = if target.is_gpu {
-            vec![Assumption {
-                what: "CUDA context, kernels and cuBLAS workspace".into(),
-                bytes: ASSUMED_CUDA_OVERHEAD,
-                measured: false,
-            }]
-        } else {
-            Vec::new()
-        };
-        let usable = target
-            .bytes
-            .saturating_sub(assumptions.iter().map(|a| a.bytes).sum());
-        let mut sizes = self.sizes_for(usable, margin);
-        let mut caveats = Vec::new();
-        if let (Some(s), Some(cap), true) = (sizes.as_mut(), cuda_cap, target.is_gpu) {
-            if s.predicted_max > cap {
-                caveats.push(crate::plan::cuda_cap_caveat(cap));
-                s.predicted_max = cap;
-                s.predicted_power_of_two = largest_power_of_two_at_most(cap);
-                s.predicted_recommended = s.predicted_recommended.min(cap);
-                s.predicted_peak_bytes = Some(self.peak(cap).peak_bytes);
-            }
-        }
-        if target.is_gpu {
-            caveats.push(
-                "counts candle's tensors, not the pool's 2 MiB granularity or workspaces cuBLAS \
-                 and cuDNN keep beyond the assumed overhead"
-                    .into(),
-            );
-        }
-        EstimatedPlan {
-            target: target.name.clone(),
-            capacity_bytes: target.bytes,
-            assumptions,
-            usable_bytes: usable,
-            sizes,
-            caveat: (!caveats.is_empty()).then(|| caveats.join("; ")),
-        }
-    }
-}
-
-/// The sizes an estimate predicts for one capacity. Nothing here ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PredictedSizes {
-    /// The largest batch size whose estimated peak fits (0: not even one sample).
-    pub predicted_max: usize,
-    /// The largest power of two ≤ it.
-    pub predicted_power_of_two: usize,
-    /// The largest size that leaves the margin free.
-    pub predicted_recommended: usize,
-    /// The estimated peak at the predicted maximum.
-    pub predicted_peak_bytes: Option<u64>,
 }
 
 #[cfg(test)]
@@ -328,9 +251,10 @@ mod tests {
             assert!(!fits(max + 1), "{capacity}: {max}");
         }
         let sizes = e.sizes_for(5000, 0.1).unwrap();
-        assert_eq!(sizes.predicted_max, e.max_batch(5000).unwrap());
-        assert!(sizes.predicted_recommended <= sizes.predicted_max);
-        assert!(e.peak(sizes.predicted_recommended).peak_bytes <= 4500);
-        assert!(sizes.predicted_power_of_two.is_power_of_two());
+        assert_eq!(sizes.max, e.max_batch(5000).unwrap());
+        let recommended = sizes.recommended.unwrap();
+        assert!(recommended <= sizes.max);
+        assert!(e.peak(recommended).peak_bytes <= 4500);
+        assert!(sizes.power_of_two.is_power_of_two());
     }
 }

@@ -1,32 +1,31 @@
 //! After the search: the trials that make every reported size one that ran (the largest
-//! power of two, the recommended size, the accumulation plan's micro-batch), the sizes of a
+//! power of two, the recommended size, the accumulation's micro-batch), the sizes of a
 //! search that was stopped early, and the [`Report`] they all go into.
 
 use crate::analysis;
-use crate::error::Error;
+use crate::error::{Error, Setting};
 use crate::models::ModelInfo;
 use crate::report::{DeviceInfo, Report};
 use crate::runner::TrialRunner;
-use crate::schedule::{self, AccumulationPlan, ScheduleRow};
+use crate::schedule::{self, Accumulation, ScheduleRow};
 use crate::search::{self, Strategy};
 use crate::settings::SearchSettings;
-use crate::soak::{self, Verification};
+use crate::sizes::Sizes;
 use crate::trial::{self, Outcome, Trial};
+use crate::verification::Verification;
 
-/// The sizes a report gives, each of which ran and fit.
+/// What the search and the trials after it established: the sizes a report gives (each
+/// ran and fit), the accumulation that reaches the goal, the verification run.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sizes {
-    /// The largest size that fit (0: none).
-    pub max: usize,
-    /// True when `max` is the cap: larger sizes were not tried.
+pub struct Finished {
+    /// The largest size that fit, the largest power of two at most it, the recommended.
+    pub sizes: Sizes,
+    /// True when the maximum is the cap: larger sizes were not tried.
     pub max_is_cap: bool,
-    /// The largest power of two ≤ `max` (0: none).
-    pub power_of_two: usize,
-    /// The largest size whose peak leaves the margin free.
-    pub recommended: Option<usize>,
-    /// The gradient-accumulation plan, when one was asked for.
-    pub plan: Option<AccumulationPlan>,
-    /// The soak run at the recommended size (else the maximum), when one was asked for.
+    /// The gradient accumulation that reaches the goal, when one was asked for.
+    pub accumulation: Option<Accumulation>,
+    /// The verification run at the recommended size (else the maximum), when one was asked
+    /// for.
     pub verification: Option<Verification>,
 }
 
@@ -39,22 +38,24 @@ pub fn finishing_trials(
     max: usize,
     max_is_cap: bool,
     trials: &mut Vec<Trial>,
-) -> Result<Sizes, Error> {
+) -> Result<Finished, Error> {
     let power_of_two = largest_power_of_two(runner, max, trials)?;
     let recommended = recommended(runner, capacity, settings, trials)?;
-    let plan = match settings.accumulation {
-        Some(target) => {
-            let micro = target.micro_batch.unwrap_or_else(|| {
+    let accumulation = match settings.accumulation {
+        Some(goal) => {
+            let micro = goal.micro_batch.unwrap_or_else(|| {
                 search::largest_power_of_two_at_most(recommended.unwrap_or(max))
             });
             if micro > 0 && !runner.fits_or_run(micro, trials)? {
-                return Err(Error::InvalidSetting(format!(
-                    "the micro-batch {micro} does not fit; choose a smaller --micro-batch"
-                )));
+                return Err(Error::setting(
+                    Setting::MicroBatch,
+                    micro,
+                    format!("$MicroBatch {micro} does not fit; choose a smaller one"),
+                ));
             }
             Some(schedule::accumulation(
-                target.target_batch,
-                target.world_size,
+                goal.target_batch,
+                goal.world_size,
                 micro as u64,
                 settings.dataset().as_ref(),
             ))
@@ -65,15 +66,20 @@ pub fn finishing_trials(
         0 => None,
         steps => {
             let size = recommended.unwrap_or(max);
-            Some(soak::verify(runner, size, steps, trials)?)
+            let run = runner
+                .verify(size, steps)
+                .map_err(|e| Error::trial(size, e))?;
+            Some(Verification::from_trial(&run, steps, trials))
         }
     };
-    Ok(Sizes {
-        max,
+    Ok(Finished {
+        sizes: Sizes {
+            max,
+            power_of_two,
+            recommended,
+        },
         max_is_cap,
-        power_of_two,
-        recommended,
-        plan,
+        accumulation,
         verification,
     })
 }
@@ -92,10 +98,14 @@ fn largest_power_of_two(
         }
         if candidate == 1 {
             // Batch size `max` fit but 1 did not: the memory curve is not monotone.
-            return Err(Error::InvalidSetting(format!(
-                "batch size {max} fit but batch size 1 did not; the measurements are \
-                 inconsistent, rerun with more --steps-per-trial"
-            )));
+            return Err(Error::setting(
+                Setting::StepsPerTrial,
+                max,
+                format!(
+                    "batch size {max} fit but batch size 1 did not; the measurements are \
+                     inconsistent, rerun with more $StepsPerTrial"
+                ),
+            ));
         }
         candidate /= 2;
     }
@@ -142,7 +152,7 @@ fn recommended(
 /// The sizes of a search stopped early, from the trials that ran: the largest that fit,
 /// the largest power of two that fit, the largest that left the margin free (0 or `None`
 /// where none did).
-pub fn partial_sizes(trials: &[Trial], capacity: u64, margin: f64) -> Sizes {
+pub fn partial_sizes(trials: &[Trial], capacity: u64, margin: f64) -> Finished {
     let largest = |keep: &dyn Fn(&Trial) -> bool| {
         trials
             .iter()
@@ -151,12 +161,14 @@ pub fn partial_sizes(trials: &[Trial], capacity: u64, margin: f64) -> Sizes {
             .max()
     };
     let allowed = search::allowed_peak(capacity, margin);
-    Sizes {
-        max: largest(&|_| true).unwrap_or(0),
+    Finished {
+        sizes: Sizes {
+            max: largest(&|_| true).unwrap_or(0),
+            power_of_two: largest(&|t| t.batch_size.is_power_of_two()).unwrap_or(0),
+            recommended: largest(&|t| t.peak_bytes.is_some_and(|p| p <= allowed)),
+        },
         max_is_cap: false,
-        power_of_two: largest(&|t| t.batch_size.is_power_of_two()).unwrap_or(0),
-        recommended: largest(&|t| t.peak_bytes.is_some_and(|p| p <= allowed)),
-        plan: None,
+        accumulation: None,
         verification: None,
     }
 }
@@ -169,13 +181,14 @@ pub fn report(
     device: DeviceInfo,
     settings: SearchSettings,
     trials: Vec<Trial>,
-    sizes: Sizes,
+    finished: Finished,
     interrupted: bool,
 ) -> Report {
     let capacity = device.capacity_bytes;
     let dataset = settings.dataset();
+    let sizes = finished.sizes;
     let schedule = match &dataset {
-        Some(d) if sizes.max > 0 => schedule_rows(d, &sizes, &trials),
+        Some(d) if sizes.max > 0 => schedule_rows(d, &finished, &trials),
         _ => Vec::new(),
     };
     let (memory_model, throughput_note) = if interrupted {
@@ -197,41 +210,62 @@ pub fn report(
         settings,
         unmeasured_boundary,
         trials,
-        max_batch_size: sizes.max,
-        max_is_cap: sizes.max_is_cap,
-        largest_power_of_two: sizes.power_of_two,
-        recommended_batch_size: sizes.recommended,
+        sizes,
+        max_is_cap: finished.max_is_cap,
         dataset,
         schedule,
         interrupted,
         from_cache: false,
         memory_model,
         throughput_note,
-        accumulation: sizes.plan,
-        verification: sizes.verification,
-        plans: Vec::new(),
-        what_if: Vec::new(),
+        accumulation: finished.accumulation,
+        verification: finished.verification,
     }
 }
 
-/// A cached report fitted to `settings`: the dataset, schedule and accumulation plan are
+/// What `report` established, to build a report from again.
+fn finished_of(report: &Report) -> Finished {
+    Finished {
+        sizes: report.sizes,
+        max_is_cap: report.max_is_cap,
+        accumulation: report.accumulation,
+        verification: report.verification.clone(),
+    }
+}
+
+/// `report` built again with `more` trials after its own (sizes another device's search
+/// chose, run on this one before they are reported as fitting on every device).
+pub fn extended(report: Report, more: Vec<Trial>) -> Report {
+    let finished = finished_of(&report);
+    let mut trials = report.trials;
+    trials.extend(more);
+    Report {
+        from_cache: report.from_cache,
+        ..self::report(
+            report.model,
+            report.device,
+            report.settings,
+            trials,
+            finished,
+            report.interrupted,
+        )
+    }
+}
+
+/// A cached report fitted to `settings`: the dataset, schedule and accumulation are
 /// recomputed for its dataset size, epochs and drop-last (the trials do not depend on them),
 /// and the report says it came from the cache.
 pub fn rescheduled(cached: Report, settings: &SearchSettings) -> Report {
-    let sizes = Sizes {
-        max: cached.max_batch_size,
-        max_is_cap: cached.max_is_cap,
-        power_of_two: cached.largest_power_of_two,
-        recommended: cached.recommended_batch_size,
-        plan: cached.accumulation.map(|p| {
+    let finished = Finished {
+        accumulation: cached.accumulation.map(|a| {
             schedule::accumulation(
-                p.target_batch,
-                p.world_size,
-                p.micro_batch,
+                a.target_batch,
+                a.world_size,
+                a.micro_batch,
                 settings.dataset().as_ref(),
             )
         }),
-        verification: cached.verification,
+        ..finished_of(&cached)
     };
     let settings = SearchSettings {
         max_batch: cached.settings.max_batch,
@@ -244,7 +278,7 @@ pub fn rescheduled(cached: Report, settings: &SearchSettings) -> Report {
             cached.device,
             settings,
             cached.trials,
-            sizes,
+            finished,
             cached.interrupted,
         )
     }
@@ -263,7 +297,12 @@ fn unmeasured_boundary(trials: &[Trial], max: usize) -> Option<usize> {
 }
 
 /// The schedule at the reported sizes, timed by the trials that ran there.
-fn schedule_rows(dataset: &schedule::Dataset, sizes: &Sizes, trials: &[Trial]) -> Vec<ScheduleRow> {
+fn schedule_rows(
+    dataset: &schedule::Dataset,
+    finished: &Finished,
+    trials: &[Trial],
+) -> Vec<ScheduleRow> {
+    let sizes = &finished.sizes;
     let timed = |b: usize| trial::fitting_trial(trials, b).and_then(|t| t.step_seconds);
     let power_of_two = sizes.power_of_two.max(1);
     let mut rows = schedule::rows(
@@ -284,24 +323,24 @@ fn schedule_rows(dataset: &schedule::Dataset, sizes: &Sizes, trials: &[Trial]) -
         1,
     );
     rows.extend(
-        sizes
-            .plan
+        finished
+            .accumulation
             .as_ref()
-            .and_then(|plan| accumulation_row(plan, timed(plan.micro_batch as usize))),
+            .and_then(|a| accumulation_row(a, timed(a.micro_batch as usize))),
     );
     rows
 }
 
-/// The accumulation plan's row: optimizer steps per epoch and in total at the global batch,
+/// The accumulation's row: optimizer steps per epoch and in total at the global batch,
 /// timed as accumulation steps × the micro-batch's measured seconds per step on one replica,
 /// which assumes the replicas run in parallel with perfect scaling. `None` without a dataset.
-fn accumulation_row(plan: &AccumulationPlan, micro_seconds: Option<f64>) -> Option<ScheduleRow> {
-    let steps_per_epoch = plan.optimizer_steps_per_epoch?;
-    let total_steps = plan.total_optimizer_steps?;
-    let seconds_per_step = micro_seconds.map(|s| s * plan.accumulation_steps as f64);
+fn accumulation_row(a: &Accumulation, micro_seconds: Option<f64>) -> Option<ScheduleRow> {
+    let steps_per_epoch = a.optimizer_steps_per_epoch?;
+    let total_steps = a.total_optimizer_steps?;
+    let seconds_per_step = micro_seconds.map(|s| s * a.accumulation_steps as f64);
     Some(ScheduleRow {
         label: "accumulation".to_string(),
-        batch_size: plan.global_batch,
+        batch_size: a.global_batch,
         steps_per_epoch,
         total_steps,
         seconds_per_step,

@@ -12,9 +12,7 @@
 //! the slowest trial so far plus a floor: a hung kernel) is killed, and its trial is an
 //! error naming the size, never out of memory.
 
-use std::ffi::OsString;
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -53,12 +51,33 @@ pub struct ChildDevice {
 /// yet, and on top of ten times the slowest one once some have.
 pub const TIMEOUT_FLOOR: Duration = Duration::from_secs(600);
 
+/// One child trial to start: the batch size, the steps (`None`: the usual steps per trial)
+/// and the capacity to measure against (`None`: the child's own reading, or whatever its
+/// command says by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildRequest {
+    /// The batch size.
+    pub batch_size: usize,
+    /// Consecutive steps (the verification run), or `None`.
+    pub steps: Option<usize>,
+    /// The capacity in bytes, or `None`.
+    pub capacity: Option<u64>,
+}
+
+/// How to start a child that runs one trial and prints its [`ChildTrial`] as JSON on stdout:
+/// the command line's hidden `trial` subcommand, its flags built from what the parent
+/// resolved, or anything else that prints one.
+pub trait TrialProcess {
+    /// The command that runs `request`.
+    fn command(&self, request: ChildRequest) -> Command;
+}
+
 /// Trials run by a child process each.
-#[derive(Debug, Clone)]
 pub struct ChildProcessTrials {
-    program: PathBuf,
-    args: Vec<OsString>,
+    process: Box<dyn TrialProcess>,
     hard_limit: Option<u64>,
+    /// The capacity the first child measured, which every later child is given.
+    capacity: Option<u64>,
     /// The first child's trial, until the search asks for its size.
     kept: Option<Trial>,
     slowest: Option<Duration>,
@@ -66,13 +85,13 @@ pub struct ChildProcessTrials {
 }
 
 impl ChildProcessTrials {
-    /// Trials that run `program args… --batch-size B` for each batch size B; sizes
-    /// predicted past `hard_limit` are not started.
-    pub fn new(program: PathBuf, args: Vec<OsString>, hard_limit: Option<u64>) -> Self {
+    /// Trials that `process` starts, one child each; sizes predicted past `hard_limit` are
+    /// not started.
+    pub fn new(process: Box<dyn TrialProcess>, hard_limit: Option<u64>) -> Self {
         Self {
-            program,
-            args,
+            process,
             hard_limit,
+            capacity: None,
             kept: None,
             slowest: None,
             timeout_floor: TIMEOUT_FLOOR,
@@ -92,15 +111,13 @@ impl ChildProcessTrials {
     /// having given the device up, never measured itself. Later children are given that
     /// capacity, and the search's first trial at `batch_size` is this one.
     pub fn calibrate(&mut self, batch_size: usize) -> candle_core::Result<ChildDevice> {
-        let child = self.child_trial(batch_size, self.args.clone())?;
+        let child = self.child_trial(batch_size, None)?;
         let device = ChildDevice {
             capacity: child.capacity,
             overhead_bytes: child.overhead_bytes,
             meter: child.meter,
         };
-        self.args = without_flag(&self.args, "--memory");
-        self.args
-            .extend(["--memory".into(), device.capacity.bytes.to_string().into()]);
+        self.capacity = Some(device.capacity.bytes);
         self.kept = Some(child.trial);
         Ok(device)
     }
@@ -119,36 +136,17 @@ impl TrialSource for ChildProcessTrials {
         if let Some(trial) = self.kept.take_if(|t| t.batch_size == batch_size) {
             return Ok(trial);
         }
-        self.child_trial(batch_size, self.args.clone())
-            .map(|child| child.trial)
+        self.child_trial(batch_size, None).map(|child| child.trial)
     }
 
-    fn soak(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial> {
-        let mut args = without_flag(&self.args, "--steps-per-trial");
-        args.extend(["--steps-per-trial".into(), steps.to_string().into()]);
-        self.child_trial(batch_size, args).map(|child| child.trial)
+    fn verify(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial> {
+        self.child_trial(batch_size, Some(steps))
+            .map(|child| child.trial)
     }
 
     fn hard_limit(&self) -> Option<u64> {
         self.hard_limit
     }
-}
-
-/// `args` without `flag` and its value.
-fn without_flag(args: &[OsString], flag: &str) -> Vec<OsString> {
-    let mut kept = Vec::with_capacity(args.len());
-    let mut skip_value = false;
-    for arg in args {
-        if std::mem::take(&mut skip_value) {
-            continue;
-        }
-        if arg == flag {
-            skip_value = true;
-        } else {
-            kept.push(arg.clone());
-        }
-    }
-    kept
 }
 
 /// What a finished child left: its exit status and both streams.
@@ -159,14 +157,19 @@ struct Finished {
 }
 
 impl ChildProcessTrials {
-    /// Runs the child with `args` at `batch_size` and reads its trial.
+    /// Runs the child at `batch_size` (for `steps` steps, when given) and reads its trial.
     fn child_trial(
         &mut self,
         batch_size: usize,
-        args: Vec<OsString>,
+        steps: Option<usize>,
     ) -> candle_core::Result<ChildTrial> {
         let started = Instant::now();
-        let output = self.run_child(batch_size, &args)?;
+        let request = ChildRequest {
+            batch_size,
+            steps,
+            capacity: self.capacity,
+        };
+        let output = self.run_child(request)?;
         let stderr = output.stderr.as_str();
         if output.status.success() {
             let child: ChildTrial = serde_json::from_slice(&output.stdout).map_err(|e| {
@@ -182,7 +185,11 @@ impl ChildProcessTrials {
         if let Some(signal) = killed_by(&output.status) {
             return killed(batch_size, signal, stderr).map(|trial| ChildTrial {
                 trial,
-                capacity: self.capacity_given(),
+                capacity: Capacity {
+                    bytes: self.capacity.unwrap_or(0),
+                    source: crate::memory::CapacitySource::Flag,
+                    is_budget: false,
+                },
                 overhead_bytes: None,
                 meter: String::new(),
             });
@@ -196,31 +203,12 @@ impl ChildProcessTrials {
         candle_core::bail!("the trial process failed ({}): {message}", output.status)
     }
 
-    /// The capacity the children are given (`--memory`), for a trial whose child died
-    /// before it could say.
-    fn capacity_given(&self) -> Capacity {
-        let bytes = self
-            .args
-            .iter()
-            .position(|a| a == "--memory")
-            .and_then(|i| self.args.get(i + 1))
-            .and_then(|v| v.to_str()?.parse().ok())
-            .unwrap_or(0);
-        Capacity {
-            bytes,
-            source: crate::memory::CapacitySource::Flag,
-            is_budget: false,
-        }
-    }
-
     /// Starts the child, reads both its streams, and waits for it at most [`Self::timeout`]:
     /// past it the child (and its process group) is killed and the trial is an error.
-    fn run_child(&self, batch_size: usize, args: &[OsString]) -> candle_core::Result<Finished> {
-        let mut command = Command::new(&self.program);
+    fn run_child(&self, request: ChildRequest) -> candle_core::Result<Finished> {
+        let batch_size = request.batch_size;
+        let mut command = self.process.command(request);
         command
-            .args(args)
-            .arg("--batch-size")
-            .arg(batch_size.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -230,8 +218,8 @@ impl ChildProcessTrials {
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command.spawn().map_err(|e| {
             candle_core::Error::Msg(format!(
-                "cannot start the trial process {}: {e}",
-                self.program.display()
+                "cannot start the trial process {:?}: {e}",
+                command.get_program()
             ))
         })?;
         // Both streams are read on threads of their own: a child blocked on a full pipe
@@ -270,8 +258,8 @@ impl ChildProcessTrials {
                     candle_core::bail!(
                         "the trial at batch size {batch_size} did not finish within {:.0} s \
                          (ten times the slowest trial so far, plus {:.0} s) and was stopped: a \
-                         hung kernel? not counted as out of memory; rerun that size with \
-                         `maxbatch check --batch-size {batch_size}` to see it",
+                         hung kernel? not counted as out of memory; run a pre-flight check at \
+                         that size to see it",
                         timeout.as_secs_f64(),
                         self.timeout_floor.as_secs_f64()
                     )
@@ -336,8 +324,8 @@ fn killed(batch_size: usize, signal: i32, stderr: &str) -> candle_core::Result<T
                 .unwrap_or("nothing on stderr");
             candle_core::bail!(
                 "the trial process at batch size {batch_size} crashed with signal {signal} \
-                 ({name}): {last}; this is not out of memory, rerun that size with \
-                 `maxbatch check --batch-size {batch_size}` to see the failure"
+                 ({name}): {last}; this is not out of memory, run a pre-flight check at that \
+                 size to see the failure"
             )
         }
     }
@@ -362,13 +350,27 @@ mod tests {
     use super::*;
     use crate::trial::Outcome;
 
+    /// A child that is a shell script: `sh -c SCRIPT trial --batch-size B [--memory M]
+    /// [--steps N]` (the script sees the batch size as $2).
+    struct Shell(String);
+
+    impl TrialProcess for Shell {
+        fn command(&self, request: ChildRequest) -> Command {
+            let mut command = Command::new("sh");
+            command.args(["-c", &self.0, "trial", "--batch-size"]);
+            command.arg(request.batch_size.to_string());
+            if let Some(bytes) = request.capacity {
+                command.args(["--memory", &bytes.to_string()]);
+            }
+            if let Some(steps) = request.steps {
+                command.args(["--steps", &steps.to_string()]);
+            }
+            command
+        }
+    }
+
     fn shell(script: &str) -> ChildProcessTrials {
-        // `sh -c SCRIPT NAME --batch-size B`: the script sees the batch size as $2.
-        ChildProcessTrials::new(
-            PathBuf::from("sh"),
-            vec!["-c".into(), script.into(), "trial".into()],
-            None,
-        )
+        ChildProcessTrials::new(Box::new(Shell(script.to_string())), None)
     }
 
     #[test]
@@ -415,25 +417,17 @@ mod tests {
 
     fn fitting(batch_size: usize) -> Trial {
         Trial {
-            batch_size,
-            outcome: Outcome::Fits,
             peak_bytes: Some(1234),
             phase_peaks: vec![crate::trial::PhasePeak {
                 phase: crate::Phase::Backward,
                 peak_bytes: 1200,
             }],
             step_peaks: vec![1234, 1230],
-            held_by_part: Vec::new(),
             step_seconds: Some(0.5),
             step_times: vec![0.7, 0.5],
             samples_per_second: Some(8.0),
             steps: 2,
-            stopped_after: None,
-            predicted: false,
-            peak_is_approximate: false,
-            reserved_bytes: None,
-            leaked_bytes: None,
-            detail: None,
+            ..Trial::new(batch_size, Outcome::Fits)
         }
     }
 

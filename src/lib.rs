@@ -36,7 +36,7 @@
 //!     .dataset_size(50_000)
 //!     .epochs(3)
 //!     .find_with(&mut workload, &mut meter, &mut Silent)?;
-//! println!("max {} recommended {:?}", report.max_batch_size, report.recommended_batch_size);
+//! println!("max {} recommended {:?}", report.sizes.max, report.sizes.recommended);
 //! # Ok(())
 //! # }
 //! ```
@@ -59,15 +59,16 @@ pub mod runner;
 pub mod schedule;
 pub mod search;
 pub mod settings;
-pub mod soak;
+pub mod sizes;
 pub mod sweep;
 pub mod trial;
-pub mod what_if;
+pub mod verification;
 pub mod workload;
 
 pub use error::Error;
 pub use finder::Finder;
-pub use memory::cpu::{CountingAllocator, CpuMeter};
+pub use memory::counting::CountingAllocator;
+pub use memory::cpu::CpuMeter;
 pub use memory::MemoryMeter;
 pub use report::Report;
 pub use runner::{Observer, Silent};

@@ -1,13 +1,17 @@
-//! The `maxbatch` binary: logging, the counting allocator, exit codes. The rest is in
-//! `commands` (what each command does) and the library.
+//! The `maxbatch` binary: parse, resolve once, run, exit. The flags are declared in `cli`,
+//! resolved into the values the commands take in `resolve`, and each command is a file of
+//! `commands`; what they print is assembled and rendered in `output`; errors are said with
+//! flags by `explain`.
 
+mod child;
 mod cli;
 mod commands;
-mod estimate_command;
+mod explain;
+mod output;
 mod progress;
-mod setup;
+mod resolve;
+mod session;
 mod signals;
-mod what_if_runs;
 
 use std::process::ExitCode;
 
@@ -22,10 +26,10 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging(cli.verbose);
     keep_freed_memory();
-    match commands::run(cli) {
+    match resolve::resolve(cli).and_then(commands::run) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", explain::message(&error));
             ExitCode::from(2)
         }
     }

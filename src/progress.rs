@@ -56,17 +56,17 @@ impl Observer for Progress {
         ));
     }
 
-    fn soak_started(&mut self, batch_size: usize, steps: usize) {
+    fn verification_started(&mut self, batch_size: usize, steps: usize) {
         if let Some(bar) = &self.spinner {
             bar.set_message(format!(
-                "soak run: {steps} steps at batch size {batch_size}"
+                "verification: {steps} steps at batch size {batch_size}"
             ));
         }
     }
 
-    fn soak_finished(&mut self, trial: &Trial) {
+    fn verification_finished(&mut self, trial: &Trial) {
         self.line(&format!(
-            "soak run ({} steps): {}",
+            "verification ({} steps): {}",
             trial.steps,
             trial_line(trial).trim_end()
         ));

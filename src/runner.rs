@@ -18,13 +18,13 @@ pub trait Observer {
     fn trial_started(&mut self, _batch_size: usize) {}
     /// A trial has finished (or was predicted out of memory without running).
     fn trial_finished(&mut self, _trial: &Trial) {}
-    /// The soak run of `--verify-steps` (`steps` steps at `batch_size`) is about to run;
+    /// The verification run (`steps` consecutive steps at `batch_size`) is about to run;
     /// by default it is shown as a trial.
-    fn soak_started(&mut self, batch_size: usize, _steps: usize) {
+    fn verification_started(&mut self, batch_size: usize, _steps: usize) {
         self.trial_started(batch_size);
     }
-    /// The soak run has finished; by default it is shown as a trial.
-    fn soak_finished(&mut self, trial: &Trial) {
+    /// The verification run has finished; by default it is shown as a trial.
+    fn verification_finished(&mut self, trial: &Trial) {
         self.trial_finished(trial);
     }
 }
@@ -42,9 +42,9 @@ pub trait TrialSource {
     /// is an `Err` that stops the search.
     fn trial(&mut self, batch_size: usize) -> candle_core::Result<Trial>;
 
-    /// Runs `steps` consecutive steps at `batch_size` as one trial (the soak run of
-    /// `--verify-steps`), whatever the steps per trial.
-    fn soak(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial>;
+    /// Runs `steps` consecutive steps at `batch_size` as one trial (the verification run),
+    /// whatever the steps per trial.
+    fn verify(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial>;
 
     /// Bytes beyond which a trial must not even be started (see
     /// [`MemoryMeter::hard_limit`]).
@@ -66,7 +66,7 @@ impl TrialSource for InProcessTrials<'_> {
         trial::run(self.step, batch_size, self.steps, self.meter)
     }
 
-    fn soak(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial> {
+    fn verify(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial> {
         trial::run(self.step, batch_size, steps, self.meter)
     }
 
@@ -155,13 +155,13 @@ impl<'a> TrialRunner<'a> {
         Ok(())
     }
 
-    /// Runs `steps` consecutive steps at `batch_size` (the soak run), unless the stop flag
-    /// is set.
-    pub fn soak(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial> {
-        self.unless_stopped("the soak run", batch_size)?;
-        self.observer.soak_started(batch_size, steps);
-        let trial = self.source.soak(batch_size, steps)?;
-        self.observer.soak_finished(&trial);
+    /// Runs `steps` consecutive steps at `batch_size` (the verification run), unless the
+    /// stop flag is set.
+    pub fn verify(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial> {
+        self.unless_stopped("the verification run", batch_size)?;
+        self.observer.verification_started(batch_size, steps);
+        let trial = self.source.verify(batch_size, steps)?;
+        self.observer.verification_finished(&trial);
         Ok(trial)
     }
 

@@ -124,7 +124,7 @@ pub fn rows(
 /// replicas, `accumulation_steps` of them per optimizer step, so that the global batch
 /// `micro_batch × accumulation_steps × world_size` reaches the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccumulationPlan {
+pub struct Accumulation {
     /// The global batch asked for.
     pub target_batch: u64,
     /// Data-parallel replicas.
@@ -149,12 +149,12 @@ pub fn accumulation(
     world_size: u64,
     micro_batch: u64,
     dataset: Option<&Dataset>,
-) -> AccumulationPlan {
+) -> Accumulation {
     let per_step = micro_batch * world_size;
     let accumulation_steps = target_batch.div_ceil(per_step).max(1);
     let global_batch = per_step * accumulation_steps;
     let optimizer_steps_per_epoch = dataset.map(|d| d.size.div_ceil(global_batch));
-    AccumulationPlan {
+    Accumulation {
         target_batch,
         world_size,
         micro_batch,

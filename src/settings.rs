@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::{Error, Setting};
 use crate::schedule::Dataset;
 use crate::search::{Bounds, Strategy};
 use crate::workload::OptimizerKind;
@@ -12,11 +12,11 @@ use crate::workload::OptimizerKind;
 /// The largest batch size tried when neither a cap nor a dataset size is given.
 pub const DEFAULT_MAX_BATCH: usize = 65_536;
 
-/// A gradient-accumulation plan asked for: reach `target_batch` samples per optimizer step
+/// A gradient-accumulation goal: reach `target_batch` samples per optimizer step
 /// on `world_size` replicas, with micro-batches of `micro_batch` (default: the largest power
 /// of two ≤ the recommended size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccumulationTarget {
+pub struct AccumulationGoal {
     /// The global batch wanted.
     pub target_batch: u64,
     /// Data-parallel replicas.
@@ -47,9 +47,10 @@ pub struct SearchSettings {
     pub epochs: u64,
     /// True when each epoch's last partial batch is dropped.
     pub drop_last: bool,
-    /// The gradient-accumulation plan asked for.
-    pub accumulation: Option<AccumulationTarget>,
-    /// Consecutive steps of the soak run at the recommended size after the search (0: none).
+    /// The gradient-accumulation goal asked for.
+    pub accumulation: Option<AccumulationGoal>,
+    /// Consecutive steps of the verification run at the recommended size after the search
+    /// (0: none).
     #[serde(default)]
     pub verify_steps: usize,
     /// An estimate of the bytes each sample adds, from elsewhere (a sequence-length
@@ -71,7 +72,7 @@ impl Default for SearchSettings {
             start: 1,
             max_batch: None,
             steps_per_trial: 2,
-            margin: 0.05,
+            margin: DEFAULT_MARGIN,
             optimizer: None,
             dataset_size: None,
             epochs: 1,
@@ -107,33 +108,43 @@ impl SearchSettings {
     /// Checks every setting and returns the search's batch-size bounds. The only place
     /// settings are checked: the CLI calls it before building anything.
     pub fn validate(&self) -> Result<Bounds, Error> {
-        let invalid = |m: String| Err(Error::InvalidSetting(m));
-        if self.start == 0 {
-            return invalid("--start must be at least 1".into());
-        }
-        if self.steps_per_trial == 0 {
-            return invalid("--steps-per-trial must be at least 1".into());
-        }
+        let at_least_one = |setting: Setting, value: u64, unit: &str| {
+            if value == 0 {
+                Err(Error::setting(
+                    setting,
+                    value,
+                    format!("${setting:?} must be at least 1{unit}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        at_least_one(Setting::Start, self.start as u64, "")?;
+        at_least_one(Setting::StepsPerTrial, self.steps_per_trial as u64, "")?;
         check_margin(self.margin)?;
-        if let Some(plan) = self.accumulation {
-            if plan.target_batch == 0 || plan.world_size == 0 || plan.micro_batch == Some(0) {
-                return invalid(
-                    "--target-batch, --world-size and --micro-batch must be at least 1".into(),
-                );
+        if let Some(goal) = self.accumulation {
+            if goal.target_batch == 0 || goal.world_size == 0 || goal.micro_batch == Some(0) {
+                return Err(Error::setting(
+                    Setting::TargetBatch,
+                    goal.target_batch,
+                    "$TargetBatch, $WorldSize and $MicroBatch must be at least 1",
+                ));
             }
         }
-        if self.dataset_size == Some(0) {
-            return invalid("--dataset-size must be at least 1 sample".into());
+        if let Some(samples) = self.dataset_size {
+            at_least_one(Setting::DatasetSize, samples, " sample")?;
         }
-        if self.epochs == 0 {
-            return invalid("--epochs must be at least 1".into());
-        }
+        at_least_one(Setting::Epochs, self.epochs, "")?;
         let max_batch = self.max_batch_or_default();
         if max_batch < self.start {
-            return invalid(format!(
-                "--start {} is above the largest batch size {max_batch} \
-                 (--max-batch, or the dataset size)",
-                self.start
+            return Err(Error::setting(
+                Setting::Start,
+                self.start,
+                format!(
+                    "$Start {} is above the largest batch size {max_batch} ($MaxBatch, or \
+                     $DatasetSize)",
+                    self.start
+                ),
             ));
         }
         Ok(Bounds {
@@ -164,29 +175,53 @@ impl SearchSettings {
     /// Checks the settings of a pre-flight check at `batch_size`.
     pub fn validate_check(&self, batch_size: usize) -> Result<(), Error> {
         if batch_size == 0 {
-            return Err(Error::InvalidSetting(
-                "--batch-size must be at least 1".into(),
+            return Err(Error::setting(
+                Setting::BatchSize,
+                0,
+                "$BatchSize must be at least 1",
             ));
         }
         if let Some(cap) = self.element_cap.filter(|&cap| batch_size > cap) {
-            return Err(Error::InvalidSetting(format!(
-                "--batch-size {batch_size} makes a tensor of more than 2^31 elements, which \
-                 candle's CUDA kernels cannot loop over (past it they compute some elements \
-                 twice or never finish); at most {cap} for this model and input on CUDA"
-            )));
+            return Err(Error::setting(
+                Setting::BatchSize,
+                batch_size,
+                format!(
+                    "$BatchSize {batch_size} makes a tensor of more than 2^31 elements, which \
+                     candle's CUDA kernels cannot loop over (past it they compute some \
+                     elements twice or never finish); at most {cap} for this model and input \
+                     on CUDA"
+                ),
+            ));
         }
         self.validate().map(|_| ())
     }
 }
 
-/// Refuses a `--margin` that is not a fraction in [0, 1) (the search's and the estimate's).
+/// The fraction of the capacity the recommended size leaves free by default.
+pub const DEFAULT_MARGIN: f64 = 0.05;
+
+/// Refuses a margin that is not a fraction in [0, 1) (the search's and the estimate's).
 pub fn check_margin(margin: f64) -> Result<(), Error> {
     if (0.0..1.0).contains(&margin) {
         Ok(())
     } else {
-        Err(Error::InvalidSetting(format!(
-            "--margin {margin} is not a fraction in [0, 1); e.g. 0.05 leaves 5% free"
-        )))
+        Err(Error::setting(
+            Setting::Margin,
+            margin,
+            format!("$Margin {margin} is not a fraction in [0, 1); e.g. 0.05 leaves 5% free"),
+        ))
+    }
+}
+
+/// Refuses a memory budget of 0 bytes (a caller's `Finder::budget`, the CLI's `--memory`).
+pub fn check_budget(budget: Option<u64>) -> Result<(), Error> {
+    match budget {
+        Some(0) => Err(Error::setting(
+            Setting::Memory,
+            0,
+            "$Memory must be more than 0 bytes",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -214,44 +249,44 @@ mod tests {
     }
 
     #[test]
-    fn every_bad_setting_is_refused_with_the_flag_to_change() {
+    fn every_bad_setting_is_refused_naming_the_setting_to_change() {
         let base = SearchSettings::default;
         let cases = [
-            (SearchSettings { start: 0, ..base() }, "--start"),
+            (SearchSettings { start: 0, ..base() }, Setting::Start),
             (
                 SearchSettings {
                     steps_per_trial: 0,
                     ..base()
                 },
-                "--steps-per-trial",
+                Setting::StepsPerTrial,
             ),
             (
                 SearchSettings {
                     margin: 1.0,
                     ..base()
                 },
-                "--margin",
+                Setting::Margin,
             ),
             (
                 SearchSettings {
                     margin: -0.1,
                     ..base()
                 },
-                "--margin",
+                Setting::Margin,
             ),
             (
                 SearchSettings {
                     dataset_size: Some(0),
                     ..base()
                 },
-                "--dataset-size",
+                Setting::DatasetSize,
             ),
             (
                 SearchSettings {
                     epochs: 0,
                     ..base()
                 },
-                "--epochs",
+                Setting::Epochs,
             ),
             (
                 SearchSettings {
@@ -259,23 +294,28 @@ mod tests {
                     max_batch: Some(5),
                     ..base()
                 },
-                "--start",
+                Setting::Start,
             ),
             (
                 SearchSettings {
-                    accumulation: Some(AccumulationTarget {
+                    accumulation: Some(AccumulationGoal {
                         target_batch: 64,
                         world_size: 0,
                         micro_batch: None,
                     }),
                     ..base()
                 },
-                "--world-size",
+                Setting::WorldSize,
             ),
         ];
-        for (settings, flag) in cases {
-            let err = settings.validate().unwrap_err().to_string();
-            assert!(err.contains(flag), "{settings:?}: {err}");
+        // The message names the setting to change (the command line as its flag).
+        for (settings, setting) in cases {
+            let err = settings.validate().unwrap_err();
+            let named = err.describe(&|s| format!("<{s:?}>"));
+            assert!(
+                named.contains(&format!("<{setting:?}>")),
+                "{settings:?}: {named}"
+            );
         }
         assert!(base().validate_check(0).is_err());
         assert!(base().validate_check(1).is_ok());

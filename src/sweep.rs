@@ -7,19 +7,18 @@
 use serde::{Deserialize, Serialize};
 
 use crate::report::Report;
+use crate::sizes::Sizes;
 
 /// One length's answer and its full report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepEntry {
     /// Tokens per sample.
     pub seq_len: usize,
-    /// The largest batch size that fit at this length.
-    pub max_batch_size: usize,
-    /// The largest power of two at most the maximum.
-    pub largest_power_of_two: usize,
-    /// The recommended size (`None` when no size leaves the margin free).
-    pub recommended_batch_size: Option<usize>,
-    /// Tokens in one batch at the maximum: `max_batch_size × seq_len`.
+    /// The sizes at this length (JSON: `max_batch_size`, `largest_power_of_two`,
+    /// `recommended_batch_size`).
+    #[serde(flatten, with = "crate::sizes::measured_keys")]
+    pub sizes: Sizes,
+    /// Tokens in one batch at the maximum: `sizes.max × seq_len`.
     pub tokens_per_batch: u64,
     /// The length's whole report.
     pub report: Report,
@@ -30,16 +29,14 @@ impl SweepEntry {
     pub fn new(seq_len: usize, report: Report) -> Self {
         Self {
             seq_len,
-            max_batch_size: report.max_batch_size,
-            largest_power_of_two: report.largest_power_of_two,
-            recommended_batch_size: report.recommended_batch_size,
-            tokens_per_batch: report.max_batch_size as u64 * seq_len as u64,
+            sizes: report.sizes,
+            tokens_per_batch: report.sizes.max as u64 * seq_len as u64,
             report,
         }
     }
 }
 
-/// The whole sweep, as `--json` prints it.
+/// The whole sweep (its JSON is `{"sweep": [entry, …]}`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sweep {
     /// One entry per length, in the order searched.

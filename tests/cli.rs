@@ -286,9 +286,9 @@ fn bad_input_is_one_clear_line_and_exit_2() {
     );
     // A Hugging Face model's name or config file is pointed to --config.
     for (name, needle) in [
-        ("smollm2-135m", "give its config.json with --config PATH"),
+        ("smollm2-135m", "give its config.json as --config"),
         ("HuggingFaceTB/SmolLM2-135M", "download its config.json"),
-        ("x.json", "give it with --config x.json"),
+        ("x.json", "give it as --config x.json"),
     ] {
         fails_cleanly(&["--model", name, "--device", "cpu"], needle);
     }
@@ -297,7 +297,7 @@ fn bad_input_is_one_clear_line_and_exit_2() {
         let value = if flag == "--amp" { "bf16" } else { "8" };
         fails_cleanly(
             &["estimate", "--model", "transformer-tiny", flag, value],
-            &format!("the estimate does not count {flag} {value} yet"),
+            &format!("not {flag} yet; a search or `maxbatch check` measures it"),
         );
     }
     fails_cleanly(

@@ -86,12 +86,12 @@ fn a_callers_closure_finds_the_exact_maximum_under_a_cpu_budget() {
             .dataset_size(10_000)
             .find_with(&mut step, &mut meter, &mut Silent)
             .unwrap();
-        assert_eq!(report.max_batch_size, 100);
-        assert_eq!(report.largest_power_of_two, 64);
+        assert_eq!(report.sizes.max, 100);
+        assert_eq!(report.sizes.power_of_two, 64);
         // The recommended size is exact too: it ran within 95% of the budget, and the size
         // above it, left to the line (each sample adds exactly 1 MiB here), is not.
         let allowed = budget as f64 * 0.95;
-        let recommended = report.recommended_batch_size.unwrap();
+        let recommended = report.sizes.recommended.unwrap();
         let trial = report
             .trials
             .iter()
@@ -133,7 +133,7 @@ fn a_soak_run_catches_memory_that_grows_from_step_to_step() {
         let report = soak(usize::MAX);
         let v = report.verification.unwrap();
         assert!(v.passed, "{v:?}");
-        assert_eq!(v.batch_size, report.recommended_batch_size.unwrap());
+        assert_eq!(v.batch_size, report.sizes.recommended.unwrap());
         assert_eq!((v.steps_completed, v.step_peaks.len()), (30, 30));
         assert_eq!(v.growth_bytes(), Some(0), "{v:?}");
         // Growth from the soak's third step on (the search's trials made `searched` calls): the
@@ -145,7 +145,7 @@ fn a_soak_run_catches_memory_that_grows_from_step_to_step() {
             .map(|t| t.steps + usize::from(t.outcome == Outcome::Oom))
             .sum();
         let report = soak(searched + 3);
-        let recommended = report.recommended_batch_size.unwrap();
+        let recommended = report.sizes.recommended.unwrap();
         let v = report.verification.unwrap();
         assert!(!v.passed, "{v:?}");
         assert!(v.steps_completed < 30, "{v:?}");
@@ -306,7 +306,7 @@ fn sizes_predicted_past_the_machine_are_not_run() {
     let guard = (4_375.0 * maxbatch::memory::cpu::GUARD_SHARE) as u64;
     let guarded_max = ((guard - 1000) / 100) as usize;
     assert_eq!(guarded_max, 31);
-    assert_eq!(report.max_batch_size, guarded_max);
+    assert_eq!(report.sizes.max, guarded_max);
     let predicted: Vec<usize> = report
         .trials
         .iter()
@@ -346,8 +346,8 @@ fn the_power_of_two_is_run_when_the_search_skipped_it() {
             .max_batch(40)
             .find_with(&mut step, &mut meter, &mut Silent)
             .unwrap();
-        assert_eq!(report.max_batch_size, 40);
-        assert_eq!(report.largest_power_of_two, 32);
+        assert_eq!(report.sizes.max, 40);
+        assert_eq!(report.sizes.power_of_two, 32);
         assert_eq!(
             report
                 .trials
@@ -397,7 +397,7 @@ fn the_device_level_call_takes_a_closure_and_reports_like_the_cli() {
             .epochs(2)
             .find(&mut step)
             .unwrap();
-        assert_eq!(report.max_batch_size, 40);
+        assert_eq!(report.sizes.max, 40);
         assert_eq!(report.device.kind, maxbatch::device::DeviceKind::Cpu);
         assert_eq!(report.model.name, "your model");
         assert_eq!(report.schedule[0].total_steps, 2 * 25);
@@ -441,7 +441,7 @@ fn a_cache_key_makes_the_second_call_free() {
                 ..second.clone()
             }
         );
-        assert_eq!(second.max_batch_size, 20);
+        assert_eq!(second.sizes.max, 20);
         std::env::remove_var("MAXBATCH_CACHE");
         std::fs::remove_dir_all(&dir).ok();
     });

@@ -8,7 +8,7 @@
 //! (4 bytes) whatever the dtype.
 
 use super::{Estimate, Term};
-use crate::error::Error;
+use crate::error::{Error, Setting};
 use crate::models::llama::LlamaConfig;
 use crate::models::mlp::MlpConfig;
 use crate::models::transformer::GptConfig;
@@ -32,11 +32,20 @@ pub(super) fn estimate(
     options: &ModelOptions,
     optimizer: OptimizerKind,
 ) -> Result<Estimate, Error> {
-    if options.amp.is_some() || options.lora.is_some() {
-        return Err(Error::InvalidSetting(
-            "maxbatch estimate counts full training in one dtype; for --amp or --lora-rank \
-             run a search or `maxbatch check`, which measure"
-                .into(),
+    if let Some(amp) = options.amp {
+        return Err(Error::setting(
+            Setting::Amp,
+            amp.as_str(),
+            "the estimate counts full training in one dtype, not $Amp yet; a search or \
+             `maxbatch check` measures it",
+        ));
+    }
+    if let Some(lora) = &options.lora {
+        return Err(Error::setting(
+            Setting::LoraRank,
+            lora.rank,
+            "the estimate counts full training, not $LoraRank yet; a search or `maxbatch \
+             check` measures it",
         ));
     }
     let info = spec.info(options)?;
@@ -48,11 +57,16 @@ pub(super) fn estimate(
         Architecture::Gpt(c) => gpt(c, seq, s, gradients),
         Architecture::Llama(c, _) => llama(c, seq, s, gradients),
         Architecture::ResNet(_) => {
-            return Err(Error::InvalidSetting(format!(
-                "maxbatch estimate does not count {}'s convolutions (candle's convolution \
-                 buffers are not modelled); run a search or `maxbatch check`, which measure",
-                spec.name
-            )))
+            return Err(Error::setting(
+                Setting::Model,
+                &spec.name,
+                format!(
+                    "maxbatch estimate does not count {}'s convolutions (candle's convolution \
+                     buffers are not modelled); run a search or `maxbatch check`, which \
+                     measure",
+                    spec.name
+                ),
+            ))
         }
     };
     let transient_copies = match optimizer {

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use super::cpu::CountingAllocator;
-use super::CapacitySource;
+use super::capacity::CapacitySource;
+use super::counting::CountingAllocator;
 use crate::error::Error;
 
 /// The most heap this process can reach without exhausting the machine or its container, and

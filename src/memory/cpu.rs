@@ -1,126 +1,20 @@
-//! The CPU meter: a counting global allocator and a memory budget.
+//! The CPU meter: a memory budget, measured with the counting allocator.
 //!
 //! On the CPU an allocation failure aborts the process, so a trial cannot be allowed to
-//! run out of real memory. Instead the CPU has a **budget** (the `--memory` flag, or the
+//! run out of real memory. Instead the CPU has a **budget** (the one given, or the
 //! machine's available memory at start): a trial whose heap peak exceeds it is out of
 //! memory. The peak is counted by [`CountingAllocator`], not read from the resident set
 //! size, because glibc keeps freed pages and RSS overstates small trials.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::available::{machine_limit, MachineLimit};
+use super::counting::CountingAllocator;
 use super::{Capacity, CapacitySource, MemoryMeter};
 use crate::error::Error;
 
-static CURRENT: AtomicU64 = AtomicU64::new(0);
-static PEAK: AtomicU64 = AtomicU64::new(0);
 /// The bytes of the matrix-multiply workspaces the meters made the process hold.
 static WORKSPACES: AtomicU64 = AtomicU64::new(0);
-
-/// A global allocator that counts the heap bytes in use and their peak, around any other
-/// global allocator (the system's by default).
-///
-/// A binary that measures CPU trials installs it:
-/// ```
-/// #[global_allocator]
-/// static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator::new();
-/// ```
-/// or, around another allocator (mimalloc, jemalloc):
-/// ```
-/// # use std::alloc::System as MiMalloc;
-/// #[global_allocator]
-/// static ALLOCATOR: maxbatch::CountingAllocator<MiMalloc> =
-///     maxbatch::CountingAllocator::wrapping(MiMalloc);
-/// ```
-/// The count costs two relaxed atomic operations per allocation.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CountingAllocator<A = System> {
-    inner: A,
-}
-
-impl<A> CountingAllocator<A> {
-    /// Counts the allocations of `inner`, which does the allocating.
-    pub const fn wrapping(inner: A) -> Self {
-        Self { inner }
-    }
-}
-
-impl CountingAllocator<System> {
-    /// Counts the system allocator's allocations.
-    pub const fn new() -> Self {
-        Self { inner: System }
-    }
-
-    /// Heap bytes in use now (0 if no counting allocator is the global allocator).
-    pub fn current_bytes() -> u64 {
-        CURRENT.load(Ordering::Relaxed)
-    }
-
-    /// The most heap bytes in use since the last [`reset_peak`](Self::reset_peak).
-    pub fn peak_bytes() -> u64 {
-        PEAK.load(Ordering::Relaxed)
-    }
-
-    /// Starts a new peak window at the bytes in use now.
-    pub fn reset_peak() {
-        PEAK.store(CURRENT.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-
-    /// True when a counting allocator is the process's global allocator.
-    pub fn is_installed() -> bool {
-        let probe = std::hint::black_box(vec![1u8; 4096]);
-        let installed = Self::current_bytes() >= probe.len() as u64;
-        drop(probe);
-        installed
-    }
-}
-
-fn grew(bytes: usize) {
-    let now = CURRENT.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-fn shrank(bytes: usize) {
-    CURRENT.fetch_sub(bytes as u64, Ordering::Relaxed);
-}
-
-// SAFETY: every call forwards to the wrapped allocator with the caller's arguments
-// unchanged; the counters are only bookkeeping and never affect the returned memory.
-unsafe impl<A: GlobalAlloc> GlobalAlloc for CountingAllocator<A> {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = self.inner.alloc(layout);
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let ptr = self.inner.alloc_zeroed(layout);
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        self.inner.dealloc(ptr, layout);
-        shrank(layout.size());
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new_ptr = self.inner.realloc(ptr, layout, new_size);
-        if !new_ptr.is_null() {
-            if new_size >= layout.size() {
-                grew(new_size - layout.size());
-            } else {
-                shrank(layout.size() - new_size);
-            }
-        }
-        new_ptr
-    }
-}
 
 /// The share of the memory available at start that is the CPU's default budget: the rest is
 /// headroom for a trial that crosses the budget in the middle of a phase (it is only stopped
@@ -297,7 +191,7 @@ mod test_offset {
     use std::sync::atomic::Ordering;
     use std::sync::Once;
 
-    use super::CURRENT;
+    use super::super::counting::CURRENT;
 
     /// The environment variable that sets the offset.
     const VARIABLE: &str = "MAXBATCH_TEST_WORKSPACE_OFFSET";

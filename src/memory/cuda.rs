@@ -57,8 +57,10 @@ impl CudaMeter {
     /// is smaller.
     pub fn new(device: &Device, budget: Option<u64>) -> Result<Self, Error> {
         let Device::Cuda(cuda) = device else {
-            return Err(Error::InvalidSetting(
-                "the CUDA meter needs a CUDA device".into(),
+            return Err(Error::setting(
+                crate::error::Setting::Device,
+                "cpu",
+                "the CUDA meter needs a CUDA device",
             ));
         };
         let stream = cuda.cuda_stream();
@@ -349,8 +351,10 @@ impl PoolSelfTest {
 pub fn pool_self_test(device: &Device) -> Result<PoolSelfTest, Error> {
     let mut meter = CudaMeter::new(device, None)?;
     if meter.pool.is_none() {
-        return Err(Error::InvalidSetting(
-            "this device has no memory pool: peaks are sampled, not counted".into(),
+        return Err(Error::setting(
+            crate::error::Setting::Device,
+            "cuda",
+            "this device has no memory pool: peaks are sampled, not counted",
         ));
     }
     let before = meter.current_bytes()?;
@@ -512,7 +516,7 @@ pub fn failure_hint(error: &candle_core::Error) -> Option<String> {
         "cuBLAS returned {status}, which is not counted as out of memory (kernels fail this \
          way for other reasons too); if it happens only at sizes near the capacity it is \
          likely cuBLAS failing to get memory for a workspace or a kernel: search again below \
-         this size (--max-batch) or with a lower --memory"
+         this size ($MaxBatch) or with a lower $Memory"
     ))
 }
 

@@ -4,6 +4,8 @@
 //! its last reset. Devices differ only here: the search and the probe see a meter.
 
 pub mod available;
+mod capacity;
+pub mod counting;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -12,52 +14,9 @@ pub mod parts;
 pub mod sampled;
 pub mod stop;
 
-use serde::{Deserialize, Serialize};
+pub use capacity::{Capacity, CapacitySource};
 
 use crate::error::Error;
-
-/// Where a capacity figure came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CapacitySource {
-    /// The user's `--memory` flag (or the library's budget): a budget, not hardware.
-    Flag,
-    /// A share of the machine's available memory (`MemAvailable` in /proc/meminfo) at start.
-    MemAvailable,
-    /// A share of what the process's memory cgroup (a container's limit) allowed at start.
-    Cgroup,
-    /// The device's free memory after the warm-up step, plus what this process's memory
-    /// pool holds.
-    Device,
-}
-
-impl CapacitySource {
-    /// A short phrase for the report, e.g. "the --memory flag".
-    pub fn describe(self) -> &'static str {
-        match self {
-            CapacitySource::Flag => "the --memory flag",
-            CapacitySource::MemAvailable => "about 80% of the machine's available memory at start",
-            CapacitySource::Cgroup => {
-                "about 80% of what the container's memory limit (cgroup) left at start"
-            }
-            CapacitySource::Device => {
-                "the device's free memory after the warm-up step, with what the pool holds"
-            }
-        }
-    }
-}
-
-/// The memory a trial may use, and where that figure came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capacity {
-    /// Bytes a trial's peak may reach and still fit.
-    pub bytes: u64,
-    /// Where `bytes` came from.
-    pub source: CapacitySource,
-    /// True when the capacity is a budget that maxbatch enforces (the CPU), not a limit
-    /// that the hardware enforces.
-    pub is_budget: bool,
-}
 
 /// Measures peak memory on one device.
 ///
@@ -191,11 +150,6 @@ pub fn meter_for(
     device: &candle_core::Device,
     budget: Option<u64>,
 ) -> Result<Box<dyn MemoryMeter>, Error> {
-    if budget == Some(0) {
-        return Err(Error::InvalidSetting(
-            "--memory must be more than 0 bytes".into(),
-        ));
-    }
     if device.is_cuda() {
         return cuda_meter(device, budget);
     }
@@ -206,8 +160,8 @@ pub fn meter_for(
     if let (Some(budget), Some(limit)) = (budget, meter.machine_limit()) {
         if budget > limit {
             tracing::warn!(
-                "--memory {} is more than this machine can give ({}); sizes predicted \
-                 beyond that are reported out of memory without running",
+                "the memory budget {} is more than this machine can give ({}); sizes \
+                 predicted beyond that are reported out of memory without running",
                 crate::format::bytes(budget),
                 crate::format::bytes(limit)
             );

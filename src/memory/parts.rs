@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use super::cpu::CountingAllocator;
+use super::counting::CountingAllocator;
 
 /// The most marks one recording keeps ("start" and a built-in model's five parts fit).
 const ROOM: usize = 16;

@@ -13,7 +13,7 @@ use std::cell::Cell;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use super::cpu::CountingAllocator;
+use super::counting::CountingAllocator;
 
 /// How far past its budget (as a fraction of it) a trial's peak must be for a stop point to
 /// end its backward pass. A trial just past the budget finishes the pass: its backward

@@ -7,7 +7,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{linear_b, Linear, VarBuilder};
 
-use crate::error::Error;
+use crate::error::{Error, Setting};
 
 /// What `--lora-rank`, `--lora-alpha` and `--lora-targets` ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +55,10 @@ impl Adapters {
         default: &[&str],
     ) -> std::result::Result<Self, Error> {
         if options.rank == 0 {
-            return Err(Error::InvalidSetting(
-                "--lora-rank must be at least 1 (leave it out to train every weight)".into(),
+            return Err(Error::setting(
+                Setting::LoraRank,
+                0,
+                "$LoraRank must be at least 1 (leave it out to train every weight)",
             ));
         }
         let names: Vec<&'static str> = linears.iter().map(|l| l.0).collect();
@@ -77,11 +79,15 @@ impl Adapters {
                     .collect()
             };
             if matching.is_empty() {
-                return Err(Error::InvalidSetting(format!(
-                    "--lora-targets {target:?} names no linear layer of this model; its blocks \
-                     have {}, or use {ALL_LINEAR}",
-                    names.join(", ")
-                )));
+                return Err(Error::setting(
+                    Setting::LoraTargets,
+                    target,
+                    format!(
+                        "$LoraTargets {target:?} names no linear layer of this model; its \
+                         blocks have {}, or use {ALL_LINEAR}",
+                        names.join(", ")
+                    ),
+                ));
             }
             adapted.extend(matching);
         }

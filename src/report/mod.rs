@@ -1,8 +1,8 @@
-//! The [`Report`]: every figure of one search as a plain serde value, and one function per
-//! output format ([`text`], [`json`]). How it was measured is not its business.
+//! The [`Report`]: every figure of one search as a plain serde value (its JSON is the
+//! report's JSON), built once by `finish::report`, never changed after. How it was measured
+//! is not its business; how it is shown is the command line's (and [`text::trial_line`],
+//! a trial as one line of progress).
 
-pub mod json;
-pub mod plot;
 pub mod text;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,7 @@ use crate::memory::{CapacitySource, MemoryMeter};
 use crate::models::ModelInfo;
 pub use crate::schedule::{Dataset, ScheduleRow};
 use crate::settings::SearchSettings;
+use crate::sizes::Sizes;
 use crate::trial::Trial;
 
 /// The device a search ran on and the capacity it measured against.
@@ -81,16 +82,14 @@ pub struct Report {
     pub settings: SearchSettings,
     /// Every trial, in the order run.
     pub trials: Vec<Trial>,
-    /// The largest batch size that fit.
-    pub max_batch_size: usize,
-    /// True when `max_batch_size` is the cap (`settings.max_batch`): larger sizes were
-    /// not tried.
+    /// The largest batch size that fit, the largest power of two at most it, and the
+    /// largest whose peak leaves `settings.margin` of the capacity free: each of them ran
+    /// and fit (JSON: `max_batch_size`, `largest_power_of_two`, `recommended_batch_size`).
+    #[serde(flatten, with = "crate::sizes::measured_keys")]
+    pub sizes: Sizes,
+    /// True when the maximum is the cap (`settings.max_batch`): larger sizes were not
+    /// tried.
     pub max_is_cap: bool,
-    /// The largest power of two ≤ `max_batch_size` (it was run).
-    pub largest_power_of_two: usize,
-    /// The largest run size whose peak leaves `settings.margin` of the capacity free
-    /// (`None` when no size does).
-    pub recommended_batch_size: Option<usize>,
     /// The smallest size above the maximum that was tried, when it was refused by the
     /// machine guard's prediction instead of run: a prediction, not a measurement, then
     /// bounds the maximum, which may be larger.
@@ -112,18 +111,13 @@ pub struct Report {
     /// Set when a smaller size trained more samples per second than the maximum.
     #[serde(default)]
     pub throughput_note: Option<String>,
-    /// The gradient-accumulation plan for `--target-batch`, if one was asked for.
+    /// The gradient accumulation that reaches the goal asked for, if one was.
     #[serde(default)]
-    pub accumulation: Option<crate::schedule::AccumulationPlan>,
-    /// The soak run (`--verify-steps`), when one was asked for.
+    pub accumulation: Option<crate::schedule::Accumulation>,
+    /// The verification run (consecutive steps at the recommended size), when one was
+    /// asked for.
     #[serde(default)]
-    pub verification: Option<crate::soak::Verification>,
-    /// Predicted sizes for other devices (`--plan-for`): predictions, none of them run.
-    #[serde(default)]
-    pub plans: Vec<crate::plan::Plan>,
-    /// `--what-if`: each change's maximum, measured by a search of its own.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub what_if: Vec<crate::what_if::WhatIf>,
+    pub verification: Option<crate::verification::Verification>,
 }
 
 impl Report {
@@ -134,60 +128,28 @@ impl Report {
 
     /// The measured peak at the maximum, if it ran.
     pub fn peak_at_max(&self) -> Option<u64> {
-        self.fitting_trial(self.max_batch_size)?.peak_bytes
+        self.fitting_trial(self.sizes.max)?.peak_bytes
     }
 }
 
-/// Several devices searched one by one, and what a data-parallel run with one replica per
-/// device can use: the minimum of each size over the devices.
+/// What a data-parallel run with one replica per device can use, from one search per
+/// device: the minimum of each size over the devices, and the schedule at the global batch.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DataParallel<'a> {
-    /// Each device's report.
-    pub devices: &'a [Report],
+pub struct DataParallel {
     /// Replicas: one per device.
     pub world_size: usize,
-    /// The smallest maximum over the devices: the per-device batch size every replica fits.
-    pub max_batch_size: usize,
-    /// The largest power of two ≤ `max_batch_size` (it ran on every device).
-    pub largest_power_of_two: usize,
-    /// The smallest recommended size (`None` when a device has none).
-    pub recommended_batch_size: Option<usize>,
+    /// The smallest of each size over the devices: what every replica fits (JSON: the
+    /// report's three keys).
+    #[serde(flatten, with = "crate::sizes::measured_keys")]
+    pub sizes: Sizes,
     /// The schedule at the global batch (per-device size × world size).
     pub schedule: Vec<ScheduleRow>,
 }
 
-/// The sizes a data-parallel run uses (the minimum maximum, largest power of two and
-/// recommended size over `reports`) that did not run on some device: `(device index, batch
-/// size)`, to be run there before they are reported as fitting on every device.
-pub fn unverified_on_devices(reports: &[Report]) -> Vec<(usize, usize)> {
-    let dp = DataParallel::new(reports);
-    let sizes = [
-        Some(dp.max_batch_size),
-        Some(dp.largest_power_of_two),
-        dp.recommended_batch_size,
-    ];
-    let mut missing = Vec::new();
-    for (i, report) in reports.iter().enumerate() {
-        for size in sizes.into_iter().flatten().filter(|&b| b > 0) {
-            if report.fitting_trial(size).is_none() && !missing.contains(&(i, size)) {
-                missing.push((i, size));
-            }
-        }
-    }
-    missing
-}
-
-impl<'a> DataParallel<'a> {
+impl DataParallel {
     /// Combines the reports of one search per device (at least one).
-    pub fn new(devices: &'a [Report]) -> Self {
-        let min = |f: fn(&Report) -> usize| devices.iter().map(f).min().unwrap_or(0);
-        let max_batch_size = min(|r| r.max_batch_size);
-        let largest_power_of_two = min(|r| r.largest_power_of_two);
-        let recommended_batch_size = devices
-            .iter()
-            .map(|r| r.recommended_batch_size)
-            .collect::<Option<Vec<usize>>>()
-            .and_then(|sizes| sizes.into_iter().min());
+    pub fn new(devices: &[Report]) -> Self {
+        let sizes = Sizes::minimum(devices.iter().map(|r| r.sizes)).unwrap_or_default();
         let world_size = devices.len();
         let schedule = devices
             .first()
@@ -196,54 +158,65 @@ impl<'a> DataParallel<'a> {
                 crate::schedule::rows(
                     d,
                     &[
-                        ("max", Some(max_batch_size), None),
-                        ("largest_power_of_two", Some(largest_power_of_two), None),
-                        ("recommended", recommended_batch_size, None),
+                        ("max", Some(sizes.max), None),
+                        ("largest_power_of_two", Some(sizes.power_of_two), None),
+                        ("recommended", sizes.recommended, None),
                     ],
                     world_size,
                 )
             })
             .unwrap_or_default();
         Self {
-            devices,
             world_size,
-            max_batch_size,
-            largest_power_of_two,
-            recommended_batch_size,
+            sizes,
             schedule,
         }
     }
+
+    /// The sizes a data-parallel run uses that did not run on some device: `(device index,
+    /// batch size)`, to be run there before they are reported as fitting on every device.
+    pub fn unverified(&self, devices: &[Report]) -> Vec<(usize, usize)> {
+        let sizes = [
+            Some(self.sizes.max),
+            Some(self.sizes.power_of_two),
+            self.sizes.recommended,
+        ];
+        let mut missing = Vec::new();
+        for (i, report) in devices.iter().enumerate() {
+            for size in sizes.into_iter().flatten().filter(|&b| b > 0) {
+                if report.fitting_trial(size).is_none() && !missing.contains(&(i, size)) {
+                    missing.push((i, size));
+                }
+            }
+        }
+        missing
+    }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Fixed reports for tests (the library's, and the binary's, built with the `test-hooks`
+/// feature that only the tests turn on).
+#[cfg(any(test, feature = "test-hooks"))]
+#[doc(hidden)]
+pub mod fixtures {
     use super::*;
     use crate::trial::Outcome;
     use crate::workload::OptimizerKind;
 
-    fn trial(batch_size: usize, fits: bool, peak: u64) -> Trial {
+    /// A trial at `batch_size` that fit (or not) with `peak` bytes.
+    pub fn trial(batch_size: usize, fits: bool, peak: u64) -> Trial {
+        let outcome = if fits { Outcome::Fits } else { Outcome::Oom };
         Trial {
-            batch_size,
-            outcome: if fits { Outcome::Fits } else { Outcome::Oom },
             peak_bytes: Some(peak),
-            phase_peaks: Vec::new(),
-            step_peaks: Vec::new(),
-            held_by_part: Vec::new(),
             step_seconds: fits.then_some(0.5),
-            step_times: Vec::new(),
             samples_per_second: fits.then_some(batch_size as f64 / 0.5),
             steps: if fits { 2 } else { 0 },
-            stopped_after: None,
-            predicted: false,
-            peak_is_approximate: false,
-            reserved_bytes: None,
-            leaked_bytes: None,
-            detail: None,
+            ..Trial::new(batch_size, outcome)
         }
     }
 
-    /// A fixed report: max 6, power of two 4, recommended `recommended`.
-    pub(crate) fn fixture(name: &str, max: usize, recommended: Option<usize>) -> Report {
+    /// A fixed report on a CUDA device named `name`: sizes 1 to `max` fit at 100 MiB a
+    /// sample, `max + 1` does not; its recommended size is `recommended`.
+    pub fn fixture(name: &str, max: usize, recommended: Option<usize>) -> Report {
         Report {
             model: ModelInfo {
                 name: "transformer-tiny".into(),
@@ -277,10 +250,12 @@ pub(crate) mod tests {
                 .map(|b| trial(b, true, b as u64 * (100 << 20)))
                 .chain([trial(max + 1, false, 2 << 30)])
                 .collect(),
-            max_batch_size: max,
+            sizes: Sizes {
+                max,
+                power_of_two: crate::search::largest_power_of_two_at_most(max),
+                recommended,
+            },
             max_is_cap: false,
-            largest_power_of_two: crate::search::largest_power_of_two_at_most(max),
-            recommended_batch_size: recommended,
             unmeasured_boundary: None,
             dataset: Some(Dataset {
                 size: 1000,
@@ -294,19 +269,27 @@ pub(crate) mod tests {
             throughput_note: None,
             accumulation: None,
             verification: None,
-            plans: Vec::new(),
-            what_if: Vec::new(),
         }
     }
+}
 
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    pub(crate) use fixtures::fixture;
     #[test]
     fn data_parallel_takes_the_minimum_and_the_global_batch() {
         let reports = [fixture("cuda:0", 9, Some(8)), fixture("cuda:1", 6, Some(5))];
         let dp = DataParallel::new(&reports);
         assert_eq!(dp.world_size, 2);
-        assert_eq!(dp.max_batch_size, 6);
-        assert_eq!(dp.largest_power_of_two, 4);
-        assert_eq!(dp.recommended_batch_size, Some(5));
+        assert_eq!(
+            dp.sizes,
+            Sizes {
+                max: 6,
+                power_of_two: 4,
+                recommended: Some(5)
+            }
+        );
         let max_row = &dp.schedule[0];
         // Global batch 12: ceil(1000 / 12) = 84 steps per epoch, 2 epochs.
         assert_eq!(
@@ -319,74 +302,27 @@ pub(crate) mod tests {
         );
 
         let reports = [fixture("cuda:0", 9, None), fixture("cuda:1", 6, Some(5))];
-        assert_eq!(DataParallel::new(&reports).recommended_batch_size, None);
+        assert_eq!(DataParallel::new(&reports).sizes.recommended, None);
     }
 
     #[test]
     fn sizes_a_device_skipped_are_run_there_before_they_are_reported() {
         // cuda:1's minimum (6) ran on cuda:0 in the fixture (every size up to its max did).
         let reports = [fixture("cuda:0", 9, Some(8)), fixture("cuda:1", 6, Some(5))];
-        assert_eq!(unverified_on_devices(&reports), []);
+        let unverified = |reports: &[Report]| DataParallel::new(reports).unverified(reports);
+        assert_eq!(unverified(&reports), []);
         // A search that skipped sizes (the guided search does): cuda:0 only ran 1, 4, 9, 10.
         let mut sparse = fixture("cuda:0", 9, Some(8));
         sparse
             .trials
             .retain(|t| [1, 4, 9, 10].contains(&t.batch_size));
         let reports = [sparse, fixture("cuda:1", 6, Some(5))];
-        assert_eq!(unverified_on_devices(&reports), [(0, 6), (0, 5)]);
-    }
-
-    #[test]
-    fn the_text_report_names_every_figure() {
-        let mut report = fixture("cuda:0", 6, Some(5));
-        report.trials[2].leaked_bytes = Some(3 << 20);
-        report.trials[3].reserved_bytes = Some(600 << 20);
-        let text = super::text::render(&report);
-        for needle in [
-            "transformer-tiny (168.2K parameters, 64 tokens per sample, f32, adamw, 2 steps per trial)",
-            "cuda:0, capacity 1.0 GiB from the device's free memory after the warm-up step",
-            "device total 2.0 GiB",
-            "500.0 MiB held outside the pool after the warm-up step",
-            "measured by the CUDA memory pool's high-water marks",
-            "LEAKED 3.0 MiB after the trial",
-            "pool reserved 600.0 MiB",
-            "max batch size                 6",
-            "largest power of two           4",
-            "recommended (5% margin)        5",
-        ] {
-            assert!(text.contains(needle), "no {needle:?} in\n{text}");
-        }
-        assert!(!text.contains("not a hardware limit"), "{text}");
-
-        let several = super::text::render_devices(&[report.clone(), fixture("cuda:1", 9, Some(8))]);
-        assert!(several.contains("=== cuda:1 ==="), "{several}");
-        assert!(several.contains("data parallel: 2 replicas"), "{several}");
-    }
-
-    #[test]
-    fn a_maximum_bounded_by_the_cuda_element_cap_says_so() {
-        let mut report = fixture("cuda:0", 6, Some(5));
-        report.max_is_cap = true;
-        report.settings = report.settings.with_element_cap(6);
-        let text = super::text::render(&report);
-        assert!(
-            text.contains("batch size 7 would make a tensor of more than 2^31 elements"),
-            "{text}"
-        );
-        assert!(text.contains("memory did not bound it"), "{text}");
-        // The --max-batch cap is named as such.
-        report.settings.element_cap = None;
-        let text = super::text::render(&report);
-        assert!(
-            text.contains("it is --max-batch or the dataset size"),
-            "{text}"
-        );
+        assert_eq!(unverified(&reports), [(0, 6), (0, 5)]);
     }
 
     #[test]
     fn the_json_report_keeps_its_documented_keys() {
-        let value: serde_json::Value =
-            serde_json::from_str(&super::json::render(&fixture("cuda:0", 6, Some(5)))).unwrap();
+        let value = serde_json::to_value(fixture("cuda:0", 6, Some(5))).unwrap();
         for pointer in [
             "/model/name",
             "/model/parameters",
@@ -416,7 +352,7 @@ pub(crate) mod tests {
         let report = fixture("cuda:0", 6, Some(5));
         let model = crate::analysis::memory_model(
             &report.trials,
-            report.max_batch_size,
+            report.sizes.max,
             report.device.capacity_bytes,
             &report.model,
             report.settings.optimizer,

@@ -1,76 +1,16 @@
-//! `maxbatch estimate`: the library's [`Estimate`] for the flags, printed as a table or
-//! JSON. Nothing is built or run; every figure printed is labelled as predicted.
+//! `maxbatch estimate` as text. Every figure is a prediction, and says so.
 
-use std::process::ExitCode;
-
-use anyhow::{bail, Result};
-use maxbatch::estimate::{Estimate, EstimatedPlan, PhaseEstimate};
+use maxbatch::estimate::{Estimate, PhaseEstimate};
 use maxbatch::format::bytes;
-use maxbatch::models::ModelSpec;
-use serde::Serialize;
+use maxbatch::plan::Plan;
 
-use crate::cli::EstimateArgs;
-
-/// What `maxbatch estimate --json` prints.
-#[derive(Serialize)]
-struct EstimateOutput<'a> {
-    /// Always true: nothing here was measured.
-    predicted: bool,
-    estimate: &'a Estimate,
-    /// The batch size `phases` are for.
-    batch_size: usize,
-    phases: &'a [PhaseEstimate],
-    plans: &'a [EstimatedPlan],
-}
-
-/// Runs `maxbatch estimate`.
-pub fn estimate(args: &EstimateArgs) -> Result<ExitCode> {
-    if let Some(flag) = args.uncounted.given() {
-        bail!(
-            "the estimate does not count {flag} yet (only full training in one dtype); a \
-             search measures it: run maxbatch with the same model and {flag}, or `maxbatch \
-             check ... {flag} --batch-size B` for one size"
-        );
-    }
-    maxbatch::settings::check_margin(args.margin)?;
-    if args.batch_size == Some(0) {
-        bail!("--batch-size must be at least 1");
-    }
-    let spec = ModelSpec::load(&args.model.source())?;
-    let options = args.model_options();
-    let estimate = Estimate::new(&spec, &options, args.optimizer)?;
-    let cuda_cap = spec.cuda_batch_cap(&options)?;
-    let plans: Vec<EstimatedPlan> = args
-        .targets()
-        .iter()
-        .map(|t| estimate.plan(t, args.margin, cuda_cap))
-        .collect();
-    let batch_size = args
-        .batch_size
-        .or_else(|| plans.first().and_then(|p| p.sizes).map(|s| s.predicted_max))
-        .unwrap_or(1)
-        .max(1);
-    let phases = estimate.phases(batch_size);
-    if args.json {
-        let output = EstimateOutput {
-            predicted: true,
-            estimate: &estimate,
-            batch_size,
-            phases: &phases,
-            plans: &plans,
-        };
-        println!("{}", serde_json::to_string_pretty(&output)?);
-    } else {
-        print!("{}", text(&estimate, batch_size, &phases, &plans));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn text(
+/// The estimate as text: the model's terms, each phase's predicted peak at `batch_size`,
+/// and the predicted sizes for each memory, every figure labelled as predicted.
+pub fn render(
     estimate: &Estimate,
     batch_size: usize,
     phases: &[PhaseEstimate],
-    plans: &[EstimatedPlan],
+    plans: &[Plan],
 ) -> String {
     let mut out = format!(
         "{}: {}, {}, {}. PREDICTED from the shapes alone: nothing ran.\n\n",
@@ -104,13 +44,11 @@ fn text(
     for plan in plans {
         let none = || "none".to_string();
         let (max, pow2, rec, peak) = match plan.sizes {
-            Some(s) if s.predicted_max > 0 => (
-                s.predicted_max.to_string(),
-                s.predicted_power_of_two.to_string(),
-                Some(s.predicted_recommended)
-                    .filter(|&r| r > 0)
-                    .map_or_else(none, |r| r.to_string()),
-                s.predicted_peak_bytes.map_or("-".into(), bytes),
+            Some(s) if s.max > 0 => (
+                s.max.to_string(),
+                s.power_of_two.to_string(),
+                s.recommended.map_or_else(none, |r| r.to_string()),
+                plan.peak_bytes.map_or("-".into(), bytes),
             ),
             Some(_) => {
                 notes.push(format!(
@@ -134,10 +72,7 @@ fn text(
             peak
         );
     }
-    if let Some(first) = plans
-        .first()
-        .filter(|p| p.sizes.is_some_and(|s| s.predicted_max > 0))
-    {
+    if let Some(first) = plans.first().filter(|p| p.sizes.is_some_and(|s| s.max > 0)) {
         let peak = phases.iter().map(|p| p.peak_bytes).max().unwrap_or(0);
         if peak > first.usable_bytes {
             notes.push(format!(

@@ -1,21 +1,20 @@
-//! What the flags ask for, before anything is measured: the devices, the model's shape, the
-//! meter and a finder for them; building the model; the result cache's answer.
+//! One device's session: the device opened, its meter, a finder for the resolved model and
+//! settings, building the model, and the result cache's answer.
 
 use anyhow::Result;
-use maxbatch::cache::{Cache, CacheKey, CacheUse, Cacheable};
+use maxbatch::cache::{Cache, CacheKey, Cacheable};
 use maxbatch::device::{self, DeviceKind, DeviceRequest, ResolvedDevice};
-use maxbatch::models::{self, ModelSpec};
-use maxbatch::{Error, Finder, MemoryMeter, OptimizerKind, SearchSettings, Workload};
+use maxbatch::models::ModelInfo;
+use maxbatch::{Error, Finder, MemoryMeter, SearchSettings, Workload};
 
-use crate::cli::TargetArgs;
+use crate::resolve::{Model, Trials};
 
-/// Opens the devices of `--device`. When a CUDA device cannot be used and falling back is
+/// Opens the devices asked for. When a CUDA device cannot be used and falling back is
 /// allowed, the whole run moves to the CPU once, with one warning.
-pub fn open_devices(target: &TargetArgs) -> Result<Vec<ResolvedDevice>> {
-    let requests = &target.device.0;
+pub fn open_devices(trials: &Trials) -> Result<Vec<ResolvedDevice>> {
     let mut devices = Vec::new();
-    for &request in requests {
-        let device = device::resolve(request, !target.no_fallback)?;
+    for &request in &trials.devices {
+        let device = device::resolve(request, trials.allow_fallback)?;
         if let Some(reason) = &device.fallback {
             if request != DeviceRequest::Auto {
                 tracing::warn!("--device {request}: {reason}; running on the CPU");
@@ -27,22 +26,6 @@ pub fn open_devices(target: &TargetArgs) -> Result<Vec<ResolvedDevice>> {
         devices.push(device);
     }
     Ok(devices)
-}
-
-/// The model, device and meter the flags ask for, before the model is built.
-pub struct Setup {
-    spec: ModelSpec,
-    options: models::ModelOptions,
-    model: models::ModelInfo,
-    /// The device.
-    pub device: ResolvedDevice,
-    /// Its meter.
-    pub meter: Box<dyn MemoryMeter>,
-    optimizer: OptimizerKind,
-    /// `--steps-per-trial`, when given.
-    steps_per_trial: Option<usize>,
-    /// The GPU check's `--ignore-element-cap`.
-    ignore_element_cap: bool,
 }
 
 /// Steps per trial of a built-in model when `--steps-per-trial` is not given: one on the
@@ -57,45 +40,46 @@ pub fn default_steps_per_trial(kind: DeviceKind) -> usize {
     }
 }
 
-impl Setup {
-    pub fn new(target: &TargetArgs, device: ResolvedDevice) -> Result<Self> {
-        if target.sweep_lengths().is_some() {
-            anyhow::bail!(
-                "a list of --seq-len lengths is a sweep, which only the search runs; give one \
-                 length here"
-            );
-        }
-        let spec = ModelSpec::load(&target.model_source())?;
-        let options = target.model_options();
-        let model = spec.info(&options)?;
-        let meter = maxbatch::memory::meter_for(&device.device, target.memory)?;
+/// The model, device and meter of one search or check, before the model is built.
+pub struct Session<'a> {
+    trials: &'a Trials,
+    model: &'a Model,
+    info: ModelInfo,
+    /// The device.
+    pub device: ResolvedDevice,
+    /// Its meter.
+    pub meter: Box<dyn MemoryMeter>,
+}
+
+impl<'a> Session<'a> {
+    /// A session of `trials` (with its `model`, which a sweep varies) on `device`.
+    pub fn new(trials: &'a Trials, model: &'a Model, device: ResolvedDevice) -> Result<Self> {
+        let meter = maxbatch::memory::meter_for(&device.device, trials.memory)?;
         Ok(Self {
-            spec,
-            options,
+            trials,
             model,
+            info: model.info()?,
             device,
             meter,
-            optimizer: target.optimizer,
-            steps_per_trial: target.steps_per_trial,
-            ignore_element_cap: target.ignore_element_cap,
         })
     }
 
     /// `settings` for this device: the steps per trial (`--steps-per-trial`, else the
-    /// device's default), and on CUDA the largest batch size capped where a tensor would
-    /// pass the elements candle's CUDA kernels can index.
+    /// device's default), and on CUDA the element cap (the most samples whose tensors
+    /// candle's CUDA kernels can loop over).
     pub fn settings_for_device(&self, settings: &SearchSettings) -> Result<SearchSettings> {
-        let settings = &SearchSettings {
+        let settings = SearchSettings {
             steps_per_trial: self
+                .trials
                 .steps_per_trial
                 .unwrap_or_else(|| default_steps_per_trial(self.device.kind)),
             ..settings.clone()
         };
-        if self.device.kind != DeviceKind::Cuda || self.ignore_element_cap {
-            return Ok(settings.clone());
+        if self.device.kind != DeviceKind::Cuda || self.trials.ignore_element_cap {
+            return Ok(settings);
         }
-        let Some(cap) = self.spec.cuda_batch_cap(&self.options)? else {
-            return Ok(settings.clone());
+        let Some(cap) = self.model.spec.cuda_batch_cap(&self.model.options)? else {
+            return Ok(settings);
         };
         let capped = settings.with_element_cap(cap);
         if capped.capped_by_elements() {
@@ -108,62 +92,6 @@ impl Setup {
         Ok(capped)
     }
 
-    /// `error`, with a hint that names only the flags that apply to this model when it is
-    /// that batch size 1 does not fit.
-    pub fn explain(&self, error: anyhow::Error) -> anyhow::Error {
-        match error.downcast::<Error>() {
-            Ok(Error::NothingFits {
-                needs,
-                capacity,
-                at_warm_up: false,
-                ..
-            }) => Error::NothingFits {
-                needs,
-                capacity,
-                hint: self.lighter_step(),
-                at_warm_up: false,
-            }
-            .into(),
-            Ok(other) => other.into(),
-            Err(error) => error,
-        }
-    }
-
-    /// The flags that would make this model's step need less memory, in words.
-    fn lighter_step(&self) -> String {
-        use models::Architecture;
-        let mut ways = vec!["raise --memory".to_string()];
-        let transformer = matches!(
-            self.spec.architecture,
-            Architecture::Gpt(_) | Architecture::Llama(..)
-        );
-        let resnet = matches!(self.spec.architecture, Architecture::ResNet(_));
-        if transformer {
-            ways.push("shorten --seq-len".into());
-        }
-        if resnet {
-            ways.push("use a smaller --image-size".into());
-        }
-        if self.optimizer == OptimizerKind::AdamW {
-            ways.push("train with --optimizer sgd".into());
-        }
-        // The CPU cannot train convolutions in bf16.
-        let half = self.options.dtype == candle_core::DType::F32 && self.options.amp.is_none();
-        if half && !(resnet && self.device.kind == DeviceKind::Cpu) {
-            ways.push("--dtype bf16".into());
-        }
-        if transformer && self.options.lora.is_none() {
-            ways.push("fine-tune with --lora-rank 8".into());
-        }
-        let last = ways.pop().unwrap_or_default();
-        let ways = if ways.is_empty() {
-            last
-        } else {
-            format!("{}, or {last}", ways.join(", "))
-        };
-        format!("{ways} (--what-if measures each)")
-    }
-
     /// Gives up the device (its CUDA context and memory pool) after its capacity was read:
     /// the meter keeps only the figures, and the model cannot be built here any more.
     pub fn release_device(&mut self) {
@@ -171,16 +99,25 @@ impl Setup {
         self.device.device = candle_core::Device::Cpu;
     }
 
-    /// A finder on this device for this model, caching in `cache` (none: no cache) under
-    /// the model's full shape.
-    pub fn finder(&self, cache: Option<(Cache, CacheUse)>) -> Finder {
-        let finder = Finder::on_resolved(self.device.clone()).model(self.model.clone());
-        match cache {
-            Some((cache, mode)) => {
-                // The options (dtype, mixed precision, adapters) change the trials as much
-                // as the shape does.
-                let key = format!("{:?} {:?}", self.spec.architecture, self.options);
-                finder.cache_in(cache, key, mode)
+    /// A finder on this device for this model that does not cache (a child's trial, a
+    /// size another device's search chose).
+    pub fn uncached_finder(&self) -> Finder {
+        Finder::on_resolved(self.device.clone()).model(self.info.clone())
+    }
+
+    /// A finder on this device for this model, caching as the trials say under the
+    /// model's full shape.
+    pub fn finder(&self) -> Finder {
+        let finder = self.uncached_finder();
+        match Cache::default_location() {
+            // The options (dtype, mixed precision, adapters) change the trials as much as
+            // the shape does.
+            Some(cache) => {
+                let key = format!(
+                    "{:?} {:?}",
+                    self.model.spec.architecture, self.model.options
+                );
+                finder.cache_in(cache, key, self.trials.cache)
             }
             None => finder,
         }
@@ -211,9 +148,9 @@ impl Setup {
     pub fn build(&mut self) -> Result<(Workload, u64)> {
         // The weights, and the optimizer's state for the trained ones (all, or LoRA's
         // adapters), in the dtype the weights are kept in.
-        let weight_bytes = self.model.weight_bytes().unwrap_or(0);
-        let trained_bytes = self.model.trained_bytes().unwrap_or(0);
-        let needs = weight_bytes + trained_bytes * self.optimizer.state_copies();
+        let weight_bytes = self.info.weight_bytes().unwrap_or(0);
+        let trained_bytes = self.info.trained_bytes().unwrap_or(0);
+        let needs = weight_bytes + trained_bytes * self.trials.optimizer.state_copies();
         let capacity = self.meter.capacity().bytes;
         if needs > capacity {
             return Err(Error::ModelExceedsCapacity {
@@ -223,16 +160,22 @@ impl Setup {
             }
             .into());
         }
-        tracing::info!(model = %self.model.name, device = %self.device.name, "building the model");
+        tracing::info!(model = %self.info.name, device = %self.device.name, "building the model");
         let before = self.meter.current_bytes()?;
         let workload = Workload::new(
-            &self.spec,
-            &self.options,
-            self.optimizer,
+            &self.model.spec,
+            &self.model.options,
+            self.trials.optimizer,
             &self.device.device,
         )?;
         let built = self.meter.current_bytes()?.saturating_sub(before);
         Ok((workload, built))
+    }
+
+    /// `error`, with a hint that names only the flags that apply to this model when it is
+    /// that batch size 1 does not fit.
+    pub fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+        crate::explain::nothing_fits(error, self.model, self.trials.optimizer, self.device.kind)
     }
 }
 

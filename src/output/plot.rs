@@ -14,17 +14,23 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::Report;
-use crate::trial::{Outcome, Trial};
+use maxbatch::plan::Plan;
+use maxbatch::trial::{Outcome, Trial};
+use maxbatch::Report;
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 type Drawn = Result<(), Box<dyn std::error::Error>>;
 
-/// The chart of `report` as SVG text.
-pub fn render(report: &Report) -> Result<String, String> {
+/// The chart of `report` and its `plans` as SVG text.
+pub fn render(report: &Report, plans: &[Plan]) -> Result<String, String> {
     let mut svg = String::new();
-    draw(report, &mut svg).map_err(|e| format!("cannot draw the plot: {e}"))?;
+    draw(report, plans, &mut svg).map_err(|e| format!("cannot draw the plot: {e}"))?;
     Ok(svg)
+}
+
+/// A plan's predicted maximum (0: none).
+fn plan_max(plan: &Plan) -> usize {
+    plan.sizes.map_or(0, |s| s.max)
 }
 
 /// A unit of bytes for an axis: the largest of KiB, MiB and GiB that keeps `largest` at
@@ -72,27 +78,25 @@ struct Panel {
     whole: bool,
 }
 
-fn draw(report: &Report, svg: &mut String) -> Drawn {
+fn draw(report: &Report, plans: &[Plan], svg: &mut String) -> Drawn {
     let root = SVGBackend::with_string(svg, (1100, 820)).into_drawing_area();
     root.fill(&WHITE)?;
     let title = format!(
         "{} on {}: max {}, largest power of two {}, recommended {}",
         report.model.name,
         report.device.name,
-        report.max_batch_size,
-        report.largest_power_of_two,
-        report
-            .recommended_batch_size
-            .map_or_else(|| "none".to_string(), |b| b.to_string())
+        report.sizes.max,
+        report.sizes.power_of_two,
+        super::size_or_none(report.sizes.recommended)
     );
     let root = root.titled(&title, ("sans-serif", 20))?;
     let (top, bottom) = root.split_vertically(560);
     let (left, right) = top.split_horizontally(700);
     let (zoom_area, key_area) = right.split_vertically(360);
-    let whole = whole_panel(report);
-    memory_panel(&left, report, &whole)?;
+    let whole = whole_panel(report, plans);
+    memory_panel(&left, report, plans, &whole)?;
     match zoom_panel(report) {
-        Some(zoom) => memory_panel(&zoom_area, report, &zoom)?,
+        Some(zoom) => memory_panel(&zoom_area, report, plans, &zoom)?,
         None => {
             zoom_area.draw(&Text::new(
                 "no failure above the maximum to zoom into",
@@ -101,26 +105,26 @@ fn draw(report: &Report, svg: &mut String) -> Drawn {
             ))?;
         }
     }
-    key(&key_area, report)?;
+    key(&key_area, report, plans)?;
     throughput_panel(&bottom, report, whole.x)?;
     root.present()?;
     Ok(())
 }
 
 /// Every trial and plan, from batch size 0.
-fn whole_panel(report: &Report) -> Panel {
+fn whole_panel(report: &Report, plans: &[Plan]) -> Panel {
     let x_max = report
         .trials
         .iter()
         .map(|t| t.batch_size)
-        .chain(report.plans.iter().map(|p| p.predicted_max))
+        .chain(plans.iter().map(plan_max))
         .max()
         .unwrap_or(1) as f64;
     let largest = report
         .trials
         .iter()
         .filter_map(|t| t.peak_bytes)
-        .chain(report.plans.iter().map(|p| p.capacity_bytes))
+        .chain(plans.iter().map(|p| p.capacity_bytes))
         .chain([report.device.capacity_bytes])
         .max()
         .unwrap_or(1) as f64;
@@ -136,7 +140,7 @@ fn whole_panel(report: &Report) -> Panel {
 /// Around the maximum and the size after it (and the recommended size when it is near):
 /// `None` without a failure above the maximum.
 fn zoom_panel(report: &Report) -> Option<Panel> {
-    let max = report.max_batch_size;
+    let max = report.sizes.max;
     let after = report
         .trials
         .iter()
@@ -144,7 +148,8 @@ fn zoom_panel(report: &Report) -> Option<Panel> {
         .map(|t| t.batch_size)
         .min()?;
     let low = report
-        .recommended_batch_size
+        .sizes
+        .recommended
         .filter(|&r| r + 8 >= max)
         .unwrap_or(max)
         .min(max);
@@ -161,7 +166,7 @@ fn zoom_panel(report: &Report) -> Option<Panel> {
     let capacity = report.device.capacity_bytes as f64;
     // The margin's line only when the recommended size is in view: otherwise it would
     // stretch the axis and flatten the pair that decides the maximum.
-    let floor = match report.recommended_batch_size {
+    let floor = match report.sizes.recommended {
         Some(r) if r as f64 >= x0 => capacity * (1.0 - report.settings.margin),
         _ => capacity,
     };
@@ -181,7 +186,7 @@ fn zoom_panel(report: &Report) -> Option<Panel> {
     })
 }
 
-fn memory_panel(area: &Area, report: &Report, panel: &Panel) -> Drawn {
+fn memory_panel(area: &Area, report: &Report, plans: &[Plan], panel: &Panel) -> Drawn {
     let caption = if panel.whole {
         "peak memory of every trial"
     } else {
@@ -269,8 +274,8 @@ fn memory_panel(area: &Area, report: &Report, panel: &Panel) -> Drawn {
                 .map(|t| Circle::new((t.batch_size as f64, top), 5, GREY.stroke_width(2))),
         )?;
     }
-    if panel.whole && !report.plans.is_empty() {
-        for plan in &report.plans {
+    if panel.whole && !plans.is_empty() {
+        for plan in plans {
             let usable = unit.of(plan.usable_bytes);
             chart.draw_series(DashedLineSeries::new(
                 horizontal(usable),
@@ -279,13 +284,13 @@ fn memory_panel(area: &Area, report: &Report, panel: &Panel) -> Drawn {
                 PLAN.stroke_width(1),
             ))?;
             chart.draw_series(std::iter::once(Text::new(
-                format!("{}: PREDICTED max {}", plan.target, plan.predicted_max),
+                format!("{}: PREDICTED max {}", plan.target, plan_max(plan)),
                 (panel.x.1 * 0.55, usable),
                 ("sans-serif", 12).into_font().color(&PLAN),
             )))?;
         }
-        chart.draw_series(report.plans.iter().map(|p| {
-            let at = (p.predicted_max as f64, unit.of(p.predicted_peak_bytes));
+        chart.draw_series(plans.iter().map(|p| {
+            let at = (plan_max(p) as f64, unit.of(p.peak_bytes.unwrap_or(0)));
             Circle::new(at, 6, PLAN.stroke_width(2))
         }))?;
     }
@@ -294,7 +299,7 @@ fn memory_panel(area: &Area, report: &Report, panel: &Panel) -> Drawn {
 
 /// The key to both memory panels, drawn by hand in its own area (a legend inside a panel
 /// would cover trials).
-fn key(area: &Area, report: &Report) -> Drawn {
+fn key(area: &Area, report: &Report, plans: &[Plan]) -> Drawn {
     let font = ("sans-serif", 12).into_font();
     let mut row = 20;
     let mut entry =
@@ -357,7 +362,7 @@ fn key(area: &Area, report: &Report) -> Drawn {
             "not run: predicted out of memory",
         )?;
     }
-    if !report.plans.is_empty() {
+    if !plans.is_empty() {
         entry(
             area,
             &line(PLAN, true),
@@ -383,13 +388,14 @@ fn size_markers<DB: DrawingBackend>(
     report: &Report,
     panel: &Panel,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-    let mut sizes = vec![(report.max_batch_size, "max")];
-    if report.largest_power_of_two != report.max_batch_size {
-        sizes.push((report.largest_power_of_two, "power of two"));
+    let mut sizes = vec![(report.sizes.max, "max")];
+    if report.sizes.power_of_two != report.sizes.max {
+        sizes.push((report.sizes.power_of_two, "power of two"));
     }
     if let Some(r) = report
-        .recommended_batch_size
-        .filter(|&r| r != report.max_batch_size && r != report.largest_power_of_two)
+        .sizes
+        .recommended
+        .filter(|&r| r != report.sizes.max && r != report.sizes.power_of_two)
     {
         sizes.push((r, "recommended"));
     }
@@ -473,12 +479,12 @@ fn integer_tick(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::tests::fixture;
+    use maxbatch::report::fixtures::fixture;
 
     fn with_model(mut report: Report) -> Report {
-        report.memory_model = crate::analysis::memory_model(
+        report.memory_model = maxbatch::analysis::memory_model(
             &report.trials,
-            report.max_batch_size,
+            report.sizes.max,
             report.device.capacity_bytes,
             &report.model,
             report.settings.optimizer,
@@ -489,7 +495,7 @@ mod tests {
     #[test]
     fn the_svg_has_every_trial_the_lines_and_the_three_sizes() {
         let report = with_model(fixture("cuda:0", 6, Some(5)));
-        let svg = render(&report).unwrap();
+        let svg = render(&report, &[]).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..60.min(svg.len())]);
         // The fixture's capacity is 1 GiB and its peaks are below it: MiB would not fit.
         assert!(svg.contains("peak memory (GiB)") && svg.contains("samples / s"));
@@ -520,11 +526,19 @@ mod tests {
     #[test]
     fn plans_are_drawn_as_predictions() {
         let mut report = fixture("cpu", 6, Some(5));
-        report.device.kind = crate::device::DeviceKind::Cpu;
-        let targets = crate::plan::parse_targets("4GiB").unwrap();
-        report.plans = crate::plan::plans(&report, &targets, None);
-        assert_eq!(report.plans.len(), 1);
-        let svg = render(&report).unwrap();
+        report.device.kind = maxbatch::device::DeviceKind::Cpu;
+        let memory = maxbatch::plan::Memory::parse("4GiB").unwrap();
+        let plans: Vec<Plan> = maxbatch::plan::Plan::from_lines(
+            &report.trials,
+            &report.settings,
+            (report.device.kind, None),
+            &memory,
+            None,
+        )
+        .into_iter()
+        .collect();
+        assert_eq!(plans.len(), 1);
+        let svg = render(&report, &plans).unwrap();
         assert!(
             svg.contains("4GiB: PREDICTED max"),
             "the capacity line is labelled"
