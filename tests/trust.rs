@@ -4,17 +4,10 @@
 
 mod common;
 
-use assert_cmd::Command;
-use common::{above_held, held, with_room, MIB};
+use common::{
+    above_held, held, maxbatch_caching_in as maxbatch, succeeded as json, with_room, MIB,
+};
 use serde_json::Value;
-
-/// The binary with a result cache of its own (`cache` names it within this test binary).
-fn maxbatch(cache: &str) -> Command {
-    let dir = std::env::temp_dir().join(format!("maxbatch-trust-{}-{cache}", std::process::id()));
-    let mut cmd = Command::cargo_bin("maxbatch").unwrap();
-    cmd.env_remove("RUST_LOG").env("MAXBATCH_CACHE", dir);
-    cmd
-}
 
 const TINY: &[&str] = &[
     "--model",
@@ -24,17 +17,6 @@ const TINY: &[&str] = &[
     "--seq-len",
     "32",
 ];
-
-fn json(cmd: &mut Command) -> Value {
-    let output = cmd.output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
 
 fn trial_at(report: &Value, batch_size: u64) -> Option<&Value> {
     report["trials"]

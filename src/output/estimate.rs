@@ -12,20 +12,7 @@ pub fn render(
     phases: &[PhaseEstimate],
     plans: &[Plan],
 ) -> String {
-    let mut out = format!(
-        "{}: {}, {}, {}. PREDICTED from the shapes alone: nothing ran.\n\n",
-        estimate.model, estimate.input, estimate.dtype, estimate.optimizer
-    );
-    let a = &estimate.activations;
-    out += &format!(
-        "  weights           {}\n  gradients         {}\n  optimizer state   {}\n  \
-         activations       {} + {} per sample (what the forward pass keeps)\n\n",
-        bytes(estimate.weights_bytes),
-        bytes(estimate.gradients_bytes),
-        bytes(estimate.optimizer_bytes),
-        bytes(a.fixed),
-        bytes(a.per_sample)
-    );
+    let mut out = terms(estimate);
     out += &format!("predicted peak of each phase at batch size {batch_size}:\n");
     for p in phases {
         out += &format!(
@@ -42,40 +29,87 @@ pub fn render(
     );
     let mut notes: Vec<String> = Vec::new();
     for plan in plans {
-        let none = || "none".to_string();
-        let (max, pow2, rec, peak) = match plan.sizes {
-            Some(s) if s.max > 0 => (
-                s.max.to_string(),
-                s.power_of_two.to_string(),
-                s.recommended.map_or_else(none, |r| r.to_string()),
-                plan.peak_bytes.map_or("-".into(), bytes),
-            ),
-            Some(_) => {
-                notes.push(format!(
-                    "{}: batch size 1 does not fit: its predicted peak is {}, above the {} usable",
-                    plan.target,
-                    bytes(estimate.peak(1).peak_bytes),
-                    bytes(plan.usable_bytes)
-                ));
-                (none(), "-".into(), "-".into(), "-".into())
-            }
-            None => ("no bound".into(), "-".into(), "-".into(), "-".into()),
-        };
-        out += &format!(
-            "  {:<14}{:>11}{:>11}{:>10}{:>10}{:>10}{:>13}\n",
-            plan.target,
-            bytes(plan.capacity_bytes),
-            bytes(plan.usable_bytes),
-            max,
-            pow2,
-            rec,
-            peak
-        );
+        out += &size_row(plan, estimate, &mut notes);
     }
+    notes.extend(notes_after(batch_size, phases, plans, &notes));
+    for note in notes {
+        out += &format!("  {note}\n");
+    }
+    out
+}
+
+/// The model, then what it holds: weights, gradients, optimizer state, activations.
+fn terms(estimate: &Estimate) -> String {
+    let a = &estimate.activations;
+    format!(
+        "{}: {}, {}, {}. PREDICTED from the shapes alone: nothing ran.\n\n  \
+         weights           {}\n  gradients         {}\n  optimizer state   {}\n  \
+         activations       {} + {} per sample (what the forward pass keeps)\n\n",
+        estimate.model,
+        estimate.input,
+        estimate.dtype,
+        estimate.optimizer,
+        bytes(estimate.weights_bytes),
+        bytes(estimate.gradients_bytes),
+        bytes(estimate.optimizer_bytes),
+        bytes(a.fixed),
+        bytes(a.per_sample)
+    )
+}
+
+/// One memory's row of predicted sizes; a memory where batch size 1 does not fit gets a
+/// note saying by how much.
+fn size_row(plan: &Plan, estimate: &Estimate, notes: &mut Vec<String>) -> String {
+    let none = || "none".to_string();
+    let (max, pow2, rec, peak) = match plan.sizes {
+        Some(s) if s.max > 0 => (
+            s.max.to_string(),
+            s.power_of_two.to_string(),
+            s.recommended.map_or_else(none, |r| r.to_string()),
+            plan.peak_bytes.map_or("-".into(), bytes),
+        ),
+        Some(_) => {
+            notes.push(format!(
+                "{}: batch size 1 does not fit: its predicted peak is {}, above the {} usable",
+                plan.target,
+                bytes(estimate.peak(1).peak_bytes),
+                bytes(plan.usable_bytes)
+            ));
+            (none(), "-".into(), "-".into(), "-".into())
+        }
+        None => ("no bound".into(), "-".into(), "-".into(), "-".into()),
+    };
+    format!(
+        "  {:<14}{:>11}{:>11}{:>10}{:>10}{:>10}{:>13}\n",
+        plan.target,
+        bytes(plan.capacity_bytes),
+        bytes(plan.usable_bytes),
+        max,
+        pow2,
+        rec,
+        peak
+    )
+}
+
+/// The notes under the table, each once (none repeating one in `before`): a batch size past
+/// the first memory, what a capacity counts, the assumptions and the caveats, and where the
+/// estimate was checked.
+fn notes_after(
+    batch_size: usize,
+    phases: &[PhaseEstimate],
+    plans: &[Plan],
+    before: &[String],
+) -> Vec<String> {
+    let mut notes: Vec<String> = Vec::new();
+    let mut add = |note: String| {
+        if !notes.contains(&note) && !before.contains(&note) {
+            notes.push(note);
+        }
+    };
     if let Some(first) = plans.first().filter(|p| p.sizes.is_some_and(|s| s.max > 0)) {
         let peak = phases.iter().map(|p| p.peak_bytes).max().unwrap_or(0);
         if peak > first.usable_bytes {
-            notes.push(format!(
+            add(format!(
                 "batch size {batch_size}: its predicted peak, {}, is above {}'s {} usable",
                 bytes(peak),
                 first.target,
@@ -84,38 +118,33 @@ pub fn render(
         }
     }
     if plans.iter().any(|p| p.assumptions.is_empty()) {
-        notes.push(
-            "--memory and plain capacities are what the step's tensors may use: a CPU search's \
-             budget also counts the process's own heap (a few MiB of matrix-multiply \
+        add(
+            "--memory and plain capacities are what the step's tensors may use: a CPU \
+             search's budget also counts the process's own heap (a few MiB of matrix-multiply \
              workspaces), so a search under the same budget may find a few samples fewer"
                 .into(),
         );
     }
     for plan in plans {
         for a in &plan.assumptions {
-            let note = format!("assumed: {} takes {} of each GPU", a.what, bytes(a.bytes));
-            if !notes.contains(&note) {
-                notes.push(note);
-            }
+            add(format!(
+                "assumed: {} takes {} of each GPU",
+                a.what,
+                bytes(a.bytes)
+            ));
         }
         for caveat in plan.caveat.iter().flat_map(|c| c.split("; ")) {
-            let note = if caveat.starts_with("capped") {
+            add(if caveat.starts_with("capped") {
                 format!("{}: {caveat}", plan.target)
             } else {
                 caveat.to_string()
-            };
-            if !notes.contains(&note) {
-                notes.push(note);
-            }
+            });
         }
     }
-    notes.push(
+    add(
         "checked against measured CPU peaks: see the README's table of the estimate's error; \
          run a search or `maxbatch check` to measure"
             .into(),
     );
-    for note in notes {
-        out += &format!("  {note}\n");
-    }
-    out
+    notes
 }

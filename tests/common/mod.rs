@@ -25,10 +25,23 @@ pub const MIB: u64 = 1 << 20;
 pub fn maxbatch() -> Command {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let run = RUNS.fetch_add(1, Ordering::SeqCst);
-    let cache = std::env::temp_dir().join(format!("maxbatch-test-{}-{run}", std::process::id()));
+    maxbatch_caching_in(&format!("run-{run}"))
+}
+
+/// The binary with the result cache `cache` names (every command given the same name shares
+/// it, within this test binary).
+pub fn maxbatch_caching_in(cache: &str) -> Command {
+    let dir = std::env::temp_dir().join(format!("maxbatch-test-{}-{cache}", std::process::id()));
     let mut cmd = Command::cargo_bin("maxbatch").unwrap();
-    cmd.env_remove("RUST_LOG").env("MAXBATCH_CACHE", cache);
+    cmd.env_remove("RUST_LOG").env("MAXBATCH_CACHE", dir);
     cmd
+}
+
+/// What `cmd` prints as JSON, after it succeeded (or a panic with its stderr).
+pub fn succeeded(cmd: &mut Command) -> Value {
+    let output = cmd.output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    json_of(&output)
 }
 
 /// stdout as JSON, or a panic that shows both streams.

@@ -11,6 +11,9 @@
 //! - **throughput**: samples per second of each size that fit, in its own panel, with how
 //!   much one step's time varies.
 
+mod key;
+mod memory;
+
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -94,9 +97,9 @@ fn draw(report: &Report, plans: &[Plan], svg: &mut String) -> Drawn {
     let (left, right) = top.split_horizontally(700);
     let (zoom_area, key_area) = right.split_vertically(360);
     let whole = whole_panel(report, plans);
-    memory_panel(&left, report, plans, &whole)?;
+    memory::draw(&left, report, plans, &whole)?;
     match zoom_panel(report) {
-        Some(zoom) => memory_panel(&zoom_area, report, plans, &zoom)?,
+        Some(zoom) => memory::draw(&zoom_area, report, plans, &zoom)?,
         None => {
             zoom_area.draw(&Text::new(
                 "no failure above the maximum to zoom into",
@@ -105,7 +108,7 @@ fn draw(report: &Report, plans: &[Plan], svg: &mut String) -> Drawn {
             ))?;
         }
     }
-    key(&key_area, report, plans)?;
+    key::draw(&key_area, report, plans)?;
     throughput_panel(&bottom, report, whole.x)?;
     root.present()?;
     Ok(())
@@ -184,241 +187,6 @@ fn zoom_panel(report: &Report) -> Option<Panel> {
         unit,
         whole: false,
     })
-}
-
-fn memory_panel(area: &Area, report: &Report, plans: &[Plan], panel: &Panel) -> Drawn {
-    let caption = if panel.whole {
-        "peak memory of every trial"
-    } else {
-        "near the boundary"
-    };
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, ("sans-serif", 16))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(panel.x.0..panel.x.1, panel.y.0..panel.y.1)?;
-    let span = panel.x.1 - panel.x.0;
-    chart
-        .configure_mesh()
-        .x_desc("batch size")
-        .y_desc(format!("peak memory ({})", panel.unit.name))
-        .x_labels((span.ceil() as usize + 1).min(12))
-        .x_label_formatter(&|x| integer_tick(*x))
-        .y_label_formatter(&|y| tick(*y))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()?;
-    let unit = panel.unit;
-    let horizontal = |y: f64| vec![(panel.x.0, y), (panel.x.1, y)];
-    let capacity = unit.of(report.device.capacity_bytes);
-    let allowed = capacity * (1.0 - report.settings.margin);
-    chart.draw_series(LineSeries::new(horizontal(capacity), OOM.stroke_width(2)))?;
-    chart.draw_series(LineSeries::new(horizontal(allowed), MARGIN.stroke_width(1)))?;
-    if let Some(m) = &report.memory_model {
-        let (fixed, slope) = (unit.of(m.fixed_bytes), unit.of(m.bytes_per_sample));
-        // plotters clamps points outside the chart instead of clipping the segment: keep
-        // the line inside it.
-        let clip = |x: f64| x.clamp(panel.x.0.max(0.0), panel.x.1);
-        let (mut x0, mut x1) = (clip(panel.x.0), clip(panel.x.1));
-        if slope > 0.0 {
-            x0 = x0.max((panel.y.0 - fixed) / slope);
-            x1 = x1.min((panel.y.1 - fixed) / slope);
-        }
-        if x1 > x0 {
-            chart.draw_series(DashedLineSeries::new(
-                vec![(x0, fixed + slope * x0), (x1, fixed + slope * x1)],
-                6,
-                4,
-                FIT.mix(0.6).stroke_width(1),
-            ))?;
-        }
-    }
-    size_markers(&mut chart, report, panel)?;
-    // plotters clamps points outside the chart to its edge: draw only those inside.
-    let shown = |t: &&Trial| {
-        let x = t.batch_size as f64;
-        x >= panel.x.0 && x <= panel.x.1
-    };
-    let fits = report
-        .trials
-        .iter()
-        .filter(|t| t.outcome == Outcome::Fits)
-        .filter(shown)
-        .filter(|t| t.peak_bytes.is_some_and(|p| unit.of(p) >= panel.y.0));
-    chart.draw_series(fits.filter_map(|t| {
-        Some(Circle::new(
-            (t.batch_size as f64, unit.of(t.peak_bytes?)),
-            4,
-            FIT.filled(),
-        ))
-    }))?;
-    // A trial stopped over the capacity measured a lower bound: an upward triangle at it.
-    let measured_oom = report
-        .trials
-        .iter()
-        .filter(|t| t.outcome == Outcome::Oom && !t.predicted)
-        .filter(shown);
-    let top = panel.y.1 - (panel.y.1 - panel.y.0) * 0.03;
-    chart.draw_series(measured_oom.map(|t| {
-        let peak = t.peak_bytes.map_or(top, |p| unit.of(p).min(top));
-        TriangleMarker::new((t.batch_size as f64, peak), 6, OOM.filled())
-    }))?;
-    // Sizes the guard refused by prediction, never run: hollow, at the top.
-    if report.trials.iter().any(|t| t.predicted) {
-        chart.draw_series(
-            report
-                .trials
-                .iter()
-                .filter(|t| t.predicted)
-                .filter(shown)
-                .map(|t| Circle::new((t.batch_size as f64, top), 5, GREY.stroke_width(2))),
-        )?;
-    }
-    if panel.whole && !plans.is_empty() {
-        for plan in plans {
-            let usable = unit.of(plan.usable_bytes);
-            chart.draw_series(DashedLineSeries::new(
-                horizontal(usable),
-                6,
-                4,
-                PLAN.stroke_width(1),
-            ))?;
-            chart.draw_series(std::iter::once(Text::new(
-                format!("{}: PREDICTED max {}", plan.target, plan_max(plan)),
-                (panel.x.1 * 0.55, usable),
-                ("sans-serif", 12).into_font().color(&PLAN),
-            )))?;
-        }
-        chart.draw_series(plans.iter().map(|p| {
-            let at = (plan_max(p) as f64, unit.of(p.peak_bytes.unwrap_or(0)));
-            Circle::new(at, 6, PLAN.stroke_width(2))
-        }))?;
-    }
-    Ok(())
-}
-
-/// The key to both memory panels, drawn by hand in its own area (a legend inside a panel
-/// would cover trials).
-fn key(area: &Area, report: &Report, plans: &[Plan]) -> Drawn {
-    let font = ("sans-serif", 12).into_font();
-    let mut row = 20;
-    let mut entry =
-        |area: &Area, marker: &dyn Fn(&Area, (i32, i32)) -> Drawn, text: &str| -> Drawn {
-            marker(area, (30, row))?;
-            area.draw(&Text::new(text.to_string(), (50, row - 6), font.clone()))?;
-            row += 20;
-            Ok(())
-        };
-    let line = |color: RGBColor, dashed: bool| {
-        move |area: &Area, (x, y): (i32, i32)| -> Drawn {
-            if dashed {
-                area.draw(&PathElement::new(vec![(x - 12, y), (x - 6, y)], color))?;
-                area.draw(&PathElement::new(vec![(x - 2, y), (x + 4, y)], color))?;
-                area.draw(&PathElement::new(vec![(x + 8, y), (x + 12, y)], color))?;
-            } else {
-                area.draw(&PathElement::new(
-                    vec![(x - 12, y), (x + 12, y)],
-                    color.stroke_width(2),
-                ))?;
-            }
-            Ok(())
-        }
-    };
-    let capacity = if report.device.capacity_is_budget {
-        "budget"
-    } else {
-        "capacity"
-    };
-    entry(area, &line(OOM, false), capacity)?;
-    entry(
-        area,
-        &line(MARGIN, false),
-        &format!("{:.0}% margin", report.settings.margin * 100.0),
-    )?;
-    entry(
-        area,
-        &line(FIT, true),
-        "fitted line (a prediction between trials)",
-    )?;
-    entry(
-        area,
-        &line(SIZES, true),
-        "max, power of two, recommended (all ran)",
-    )?;
-    entry(
-        area,
-        &|a: &Area, at| Ok(a.draw(&Circle::new(at, 4, FIT.filled()))?),
-        "fits (measured peak)",
-    )?;
-    entry(
-        area,
-        &|a: &Area, at| Ok(a.draw(&TriangleMarker::new(at, 6, OOM.filled()))?),
-        "out of memory (peak ≥ the triangle)",
-    )?;
-    if report.trials.iter().any(|t| t.predicted) {
-        entry(
-            area,
-            &|a: &Area, at| Ok(a.draw(&Circle::new(at, 5, GREY.stroke_width(2)))?),
-            "not run: predicted out of memory",
-        )?;
-    }
-    if !plans.is_empty() {
-        entry(
-            area,
-            &line(PLAN, true),
-            "planned device's memory (PREDICTED)",
-        )?;
-        entry(
-            area,
-            &|a: &Area, at| Ok(a.draw(&Circle::new(at, 6, PLAN.stroke_width(2)))?),
-            "predicted max there (not run)",
-        )?;
-    }
-    Ok(())
-}
-
-/// The maximum, the largest power of two and the recommended size: a labelled vertical
-/// line each (labels stacked when the sizes are close).
-fn size_markers<DB: DrawingBackend>(
-    chart: &mut ChartContext<
-        '_,
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
-    report: &Report,
-    panel: &Panel,
-) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-    let mut sizes = vec![(report.sizes.max, "max")];
-    if report.sizes.power_of_two != report.sizes.max {
-        sizes.push((report.sizes.power_of_two, "power of two"));
-    }
-    if let Some(r) = report
-        .sizes
-        .recommended
-        .filter(|&r| r != report.sizes.max && r != report.sizes.power_of_two)
-    {
-        sizes.push((r, "recommended"));
-    }
-    let height = panel.y.1 - panel.y.0;
-    for (i, (size, name)) in sizes.into_iter().enumerate() {
-        let x = size as f64;
-        if x < panel.x.0 || x > panel.x.1 {
-            continue;
-        }
-        chart.draw_series(DashedLineSeries::new(
-            vec![(x, panel.y.0), (x, panel.y.1)],
-            3,
-            3,
-            SIZES.mix(0.5).stroke_width(1),
-        ))?;
-        let y = panel.y.1 - height * (0.06 + 0.06 * i as f64);
-        chart.draw_series(std::iter::once(Text::new(
-            format!("{name} {size}"),
-            (x, y),
-            ("sans-serif", 12).into_font().color(&SIZES),
-        )))?;
-    }
-    Ok(())
 }
 
 fn throughput_panel(area: &Area, report: &Report, x: (f64, f64)) -> Drawn {
