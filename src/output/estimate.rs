@@ -142,7 +142,7 @@ fn notes_after(
         }
     }
     add(
-        "checked against measured CPU peaks: see the README's table of the estimate's error; \
+        "checked against measured CPU peaks: see docs/guide.md, \"The estimate from shapes\"; \
          run a search or `maxbatch check` to measure"
             .into(),
     );
