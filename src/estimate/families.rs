@@ -273,6 +273,18 @@ fn gpt(c: &GptConfig, t: u64, s: u64, gradients: u64) -> Counted {
 }
 
 fn llama(c: &LlamaConfig, t: u64, s: u64, gradients: u64) -> Counted {
+    let (backward, left_per_sample) = llama_backward(c, t, s, gradients);
+    let [v, w, q, i] = [c.vocab, c.hidden, c.heads * c.head_dim, c.intermediate].map(|n| n as u64);
+    Counted {
+        activations: llama_activations(c, t, s),
+        backward,
+        left_per_sample,
+        largest_variable: [v * w, w * i, w * q].into_iter().max().unwrap_or(0),
+    }
+}
+
+/// A Llama-style step's activations: the fixed part and the part per sample.
+fn llama_activations(c: &LlamaConfig, t: u64, s: u64) -> Term {
     let [v, w, l, h, kv, hd, i] = [
         c.vocab,
         c.hidden,
@@ -313,6 +325,24 @@ fn llama(c: &LlamaConfig, t: u64, s: u64, gradients: u64) -> Counted {
     // the stop points' copies of the norm weights.
     let fixed = t * hd * s + t * t * s + l * (4 * t * hd + 2 * w) * s + w * s;
 
+    Term::new("activations", fixed, per_sample)
+}
+
+/// A Llama-style step's backward terms, and what its gradient store keeps per sample.
+fn llama_backward(c: &LlamaConfig, t: u64, s: u64, gradients: u64) -> (Vec<Term>, u64) {
+    let [v, w, l, h, kv, hd, i] = [
+        c.vocab,
+        c.hidden,
+        c.layers,
+        c.heads,
+        c.kv_heads,
+        c.head_dim,
+        c.intermediate,
+    ]
+    .map(|n| n as u64);
+    let (q, k) = (h * hd, kv * hd); // the query and key/value widths
+    let bias = u64::from(c.qkv_bias);
+    let scores = h * t * t;
     let embed = if c.tie_embeddings { 0 } else { v * w * s };
     let norm = w * s;
     let (q_proj, k_proj) = ((w * q + bias * q) * s, (w * k + bias * k) * s);
@@ -352,10 +382,5 @@ fn llama(c: &LlamaConfig, t: u64, s: u64, gradients: u64) -> Counted {
             (t * q + 3 * t * w) * s + left(l),
         ),
     ]);
-    Counted {
-        activations: Term::new("activations", fixed, per_sample),
-        backward,
-        left_per_sample: left(l),
-        largest_variable: [v * w, w * i, w * q].into_iter().max().unwrap_or(0),
-    }
+    (backward, left(l))
 }

@@ -38,7 +38,7 @@ fn models_lists_every_preset_with_its_parameters() {
 }
 
 #[test]
-fn bad_input_is_one_clear_line_and_exit_2() {
+fn a_model_it_does_not_know_is_one_clear_line_and_exit_2() {
     fails_cleanly(
         &["--model", "gpt-17", "--device", "cpu"],
         "known models: mlp, transformer-tiny, transformer-small, transformer-base",
@@ -59,6 +59,10 @@ fn bad_input_is_one_clear_line_and_exit_2() {
             &format!("not {flag} yet; a search or `maxbatch check` measures it"),
         );
     }
+}
+
+#[test]
+fn a_bad_value_is_one_clear_line_and_exit_2() {
     fails_cleanly(
         &[
             "check",
@@ -97,6 +101,10 @@ fn bad_input_is_one_clear_line_and_exit_2() {
         &["--model", "mlp", "--device", "cpu", "--margin", "1.5"],
         "--margin",
     );
+}
+
+#[test]
+fn flags_that_do_not_combine_are_one_clear_line_and_exit_2() {
     fails_cleanly(
         &["--model", "mlp", "--device", "cpu", "--lora-rank", "4"],
         "drop --lora-rank",
