@@ -1,7 +1,9 @@
 //! What the command line takes and refuses: models and configs, bad input as one clear
 //! line, a budget below batch size 1, a CUDA request without CUDA.
 
-use crate::common::{above_held, bytes_flag, held, json_of, maxbatch, with_room, MIB};
+#[cfg(not(feature = "cuda"))]
+use crate::common::above_held;
+use crate::common::{bytes_flag, held, json_of, maxbatch, with_room, MIB};
 use crate::helpers::{fails_cleanly, fixture};
 
 #[test]
