@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::models::{ModelOptions, ModelSpec};
-use crate::search::{allowed_peak, largest_power_of_two_at_most};
+use crate::search::{allowed_peak, largest_power_of_two_at_most, ModelLine, StepModel};
 use crate::sizes::Sizes;
 use crate::workload::{OptimizerKind, Phase};
 
@@ -180,6 +180,40 @@ impl Estimate {
         lines
     }
 
+    /// The estimate as the model the seeded search and the plans use, in the bytes a trial
+    /// measures: each phase's lines with `held` (what the process was measured to hold
+    /// before a step: the weights, the optimizer's state, and what the estimate does not
+    /// count, such as matrix-multiply workspaces) in place of the estimate's own held
+    /// bytes.
+    pub fn step_model(&self, held: u64) -> StepModel {
+        let offset = held as f64 - self.held_bytes() as f64;
+        let forward = ModelLine {
+            fixed: (self.held_bytes() + self.activations.fixed) as f64 + offset,
+            per_sample: self.activations.per_sample as f64,
+        };
+        let above = |fixed: u64, per_sample: u64| ModelLine {
+            fixed: forward.fixed + fixed as f64,
+            per_sample: forward.per_sample + per_sample as f64,
+        };
+        // A backward pass without moments holds the forward pass's tensors.
+        let mut backward: Vec<ModelLine> = self
+            .backward
+            .iter()
+            .map(|t| above(t.fixed, t.per_sample))
+            .collect();
+        if backward.is_empty() {
+            backward.push(forward);
+        }
+        let (fixed, per_sample) = self
+            .update
+            .iter()
+            .fold((0, 0), |(f, p), t| (f + t.fixed, p + t.per_sample));
+        StepModel {
+            held,
+            phases: vec![vec![forward], backward, vec![above(fixed, per_sample)]],
+        }
+    }
+
     /// The largest batch size whose estimated peak is at most `capacity` (0: not even one
     /// sample); `None` when no line grows with the batch size (no bound).
     pub fn max_batch(&self, capacity: u64) -> Option<usize> {
@@ -238,6 +272,26 @@ mod tests {
         assert_eq!(at(20), [510, 1310, 910]);
         assert_eq!(e.phases(20)[1].set_by, "late");
         assert_eq!(e.peak(20).phase, Phase::Backward);
+    }
+
+    #[test]
+    fn the_step_model_is_the_estimate_with_what_was_measured_held() {
+        let e = estimate();
+        let model = e.step_model(e.held_bytes() + 50);
+        for b in [1, 5, 20, 100] {
+            let phases = e.phases(b);
+            for (k, phase) in phases.iter().enumerate() {
+                assert_eq!(
+                    model.phase_at(k, b),
+                    (phase.peak_bytes + 50) as f64,
+                    "{b} {k}"
+                );
+            }
+            assert_eq!(model.peak_at(b), e.peak(b).peak_bytes + 50);
+        }
+        for capacity in [400, 900, 5000] {
+            assert_eq!(model.max_for(capacity + 50), e.max_batch(capacity));
+        }
     }
 
     #[test]

@@ -5,10 +5,10 @@
 use crate::analysis;
 use crate::error::{Error, Setting};
 use crate::models::ModelInfo;
-use crate::report::{DeviceInfo, Report};
+use crate::report::{DeviceInfo, Report, Seeding};
 use crate::runner::TrialRunner;
 use crate::schedule::{self, Accumulation, ScheduleRow};
-use crate::search::{self, Strategy};
+use crate::search::{self, StepModel, Strategy};
 use crate::settings::SearchSettings;
 use crate::sizes::Sizes;
 use crate::trial::{self, Outcome, Trial};
@@ -27,20 +27,46 @@ pub struct Finished {
     /// The verification run at the recommended size (else the maximum), when one was asked
     /// for.
     pub verification: Option<Verification>,
+    /// The trials the search for the maximum ran.
+    pub search_trials: usize,
+    /// How the estimate seeded the search, when it did.
+    pub seeding: Option<Seeding>,
 }
 
-/// Runs what the search may have skipped after it found `max`: the largest power of two,
-/// the recommended size, the micro-batch. The trials run are added to `trials`.
+/// What the search found: its answer, whether that is the cap, and how the estimate seeded
+/// it (when it did).
+#[derive(Debug, Clone)]
+pub struct Searched {
+    /// The largest size that fit.
+    pub max: usize,
+    /// True when the maximum is the cap.
+    pub max_is_cap: bool,
+    /// The seeding, its `recommended_corrections` still to count.
+    pub seeding: Option<Seeding>,
+}
+
+/// Runs what the search may have skipped after it found `searched.max`: the largest power
+/// of two, the recommended size (chosen by the seeding's model calibrated by the trials,
+/// when there is one), the micro-batch. The trials run are added to `trials`.
 pub fn finishing_trials(
     runner: &mut TrialRunner,
     settings: &SearchSettings,
     capacity: u64,
-    max: usize,
-    max_is_cap: bool,
+    searched: Searched,
     trials: &mut Vec<Trial>,
 ) -> Result<Finished, Error> {
+    let Searched {
+        max,
+        max_is_cap,
+        mut seeding,
+    } = searched;
+    let search_trials = trials.len();
     let power_of_two = largest_power_of_two(runner, max, trials)?;
-    let recommended = recommended(runner, capacity, settings, trials)?;
+    let model = seeding.as_ref().map(|s| &s.model);
+    let (recommended, corrections) = recommended(runner, capacity, settings, model, trials)?;
+    if let Some(seeding) = seeding.as_mut() {
+        seeding.recommended_corrections = corrections;
+    }
     let accumulation = match settings.accumulation {
         Some(goal) => {
             let micro = goal.micro_batch.unwrap_or_else(|| {
@@ -81,6 +107,8 @@ pub fn finishing_trials(
         max_is_cap,
         accumulation,
         verification,
+        search_trials,
+        seeding,
     })
 }
 
@@ -113,40 +141,56 @@ fn largest_power_of_two(
 
 /// The largest size whose peak leaves the margin of `capacity` free, searched between the
 /// last size known within the margin and the first one known beyond it (the search's own
-/// trials bracket it) with the search's own strategy. The doubling search runs the size
-/// after its answer; the guided search verifies the size its line predicts and leaves the
-/// size after it to the line (one trial instead of two; short of the exact answer only
-/// where the line is off, which is the safe side for a recommendation).
+/// trials bracket it). With the seeding's model, the size the model calibrated by the
+/// trials says meets the margin is run, and the size after it is left to the model; the
+/// guided search does the same with its line. Either way one trial when the prediction is
+/// right, and short of the exact answer only where it is off, which is the safe side for a
+/// recommendation. The doubling search runs the size after its answer. Returns the size
+/// and, with a model, the trials it took beyond the first (its corrections).
 fn recommended(
     runner: &mut TrialRunner,
     capacity: u64,
     settings: &SearchSettings,
+    model: Option<&StepModel>,
     trials: &mut Vec<Trial>,
-) -> Result<Option<usize>, Error> {
+) -> Result<(Option<usize>, Option<usize>), Error> {
     let allowed = search::allowed_peak(capacity, settings.margin);
     let within =
         |t: &Trial| t.outcome == Outcome::Fits && t.peak_bytes.is_some_and(|p| p <= allowed);
     let ran: Vec<(usize, bool)> = trials.iter().map(|t| (t.batch_size, within(t))).collect();
     let (good, bad) = search::margin_bracket(&ran);
-    let mut run_trial = |b: usize| runner.run(b);
-    let found = match settings.strategy {
-        Strategy::Doubling => search::bisect(good, bad, &mut run_trial, within, trials),
-        Strategy::Guided => search::toward_threshold(
-            search::Bracket {
-                good,
-                bad: Some(bad),
-                cap: bad,
-                bytes_per_sample_hint: None,
-            },
+    let bracket = search::Bracket {
+        good,
+        bad: Some(bad),
+        cap: bad,
+        bytes_per_sample_hint: None,
+    };
+    let before = trials.len();
+    let found = match (settings.strategy, model) {
+        (Strategy::Doubling, _) => {
+            search::bisect(good, bad, &mut |b| runner.run(b), within, trials)
+        }
+        (Strategy::Seeded, Some(model)) => search::seeded_toward(
+            bracket,
             search::Boundary::Predicted,
             allowed,
-            &mut run_trial,
+            model,
+            &mut |b, purpose| runner.run_for(b, purpose),
+            within,
+            trials,
+        ),
+        (Strategy::Seeded | Strategy::Guided, _) => search::toward_threshold(
+            bracket,
+            search::Boundary::Predicted,
+            allowed,
+            &mut |b| runner.run(b),
             within,
             trials,
         ),
     }
     .map_err(|(batch_size, error)| Error::trial(batch_size, error))?;
-    Ok((found > 0).then_some(found))
+    let corrections = model.map(|_| (trials.len() - before).saturating_sub(1));
+    Ok(((found > 0).then_some(found), corrections))
 }
 
 /// The sizes of a search stopped early, from the trials that ran: the largest that fit,
@@ -170,6 +214,8 @@ pub fn partial_sizes(trials: &[Trial], capacity: u64, margin: f64) -> Finished {
         max_is_cap: false,
         accumulation: None,
         verification: None,
+        search_trials: trials.len(),
+        seeding: None,
     }
 }
 
@@ -220,6 +266,8 @@ pub fn report(
         throughput_note,
         accumulation: finished.accumulation,
         verification: finished.verification,
+        search_trials: finished.search_trials,
+        seeding: finished.seeding,
     }
 }
 
@@ -230,6 +278,8 @@ fn finished_of(report: &Report) -> Finished {
         max_is_cap: report.max_is_cap,
         accumulation: report.accumulation,
         verification: report.verification.clone(),
+        search_trials: report.search_trials,
+        seeding: report.seeding.clone(),
     }
 }
 

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::device::DeviceKind;
 use crate::estimate::Estimate;
-use crate::search::{self, Line};
+use crate::report::Report;
+use crate::search::{self, Line, StepModel};
 use crate::settings::SearchSettings;
 use crate::sizes::Sizes;
 use crate::trial::Trial;
@@ -128,6 +129,15 @@ pub fn overhead(memory: &Memory, measured: Option<u64>) -> Vec<Assumption> {
     }]
 }
 
+/// What a named GPU's plan from a search on the CPU assumes.
+const CPU_FOR_GPU: &str = "measured on the CPU: assumes the GPU's kernels hold what the CPU's \
+                           did (cuDNN and cuBLAS choose other algorithms and workspaces) and \
+                           ignores the pool's 2 MiB granularity";
+
+/// How far the estimate may be from a measured peak before a plan says so: the estimate's
+/// error on the validation set (docs/guide.md).
+const ESTIMATE_AGREES: f64 = 0.02;
+
 /// Why a named GPU's predicted maximum stops at `cap` (`ModelSpec::cuda_batch_cap`).
 pub fn cuda_cap_caveat(cap: usize) -> String {
     format!(
@@ -156,8 +166,10 @@ pub struct Plan {
     /// prediction follows) and the line spanning the measurements give.
     pub range: Option<[usize; 2]>,
     /// From measured lines: the phase boundary whose line decides it (`None`: the overall
-    /// peaks).
+    /// peaks, or a plan from the estimate).
     pub fitted_through: Option<Phase>,
+    /// From a seeded search: the batch size of the trial the estimate was calibrated by.
+    pub calibrated_by: Option<usize>,
     /// What differs between the measurement and the memory planned for that the plan does
     /// not model.
     pub caveat: Option<String>,
@@ -187,12 +199,7 @@ impl Plan {
         let allowed = search::allowed_peak(usable, settings.margin);
         let mut caveats: Vec<String> = cap.map(cuda_cap_caveat).into_iter().collect();
         if memory.named_gpu && !on_gpu {
-            caveats.push(
-                "measured on the CPU: assumes the GPU's kernels hold what the CPU's did (cuDNN \
-                 and cuBLAS choose other algorithms and workspaces) and ignores the pool's 2 \
-                 MiB granularity"
-                    .to_string(),
-            );
+            caveats.push(CPU_FOR_GPU.to_string());
         }
         Some(Plan {
             target: memory.name.clone(),
@@ -210,6 +217,107 @@ impl Plan {
                 top.predicted.max(spanning.predicted),
             ]),
             fitted_through: crate::trial::phase_of(trials, top.through),
+            calibrated_by: None,
+            caveat: (!caveats.is_empty()).then(|| caveats.join("; ")),
+        })
+    }
+
+    /// The plan for `memory` from `report`: from the estimate its search was seeded with,
+    /// calibrated by its trials ([`from_model`](Self::from_model)), else from its measured
+    /// lines ([`from_lines`](Self::from_lines)).
+    pub fn for_report(report: &Report, memory: &Memory, cuda_cap: Option<usize>) -> Option<Plan> {
+        let device = (report.device.kind, report.device.overhead_bytes);
+        let (trials, settings) = (&report.trials, &report.settings);
+        report
+            .seeding
+            .as_ref()
+            .and_then(|s| Plan::from_model(&s.model, trials, settings, device, memory, cuda_cap))
+            .or_else(|| Plan::from_lines(trials, settings, device, memory, cuda_cap))
+    }
+
+    /// The plan for `memory` from the estimate a search was seeded with (`model`),
+    /// calibrated by the search's `trials`: scaled phase by phase to the complete trial
+    /// nearest the memory's capacity (see [`StepModel::calibrated_by`]). The range spans
+    /// what the estimate gives calibrated by each complete trial at least half the largest
+    /// one's size, scaled or shifted to it (a miscounted term per sample, or a fixed one):
+    /// where they agree the range is narrow, where the trials and the estimate disagree it
+    /// widens, and the caveat says by how much the estimate was off. `None` without a
+    /// complete trial.
+    pub fn from_model(
+        model: &StepModel,
+        trials: &[Trial],
+        settings: &SearchSettings,
+        (device_kind, overhead_bytes): (DeviceKind, Option<u64>),
+        memory: &Memory,
+        cuda_cap: Option<usize>,
+    ) -> Option<Plan> {
+        let on_gpu = device_kind == DeviceKind::Cuda;
+        let assumptions = overhead(memory, overhead_bytes.filter(|_| on_gpu));
+        let usable = usable(memory, &assumptions);
+        let (calibrated, calibration) = model.nearest_calibration(trials, usable);
+        let calibration = calibration.filter(|c| c.complete)?;
+        let predicted = calibrated.max_for(usable);
+        let largest = trials
+            .iter()
+            .filter(|t| search::Measured::peak_is_complete(*t))
+            .map(|t| t.batch_size)
+            .max()?;
+        let near_top = trials
+            .iter()
+            .filter(|t| search::Measured::peak_is_complete(*t) && 2 * t.batch_size >= largest);
+        let maxima: Vec<usize> = near_top
+            .flat_map(|t| {
+                let scaled = model.calibrated_by(t).map(|(m, _)| m);
+                [scaled, model.shifted_by(t)]
+            })
+            .flatten()
+            .filter_map(|m| m.max_for(usable))
+            .chain(predicted)
+            .collect();
+        let range = maxima
+            .iter()
+            .min()
+            .zip(maxima.iter().max())
+            .map(|(&lo, &hi)| [lo, hi]);
+        let cap = cuda_cap.filter(|&cap| memory.named_gpu && predicted.is_some_and(|p| cap < p));
+        let allowed = search::allowed_peak(usable, settings.margin);
+        let mut caveats: Vec<String> = cap.map(cuda_cap_caveat).into_iter().collect();
+        let off = calibration.relative_error();
+        if off.abs() > ESTIMATE_AGREES {
+            caveats.push(format!(
+                "the estimate from shapes was {:.1}% {} the peak measured at batch size {}; \
+                 the plan scales it to the measurement",
+                100.0 * off.abs(),
+                if off > 0.0 { "above" } else { "below" },
+                calibration.batch_size
+            ));
+        }
+        if memory.named_gpu && !on_gpu {
+            caveats.push(CPU_FOR_GPU.to_string());
+        }
+        let sizes = predicted.map(|p| {
+            let max = cap.unwrap_or(p);
+            Sizes {
+                max,
+                power_of_two: search::largest_power_of_two_at_most(max),
+                recommended: calibrated
+                    .max_for(allowed)
+                    .map(|r| r.min(max))
+                    .filter(|&r| r > 0),
+            }
+        });
+        Some(Plan {
+            target: memory.name.clone(),
+            capacity_bytes: memory.bytes,
+            assumptions,
+            usable_bytes: usable,
+            peak_bytes: sizes
+                .filter(|s| s.max > 0)
+                .map(|s| calibrated.peak_at(s.max)),
+            sizes,
+            range,
+            fitted_through: None,
+            calibrated_by: Some(calibration.batch_size),
             caveat: (!caveats.is_empty()).then(|| caveats.join("; ")),
         })
     }
@@ -255,6 +363,7 @@ impl Plan {
             sizes,
             range: None,
             fitted_through: None,
+            calibrated_by: None,
             caveat: (!caveats.is_empty()).then(|| caveats.join("; ")),
         }
     }
@@ -297,6 +406,8 @@ impl Serialize for Plan {
             predicted_range: Option<[usize; 2]>,
             predicted_peak_bytes: Option<u64>,
             fitted_through: Option<Phase>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            calibrated_by: Option<usize>,
             caveat: &'a Option<String>,
         }
         Flat {
@@ -308,6 +419,7 @@ impl Serialize for Plan {
             predicted_range: self.range,
             predicted_peak_bytes: self.peak_bytes,
             fitted_through: self.fitted_through,
+            calibrated_by: self.calibrated_by,
             caveat: &self.caveat,
         }
         .serialize(serializer)

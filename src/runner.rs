@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::memory::MemoryMeter;
-use crate::search::conservative_peak;
+use crate::search::{conservative_peak, Purpose};
 use crate::trial::{self, Outcome, Trial};
 use crate::workload::TrainStep;
 
@@ -38,9 +38,10 @@ impl Observer for Silent {}
 /// Where a trial at one batch size runs: in this process ([`InProcessTrials`]) or in a
 /// child process (`isolate::ChildProcessTrials`, for `--isolate`).
 pub trait TrialSource {
-    /// Runs the trial at `batch_size`. Out of memory is an `Ok` trial; any other failure
-    /// is an `Err` that stops the search.
-    fn trial(&mut self, batch_size: usize) -> candle_core::Result<Trial>;
+    /// Runs the trial at `batch_size` for `purpose` (a trial that confirms a failure may
+    /// stop as soon as it is certain). Out of memory is an `Ok` trial; any other failure is
+    /// an `Err` that stops the search.
+    fn trial(&mut self, batch_size: usize, purpose: Purpose) -> candle_core::Result<Trial>;
 
     /// Runs `steps` consecutive steps at `batch_size` as one trial (the verification run),
     /// whatever the steps per trial.
@@ -62,8 +63,8 @@ pub struct InProcessTrials<'a> {
 }
 
 impl TrialSource for InProcessTrials<'_> {
-    fn trial(&mut self, batch_size: usize) -> candle_core::Result<Trial> {
-        trial::run(self.step, batch_size, self.steps, self.meter)
+    fn trial(&mut self, batch_size: usize, purpose: Purpose) -> candle_core::Result<Trial> {
+        trial::run_for(self.step, batch_size, self.steps, self.meter, purpose)
     }
 
     fn verify(&mut self, batch_size: usize, steps: usize) -> candle_core::Result<Trial> {
@@ -115,10 +116,15 @@ impl<'a> TrialRunner<'a> {
         Some((machine as f64 * crate::memory::cpu::GUARD_SHARE) as u64)
     }
 
-    /// Runs the trial at `batch_size`, or refuses it: the stop flag is set (an error), or
-    /// its predicted peak is past the machine's limit (an out-of-memory trial marked
-    /// `predicted`).
+    /// Runs the trial at `batch_size` to measure it, or refuses it: the stop flag is set
+    /// (an error), or its predicted peak is past the machine's limit (an out-of-memory
+    /// trial marked `predicted`).
     pub fn run(&mut self, batch_size: usize) -> candle_core::Result<Trial> {
+        self.run_for(batch_size, Purpose::Measure)
+    }
+
+    /// [`run`](Self::run) for `purpose`.
+    pub fn run_for(&mut self, batch_size: usize, purpose: Purpose) -> candle_core::Result<Trial> {
         self.unless_stopped("the trial", batch_size)?;
         if let Some(limit) = self.machine_limit() {
             if let Some(predicted) = conservative_peak(&self.measured, batch_size) {
@@ -136,7 +142,7 @@ impl<'a> TrialRunner<'a> {
             }
         }
         self.observer.trial_started(batch_size);
-        let trial = self.source.trial(batch_size)?;
+        let trial = self.source.trial(batch_size, purpose)?;
         if let (Outcome::Fits, Some(peak)) = (trial.outcome, trial.peak_bytes) {
             self.measured.push((batch_size, peak));
         }

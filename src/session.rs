@@ -4,6 +4,7 @@
 use anyhow::Result;
 use maxbatch::cache::{Cache, CacheKey, Cacheable};
 use maxbatch::device::{self, DeviceKind, DeviceRequest, ResolvedDevice};
+use maxbatch::estimate::Estimate;
 use maxbatch::models::ModelInfo;
 use maxbatch::{Error, Finder, MemoryMeter, SearchSettings, Workload};
 
@@ -100,9 +101,20 @@ impl<'a> Session<'a> {
     }
 
     /// A finder on this device for this model that does not cache (a child's trial, a
-    /// size another device's search chose).
+    /// size another device's search chose), with the model's estimate from shapes where
+    /// the estimate counts it (it seeds a search).
     pub fn uncached_finder(&self) -> Finder {
-        Finder::on_resolved(self.device.clone()).model(self.info.clone())
+        let finder = Finder::on_resolved(self.device.clone()).model(self.info.clone());
+        match Estimate::new(&self.model.spec, &self.model.options, self.trials.optimizer) {
+            Ok(estimate) => finder.estimate(estimate),
+            Err(why) => {
+                tracing::info!(
+                    "no estimate to seed the search: {}",
+                    why.describe(&crate::explain::flag)
+                );
+                finder
+            }
+        }
     }
 
     /// A finder on this device for this model, caching as the trials say under the

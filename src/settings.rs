@@ -68,7 +68,7 @@ pub struct SearchSettings {
 impl Default for SearchSettings {
     fn default() -> Self {
         Self {
-            strategy: Strategy::Guided,
+            strategy: Strategy::Seeded,
             start: 1,
             max_batch: None,
             steps_per_trial: 2,

@@ -323,9 +323,11 @@ pub struct SearchArgs {
     #[arg(long)]
     pub drop_last: bool,
 
-    /// How sizes are chosen: guided (fit the measured peaks, jump to the predicted
-    /// maximum, verify it and the next size) or doubling (double, then binary search).
-    #[arg(long, default_value = "guided", value_name = "STRATEGY")]
+    /// How sizes are chosen: seeded (start where the estimate from shapes meets the
+    /// capacity, then the next size; the guided search where there is no estimate or it
+    /// misses), guided (fit the measured peaks, jump to the predicted maximum, verify it and
+    /// the next size) or doubling (double, then binary search).
+    #[arg(long, default_value = "seeded", value_name = "STRATEGY")]
     pub strategy: Strategy,
 
     /// The global batch you want: maxbatch works out micro-batch × gradient-accumulation

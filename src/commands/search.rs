@@ -124,17 +124,14 @@ fn plot(path: &std::path::Path, answers: &[SearchAnswer]) -> Result<()> {
     Ok(())
 }
 
-/// `--plan-for`'s plans from `report`'s measured lines; a GPU's stop at the model's element
-/// cap.
+/// `--plan-for`'s plans: from the estimate the search was seeded with, calibrated by its
+/// trials, else from its measured lines; a GPU's stop at the model's element cap.
 fn plans(job: &Search, report: &Report) -> Vec<Plan> {
     let model = &job.trials.model;
     let cuda_cap = model.spec.cuda_batch_cap(&model.options).ok().flatten();
-    let device = (report.device.kind, report.device.overhead_bytes);
     job.plan_for
         .iter()
-        .filter_map(|memory| {
-            Plan::from_lines(&report.trials, &report.settings, device, memory, cuda_cap)
-        })
+        .filter_map(|memory| Plan::for_report(report, memory, cuda_cap))
         .collect()
 }
 

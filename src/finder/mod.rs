@@ -6,7 +6,7 @@
 //!   .find(step)                           meter for the device, answer from the cache or:
 //!   .find_with(step, meter, observer)     warm-up, then
 //!   .search(trial source, device, observer)
-//!       TrialRunner ─► search::guided | search::doubling ─► max
+//!       TrialRunner ─► search::seeded | guided | doubling ─► max
 //!       finish::finishing_trials          power of two, recommended, micro-batch
 //!       finish::report                    schedule, memory model ─► Report
 //! ```
@@ -23,6 +23,7 @@ use candle_nn::VarMap;
 use crate::cache::{Cache, CacheUse};
 use crate::device::ResolvedDevice;
 use crate::error::Error;
+use crate::estimate::Estimate;
 use crate::models::ModelInfo;
 use crate::report::Report;
 use crate::search::Strategy;
@@ -49,6 +50,7 @@ pub struct Finder {
     model_holds: Option<u64>,
     varmap: Option<VarMap>,
     on_trial: Option<Arc<TrialCallback>>,
+    estimate: Option<Estimate>,
 }
 
 /// What [`Finder::on_trial`] calls after each trial.
@@ -89,6 +91,7 @@ impl Finder {
             model_holds: None,
             varmap: None,
             on_trial: None,
+            estimate: None,
         }
     }
 
@@ -103,6 +106,16 @@ impl Finder {
     /// aborting the process.
     pub fn budget(mut self, bytes: u64) -> Self {
         self.budget = Some(bytes);
+        self
+    }
+
+    /// The step's estimate from shapes (default: none). With one, the guided search is
+    /// seeded: it starts where the estimate meets the capacity (after what the process was
+    /// measured to hold), the trials calibrate it, and the recommended size is chosen from
+    /// it; the report keeps it (`seeding`) for plans. Without one it starts at
+    /// [`start`](Self::start). The answer is exact either way.
+    pub fn estimate(mut self, estimate: Estimate) -> Self {
+        self.estimate = Some(estimate);
         self
     }
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use super::{Finder, TrialCallback};
 use crate::cache::{Cache, CacheKey, CacheUse, Cacheable};
 use crate::error::Error;
-use crate::finish::{self, Finished};
+use crate::finish::{self, Finished, Searched};
 use crate::memory::{CapacitySource, MemoryMeter};
 use crate::models::ModelInfo;
-use crate::report::{DeviceInfo, Report};
+use crate::report::{DeviceInfo, Report, Seeding};
 use crate::runner::{self, InProcessTrials, Observer, TrialRunner, TrialSource};
 use crate::search::{self, SearchError, Strategy};
 use crate::settings::SearchSettings;
@@ -217,11 +217,17 @@ impl Finder {
         };
         let capacity = device.capacity_bytes;
         let mut runner = TrialRunner::new(source, observer, self.stop.clone());
-        let found = match settings.strategy {
-            Strategy::Doubling => search::doubling(bounds, |b| runner.run(b)),
-            Strategy::Guided => {
-                // Aiming past what the machine lets a trial take would only be refused.
-                let aim = runner.machine_limit().map_or(capacity, |l| l.min(capacity));
+        // Aiming past what the machine lets a trial take would only be refused.
+        let aim = runner.machine_limit().map_or(capacity, |l| l.min(capacity));
+        let seeding = self.seeding(&settings, &device, aim);
+        let found = match (settings.strategy, &seeding) {
+            (Strategy::Doubling, _) => search::doubling(bounds, |b| runner.run(b)),
+            (Strategy::Seeded, Some(seeding)) => {
+                search::seeded(bounds, aim, &seeding.model, |b, purpose| {
+                    runner.run_for(b, purpose)
+                })
+            }
+            (Strategy::Seeded | Strategy::Guided, _) => {
                 search::guided(bounds, aim, |b| runner.run(b))
             }
         };
@@ -264,20 +270,48 @@ impl Finder {
                 ))
             }
         };
-        let finished: Result<Finished, Error> = finish::finishing_trials(
-            &mut runner,
-            &settings,
-            capacity,
+        let seeding = seeding.map(|seeding| Seeding {
+            first_trial: trials
+                .first()
+                .and_then(|t| seeding.model.calibrated_by(t))
+                .map(|(_, calibration)| calibration),
+            ..seeding
+        });
+        let searched = Searched {
             max,
-            max == bounds.max_batch,
-            &mut trials,
-        );
+            max_is_cap: max == bounds.max_batch,
+            seeding,
+        };
+        let finished: Result<Finished, Error> =
+            finish::finishing_trials(&mut runner, &settings, capacity, searched, &mut trials);
         match finished {
             Ok(finished) => Ok(finish::report(
                 model, device, settings, trials, finished, false,
             )),
             Err(error) => partial(&runner, trials).ok_or(error),
         }
+    }
+}
+
+impl Finder {
+    /// The seeding of a seeded search against `aim` on `device`: the estimate, given what
+    /// the process was measured to hold there. `None` without an estimate, without that
+    /// measurement (the trials of `--isolate` run in children), or for another strategy.
+    fn seeding(&self, settings: &SearchSettings, device: &DeviceInfo, aim: u64) -> Option<Seeding> {
+        if settings.strategy != Strategy::Seeded {
+            return None;
+        }
+        let model = self.estimate.as_ref()?.step_model(device.baseline_bytes?);
+        let seed = model
+            .max_for(aim)
+            .unwrap_or(settings.max_batch_or_default())
+            .clamp(1, settings.max_batch_or_default());
+        Some(Seeding {
+            model,
+            seed,
+            first_trial: None,
+            recommended_corrections: None,
+        })
     }
 }
 

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::memory::Capacity;
 use crate::runner::TrialSource;
+use crate::search::Purpose;
 use crate::trial::Trial;
 
 /// What the hidden `trial` subcommand prints: the trial, and the device as the child
@@ -133,7 +134,10 @@ impl ChildProcessTrials {
 }
 
 impl TrialSource for ChildProcessTrials {
-    fn trial(&mut self, batch_size: usize) -> candle_core::Result<Trial> {
+    /// A child measures whatever the purpose: a child stopped early saves no process start,
+    /// and the seeded search, which alone confirms, does not run children (the parent
+    /// never measured what they hold).
+    fn trial(&mut self, batch_size: usize, _purpose: Purpose) -> candle_core::Result<Trial> {
         if let Some(trial) = self.kept.take_if(|t| t.batch_size == batch_size) {
             return Ok(trial);
         }

@@ -29,11 +29,11 @@ fn shell(script: &str) -> ChildProcessTrials {
 #[test]
 fn a_child_killed_for_memory_is_out_of_memory() {
     let trial = shell("echo 'memory allocation of 4096 bytes failed' >&2; kill -ABRT $$")
-        .trial(8)
+        .trial(8, Purpose::Measure)
         .unwrap();
     assert_eq!((trial.batch_size, trial.outcome), (8, Outcome::Oom));
     assert!(trial.detail.unwrap().contains("signal 6 (SIGABRT"));
-    let trial = shell("kill -KILL $$").trial(8).unwrap();
+    let trial = shell("kill -KILL $$").trial(8, Purpose::Measure).unwrap();
     assert_eq!(trial.outcome, Outcome::Oom);
     assert!(trial.detail.unwrap().contains("signal 9"));
 }
@@ -50,7 +50,10 @@ fn a_child_that_crashes_stops_the_search_naming_the_signal() {
             "SIGABRT",
         ),
     ] {
-        let err = shell(script).trial(8).unwrap_err().to_string();
+        let err = shell(script)
+            .trial(8, Purpose::Measure)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains(name) && err.contains("not out of memory"),
             "{script}: {err}"
@@ -61,10 +64,12 @@ fn a_child_that_crashes_stops_the_search_naming_the_signal() {
 #[test]
 fn a_child_that_fails_stops_the_search_with_its_message() {
     let err = shell("echo 'error: shape mismatch' >&2; exit 2")
-        .trial(4)
+        .trial(4, Purpose::Measure)
         .unwrap_err();
     assert!(err.to_string().contains("shape mismatch"), "{err}");
-    let err = shell("echo not json").trial(4).unwrap_err();
+    let err = shell("echo not json")
+        .trial(4, Purpose::Measure)
+        .unwrap_err();
     assert!(err.to_string().contains("printed no trial"), "{err}");
 }
 
@@ -102,7 +107,9 @@ fn printed(trial: Trial, capacity: u64) -> String {
 #[test]
 fn a_childs_trial_comes_back_whole() {
     let json = printed(fitting(4), 1 << 30);
-    let got = shell(&format!("echo '{json}'")).trial(4).unwrap();
+    let got = shell(&format!("echo '{json}'"))
+        .trial(4, Purpose::Measure)
+        .unwrap();
     assert_eq!(got, fitting(4));
 }
 
@@ -127,11 +134,11 @@ fn the_first_child_measures_the_capacity_every_later_child_is_given() {
     assert_eq!(device.capacity.bytes, 7000);
     assert_eq!(device.overhead_bytes, Some(500));
     // The search's first trial is the calibration's: no second child.
-    assert_eq!(children.trial(1).unwrap(), fitting(1));
+    assert_eq!(children.trial(1, Purpose::Measure).unwrap(), fitting(1));
     let count = || std::fs::read_to_string(&runs).unwrap().lines().count();
     assert_eq!(count(), 1);
     // Later children are given the measured capacity.
-    children.trial(1).unwrap();
+    children.trial(1, Purpose::Measure).unwrap();
     assert_eq!(count(), 2);
     let given = std::fs::read_to_string(dir.join("memory")).unwrap();
     assert_eq!(given.trim(), "7000");
@@ -145,14 +152,14 @@ fn a_hung_child_is_stopped_and_is_an_error_naming_its_size() {
     let script = format!("sleep \"0.$(( $2 ))\"; echo '{json}'");
     let mut children = shell(&script).timeout_floor(Duration::from_millis(150));
     // The first child has only the floor; 0.1 s fits in it.
-    children.trial(1).unwrap();
+    children.trial(1, Purpose::Measure).unwrap();
     // Then ten times the slowest so far plus the floor: about 1.15 s, which 0.8 s fits.
-    children.trial(8).unwrap();
+    children.trial(8, Purpose::Measure).unwrap();
     // A child that never ends is stopped once the slowest (0.8 s) times ten and the
     // floor have passed.
     let mut hung = shell("sleep 30").timeout_floor(Duration::from_millis(150));
     let started = Instant::now();
-    let error = hung.trial(5).unwrap_err().to_string();
+    let error = hung.trial(5, Purpose::Measure).unwrap_err().to_string();
     assert!(started.elapsed() < Duration::from_secs(5), "{error}");
     assert!(
         error.contains("batch size 5") && error.contains("not counted as out of memory"),

@@ -126,8 +126,8 @@ impl MemoryMeter for CpuMeter {
         self.own_bytes
     }
 
-    fn arm_stop_points(&mut self, peak_bytes: Option<u64>) {
-        super::stop::arm(peak_bytes);
+    fn arm_stop_points(&mut self, at: Option<super::stop::StopAt>) {
+        super::stop::arm(at);
     }
 
     fn record_parts(&mut self, on: bool) {

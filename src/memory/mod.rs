@@ -87,9 +87,10 @@ pub trait MemoryMeter {
     }
 
     /// Arms the built-in models' stop points (see [`stop`]) to stop this thread's backward
-    /// pass once the counted peak passes `peak_bytes`; `None` disarms them. Only a meter
-    /// that counts the heap (the CPU's) arms them; elsewhere this does nothing.
-    fn arm_stop_points(&mut self, _peak_bytes: Option<u64>) {}
+    /// pass (and its forward pass, where `at` says so) once the counted peak passes `at`'s;
+    /// `None` disarms them. Only a meter that counts the heap (the CPU's) arms them;
+    /// elsewhere this does nothing.
+    fn arm_stop_points(&mut self, _at: Option<stop::StopAt>) {}
 
     /// Starts (`true`) or pauses (`false`) recording the built-in models' part marks on
     /// this thread (see [`parts`]): only a meter that counts the heap (the CPU's) records

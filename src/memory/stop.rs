@@ -6,7 +6,8 @@
 //! through a [`stop_point`], an identity whose gradient step asks whether the trial's peak
 //! has passed the limit armed for this thread ([`arm`]: the budget plus [`FAR_PAST`]); when
 //! it has, the backward pass returns an error ([`is_over_budget`]) and the trial is out of
-//! memory, measured (see docs/design.md).
+//! memory, measured (see docs/design.md). A trial that only confirms that a size fails is
+//! armed at the budget itself, and its forward pass asks too (the op's forward step).
 
 use std::cell::Cell;
 
@@ -25,12 +26,26 @@ pub const FAR_PAST: f64 = 0.10;
 thread_local! {
     /// The heap peak past which this thread's backward pass stops (`None`: never).
     static LIMIT: Cell<Option<u64>> = const { Cell::new(None) };
+    /// True when the forward pass stops at its stop points too.
+    static IN_FORWARD: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Makes this thread's backward passes stop at the next stop point once the counting
-/// allocator's peak exceeds `peak_bytes`; `None` disarms it.
-pub fn arm(peak_bytes: Option<u64>) {
-    LIMIT.with(|limit| limit.set(peak_bytes));
+/// Where a trial's stop points stop it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopAt {
+    /// The heap peak past which the step stops at its next stop point.
+    pub peak_bytes: u64,
+    /// True when the forward pass stops too (a trial that only confirms a failure: it has
+    /// nothing to measure once past the limit); else only the backward pass does (the
+    /// forward boundary's peak is a measurement worth finishing the pass for).
+    pub in_forward: bool,
+}
+
+/// Makes this thread's passes stop at the next stop point once the counting allocator's
+/// peak exceeds `at`'s; `None` disarms it.
+pub fn arm(at: Option<StopAt>) {
+    LIMIT.with(|limit| limit.set(at.map(|a| a.peak_bytes)));
+    IN_FORWARD.with(|f| f.set(at.is_some_and(|a| a.in_forward)));
 }
 
 /// True when the armed limit is set and the counted peak has passed it.
@@ -40,10 +55,9 @@ fn past_limit() -> bool {
         .is_some_and(|limit| CountingAllocator::peak_bytes() > limit)
 }
 
-/// The message of a backward pass stopped at a stop point. candle keeps a wrapped error
-/// only as text, so the text is how the trial recognises it.
-const OVER_BUDGET: &str =
-    "maxbatch stop point: the peak passed the budget inside the backward pass";
+/// The message of a pass stopped at a stop point. candle keeps a wrapped error only as
+/// text, so the text is how the trial recognises it.
+const OVER_BUDGET: &str = "maxbatch stop point: the peak passed the budget";
 
 /// True when `error` is a backward pass stopped by a stop point.
 pub fn is_over_budget(error: &candle_core::Error) -> bool {
@@ -76,6 +90,9 @@ impl CustomOp1 for StopPoint {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         Self::check(layout)?;
+        if IN_FORWARD.with(|f| f.get()) && past_limit() {
+            return Err(candle_core::Error::Msg(OVER_BUDGET.to_string()));
+        }
         Ok((storage.try_clone(layout)?, layout.shape().clone()))
     }
 

@@ -18,6 +18,7 @@ pub fn render(report: &Report) -> String {
     header(&mut out, report);
     out.push('\n');
     out.push_str(&trials_table(&report.trials));
+    seeding(&mut out, report);
     out.push('\n');
     results(&mut out, report);
     if report.memory_model.is_some()
@@ -37,6 +38,35 @@ pub fn render(report: &Report) -> String {
         out.push_str(&verification::render(v, report.device.capacity_bytes));
     }
     out
+}
+
+/// Where the search started and why: the estimate's seed, and how far the first trial's
+/// measured peak was from the estimate's prediction there.
+fn seeding(out: &mut String, r: &Report) {
+    let Some(seeding) = &r.seeding else {
+        return;
+    };
+    let trials = match r.search_trials {
+        1 => "1 trial".to_string(),
+        n => format!("{n} trials"),
+    };
+    let _ = writeln!(
+        out,
+        "seeded: the estimate from shapes meets the capacity at {} (a prediction); the search \
+         took {trials}",
+        seeding.seed
+    );
+    if let Some(first) = &seeding.first_trial {
+        let _ = writeln!(
+            out,
+            "        at {} the estimate predicted {}, the trial measured {}{} ({:+.1}%)",
+            first.batch_size,
+            bytes(first.predicted_peak_bytes),
+            if first.complete { "" } else { "≥ " },
+            bytes(first.measured_peak_bytes),
+            -100.0 * first.relative_error(),
+        );
+    }
 }
 
 /// One line per trial with a header, as in the report.

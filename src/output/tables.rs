@@ -25,12 +25,14 @@ pub fn answer(answer: &SearchAnswer) -> String {
     out
 }
 
-/// The `--plan-for` table: every figure a prediction from the measured lines.
+/// The `--plan-for` table: every figure a prediction, from the estimate calibrated by the
+/// trials or from the lines through them.
 pub fn plans(plans: &[Plan]) -> String {
-    let mut out = String::from(
-        "plans for other memory (PREDICTED from the lines through the trials; none of these \
-         sizes ran):\n",
-    );
+    let basis = match plans.iter().find_map(|p| p.calibrated_by) {
+        Some(b) => format!("from the estimate from shapes, scaled to the trial at batch size {b}"),
+        None => "from the lines through the trials".to_string(),
+    };
+    let mut out = format!("plans for other memory (PREDICTED {basis}; none of these sizes ran):\n");
     let _ = writeln!(
         out,
         "{:<14}{:>11}{:>11}  {:>16}  {:>12}  {:>11}  {:>12}",

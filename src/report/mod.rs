@@ -11,6 +11,7 @@ use crate::device::{DeviceKind, ResolvedDevice};
 use crate::memory::{CapacitySource, MemoryMeter};
 use crate::models::ModelInfo;
 pub use crate::schedule::{Dataset, ScheduleRow};
+use crate::search::{Calibration, StepModel};
 use crate::settings::SearchSettings;
 use crate::sizes::Sizes;
 use crate::trial::Trial;
@@ -118,6 +119,30 @@ pub struct Report {
     /// asked for.
     #[serde(default)]
     pub verification: Option<crate::verification::Verification>,
+    /// The trials the search for the maximum ran (the first ones in `trials`); the rest
+    /// are the finishing trials (power of two, recommended size, micro-batch).
+    #[serde(default)]
+    pub search_trials: usize,
+    /// How the estimate from shapes seeded the search, when it did.
+    #[serde(default)]
+    pub seeding: Option<Seeding>,
+}
+
+/// How the estimate from shapes seeded a search (see docs/design.md, "The seeded search").
+/// Every figure but the measured ones is a prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Seeding {
+    /// The estimate as the search used it, in the bytes a trial measures: what the
+    /// process held before the first step (measured), then each phase's lines.
+    pub model: StepModel,
+    /// Where the estimate met the capacity: the first size the search ran.
+    pub seed: usize,
+    /// The first trial's measured peak against the estimate's prediction there (`None`
+    /// when it measured nothing to compare: stopped early with no boundary measured).
+    pub first_trial: Option<Calibration>,
+    /// Trials the recommended size took beyond the first one the calibrated model chose
+    /// (0: the model was right; `None`: no recommended size was searched for).
+    pub recommended_corrections: Option<usize>,
 }
 
 impl Report {
@@ -269,6 +294,8 @@ pub mod fixtures {
             throughput_note: None,
             accumulation: None,
             verification: None,
+            search_trials: max + 1,
+            seeding: None,
         }
     }
 }

@@ -73,7 +73,8 @@ enum Aim {
     /// The line's prediction, close enough to the measured sizes to be exact.
     Predicted,
     /// Short of a far prediction, or the largest size one measurement says is safe: it
-    /// should fit with room to spare, so a failure is retried once before it is believed.
+    /// should fit with room to spare, so a failure no measured peak explains is retried
+    /// once before it is believed.
     WithRoom,
     /// The size after the one the line says is the answer: its failure ends the search.
     Next,
@@ -330,9 +331,10 @@ impl Guide {
 /// says it is the answer, the size after it is tried, and it failing ends the search. A
 /// prediction that fails is followed by the line through the failed size's measured
 /// boundaries where that lands inside the bracket, else by one binary-search step; after
-/// three misses the rest is binary search. A failure the measurements say cannot happen (a size aimed at with
-/// room to spare, or the answer's boundary while the line says it fits) is tried once more,
-/// so that a transient failure (a flaky size) does not decide the answer.
+/// three misses the rest is binary search. A failure the measurements say cannot happen (a
+/// size aimed at with room to spare that failed with no peak past the threshold, or the
+/// answer's boundary while the line says it fits) is tried once more, so that a transient
+/// failure (a flaky size) does not decide the answer.
 pub fn toward_threshold<T, E, P, G>(
     from: Bracket,
     boundary: Boundary,
@@ -350,9 +352,11 @@ where
     let mut run = |size: usize, trials: &mut Vec<T>| {
         let trial = probe(size).map_err(|e| (size, e))?;
         let passed = is_good(&trial);
-        let ran = trial.ran();
+        // A failure no measurement explains: it ran, and its peak (if any) is not past the
+        // threshold. A trial measured past it failed for memory, and again would.
+        let unexplained = !passed && trial.ran() && trial.peak().is_none_or(|p| p <= threshold);
         trials.push(trial);
-        Ok((passed, ran))
+        Ok((passed, unexplained))
     };
     loop {
         match guide.next_move(trials, &is_good, threshold) {
@@ -368,8 +372,8 @@ where
                 guide.boundary_passed();
             }
             Move::Try(candidate, aim) => {
-                let (mut passed, ran) = run(candidate, trials)?;
-                if !passed && ran && aim == Aim::WithRoom && !guide.retried {
+                let (mut passed, unexplained) = run(candidate, trials)?;
+                if unexplained && aim == Aim::WithRoom && !guide.retried {
                     guide.retried = true;
                     passed = run(candidate, trials)?.0;
                 }

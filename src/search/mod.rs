@@ -1,8 +1,10 @@
 //! The search for the largest batch size that fits: pure arithmetic over a probe.
 //!
-//! Two strategies. The guided search (the default, in [`guided`]) fits the measured peaks
-//! with a line, jumps to where it meets the capacity and verifies the answer with the size
-//! after it. The doubling search ([`doubling`], here) starts at `start`, doubles while the
+//! Three strategies. The seeded search (the default, in [`seeded`]) starts where the
+//! estimate from shapes ([`model`]) meets the capacity and corrects it by the measured
+//! peaks. The guided search ([`guided`]) fits the measured peaks with a line, jumps to
+//! where it meets the capacity and verifies the answer with the size after it; the seeded
+//! search hands over to it when the estimate misses. The doubling search ([`doubling`], here) starts at `start`, doubles while the
 //! trial fits, stops at the first out-of-memory or at the cap, then binary-searches between
 //! the last size that fit and the first that did not. The probe is any
 //! `FnMut(usize) -> Result<T, E>` (the finder's closure that runs one trial); the search
@@ -14,9 +16,13 @@
 
 mod guided;
 pub mod line;
+pub mod model;
+mod seeded;
 
 pub use guided::{guided, toward_threshold, Boundary, Bracket};
 pub use line::{conservative_peak, earliest_line, fit, predict_at, Fit, Line, LineRule, Through};
+pub use model::{Calibration, ModelLine, StepModel};
+pub use seeded::{seeded, seeded_toward, Purpose};
 
 /// What the search needs to know of a trial: did it fit?
 pub trait Fits {
@@ -46,16 +52,26 @@ pub trait Measured: Fits {
     fn phase_peaks(&self) -> Vec<u64> {
         Vec::new()
     }
+    /// True when [`peak`](Measured::peak) is the step's whole peak, not a lower bound (a
+    /// trial that stopped early measured only how far it got): a fit always is.
+    fn peak_is_complete(&self) -> bool {
+        self.fits()
+    }
 }
 
 /// How the search chooses the sizes it tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
+    /// Start where the estimate from shapes meets the capacity, then the size after it;
+    /// where they disagree, correct the estimate by the measured peaks, and after two
+    /// misses go on as the guided search ([`seeded`]). Without an estimate (a step whose
+    /// shapes are unknown), the guided search.
+    #[default]
+    Seeded,
     /// Fit the measured peaks with a line and try where it meets the capacity, then the
     /// size after it; aim short of a prediction far beyond the measured sizes; binary-search
     /// inside the bracket after a prediction misses.
-    #[default]
     Guided,
     /// Double until out of memory, then binary search (the search most finders use).
     Doubling,
@@ -66,9 +82,12 @@ impl std::str::FromStr for Strategy {
 
     fn from_str(text: &str) -> Result<Self, String> {
         match text.to_ascii_lowercase().as_str() {
+            "seeded" => Ok(Strategy::Seeded),
             "guided" => Ok(Strategy::Guided),
             "doubling" => Ok(Strategy::Doubling),
-            _ => Err(format!("unknown strategy {text:?}; use guided or doubling")),
+            _ => Err(format!(
+                "unknown strategy {text:?}; use seeded, guided or doubling"
+            )),
         }
     }
 }
@@ -76,6 +95,7 @@ impl std::str::FromStr for Strategy {
 impl std::fmt::Display for Strategy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Strategy::Seeded => "seeded",
             Strategy::Guided => "guided",
             Strategy::Doubling => "doubling",
         })

@@ -9,7 +9,7 @@ mod run;
 
 use serde::{Deserialize, Serialize};
 
-pub use run::run;
+pub use run::{run, run_for};
 
 use crate::search::{Fits, Through};
 use crate::workload::Phase;
@@ -146,6 +146,16 @@ impl crate::search::Measured for Trial {
 
     fn phase_peaks(&self) -> Vec<u64> {
         self.phase_peaks.iter().map(|p| p.peak_bytes).collect()
+    }
+
+    /// A fit, or a trial over the capacity only after its first step's update: every
+    /// boundary of that step was measured, so its peak is the step's.
+    fn peak_is_complete(&self) -> bool {
+        self.outcome == Outcome::Fits
+            || self
+                .phase_peaks
+                .last()
+                .is_some_and(|p| p.phase == Phase::Update)
     }
 }
 

@@ -4,7 +4,9 @@
 use std::time::Instant;
 
 use super::{samples_per_second, HeldPart, Outcome, PhasePeak, Trial, BACKWARD_PART};
+use crate::memory::stop::StopAt;
 use crate::memory::MemoryMeter;
+use crate::search::Purpose;
 use crate::workload::{Phase, TrainStep};
 
 /// Runs `steps` training steps at `batch_size` and measures them against the meter's
@@ -18,11 +20,35 @@ pub fn run(
     steps: usize,
     meter: &mut dyn MemoryMeter,
 ) -> candle_core::Result<Trial> {
+    run_for(step, batch_size, steps, meter, Purpose::Measure)
+}
+
+/// [`run`] for a `purpose`: a trial that measures runs its backward pass on to
+/// [`FAR_PAST`](crate::memory::stop::FAR_PAST) beyond the capacity before a stop point ends
+/// it, so that its peaks say by how much it failed; one that confirms a size does not fit
+/// stops at the first stop point past the capacity.
+pub fn run_for(
+    step: &mut dyn TrainStep,
+    batch_size: usize,
+    steps: usize,
+    meter: &mut dyn MemoryMeter,
+    purpose: Purpose,
+) -> candle_core::Result<Trial> {
     let baseline = meter.current_bytes()?;
     let mut window = Window::open(meter, steps)?;
+    let past = match purpose {
+        Purpose::Measure => crate::memory::stop::FAR_PAST,
+        Purpose::Confirm => 0.0,
+    };
     // The stop points compare the counted peak, drift included, with this.
-    let far_past = window.capacity as f64 * (1.0 + crate::memory::stop::FAR_PAST);
-    let stops = StopPoints::arm(meter, (far_past as u64).saturating_add(window.drift));
+    let limit = window.capacity as f64 * (1.0 + past);
+    let stops = StopPoints::arm(
+        meter,
+        StopAt {
+            peak_bytes: (limit as u64).saturating_add(window.drift),
+            in_forward: purpose == Purpose::Confirm,
+        },
+    );
     let meter = &mut *stops.meter;
     for index in 0..steps {
         if !window.step(step, batch_size, index, meter)? {
@@ -43,7 +69,8 @@ struct Window {
     step_times: Vec<f64>,
     completed: usize,
     over_capacity: Option<Phase>,
-    inside_backward: bool,
+    /// The pass a stop point stopped the trial inside, if one did.
+    stopped_inside: Option<Phase>,
     device_oom: Option<String>,
 }
 
@@ -59,7 +86,7 @@ impl Window {
             step_times: Vec::with_capacity(steps),
             completed: 0,
             over_capacity: None,
-            inside_backward: false,
+            stopped_inside: None,
             device_oom: None,
         };
         meter.reset_peak()?;
@@ -81,10 +108,14 @@ impl Window {
             meter.record_parts(true);
         }
         let started = Instant::now();
+        // The last boundary this step reached.
+        let mut reached = None;
         let result = {
             let (drift, capacity) = (self.drift, self.capacity);
             let (phase_peaks, over_capacity) = (&mut self.phase_peaks, &mut self.over_capacity);
+            let reached = &mut reached;
             let mut boundary = |phase: Phase| {
+                *reached = Some(phase);
                 let peak_bytes = meter.peak_bytes()?.saturating_sub(drift);
                 if index == 0 {
                     phase_peaks.push(PhasePeak { phase, peak_bytes });
@@ -108,9 +139,14 @@ impl Window {
             }
             Err(_) if self.over_capacity.is_some() => Ok(false),
             Err(error) if crate::memory::stop::is_over_budget(&error) => {
-                // Measured: a stop point saw the peak past the capacity.
+                // Measured: a stop point saw the peak past the capacity, inside the forward
+                // pass while its boundary was not reached yet.
+                let inside = match reached {
+                    None => Phase::Forward,
+                    Some(_) => Phase::Backward,
+                };
                 self.over_capacity = Some(Phase::Forward);
-                self.inside_backward = true;
+                self.stopped_inside = Some(inside);
                 Ok(false)
             }
             Err(error) => match meter.out_of_memory(&error) {
@@ -183,8 +219,12 @@ impl Window {
     fn detail(&self, steps: usize) -> Option<String> {
         let step = self.completed + 1;
         match (self.over_capacity, &self.device_oom) {
-            (Some(_), _) if self.inside_backward => Some(format!(
-                "stopped inside the backward pass of step {step}: over capacity"
+            (Some(_), _) if self.stopped_inside.is_some() => Some(format!(
+                "stopped inside the {} pass of step {step}: over capacity",
+                match self.stopped_inside {
+                    Some(Phase::Forward) => "forward",
+                    _ => "backward",
+                }
             )),
             (Some(phase), _) if self.completed < steps => Some(format!(
                 "stopped after the {phase} phase of step {step}: over capacity"
@@ -247,8 +287,8 @@ struct StopPoints<'a> {
 }
 
 impl<'a> StopPoints<'a> {
-    fn arm(meter: &'a mut dyn MemoryMeter, peak_bytes: u64) -> Self {
-        meter.arm_stop_points(Some(peak_bytes));
+    fn arm(meter: &'a mut dyn MemoryMeter, at: StopAt) -> Self {
+        meter.arm_stop_points(Some(at));
         Self { meter }
     }
 }

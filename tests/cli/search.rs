@@ -1,7 +1,7 @@
 //! The search end to end: its sizes agree with `check`, its JSON and text, its strategies,
 //! its accumulation, memory model and plot, its verification run, isolated trials.
 
-use crate::common::{json_of, maxbatch};
+use crate::common::{json_of, maxbatch, MIB};
 use crate::helpers::{check, check_soak, search, tiny, tiny_budget};
 use serde_json::Value;
 
@@ -141,7 +141,8 @@ fn check_prints_the_trial_as_json() {
 }
 
 #[test]
-fn guided_and_doubling_report_the_same_sizes_and_guided_runs_fewer_trials() {
+fn every_strategy_reports_the_same_sizes_and_each_runs_fewer_trials_than_the_next() {
+    let seeded = search(&[]);
     let guided = search(&["--strategy", "guided"]);
     let doubling = search(&["--strategy", "doubling"]);
     for key in [
@@ -149,16 +150,66 @@ fn guided_and_doubling_report_the_same_sizes_and_guided_runs_fewer_trials() {
         "largest_power_of_two",
         "recommended_batch_size",
     ] {
+        assert_eq!(seeded[key], guided[key], "{key}");
         assert_eq!(guided[key], doubling[key], "{key}");
     }
-    let trials = |r: &Value| r["trials"].as_array().unwrap().len();
+    let trials = |r: &Value| r["search_trials"].as_u64().unwrap();
     assert!(
-        trials(&guided) < trials(&doubling),
-        "{} vs {}",
+        trials(&seeded) < trials(&guided) && trials(&guided) < trials(&doubling),
+        "{} vs {} vs {}",
+        trials(&seeded),
         trials(&guided),
         trials(&doubling)
     );
+    assert_eq!(seeded["settings"]["strategy"], "seeded");
     assert_eq!(guided["settings"]["strategy"], "guided");
+    assert!(guided["seeding"].is_null() && doubling["seeding"].is_null());
+}
+
+/// The default search of a built-in model starts where the estimate from shapes meets the
+/// capacity: with an estimate as close as this one, the answer is exact in two or three
+/// trials, the maximum and the size after it among them.
+#[test]
+fn a_built_in_model_is_seeded_by_its_estimate_and_the_answer_is_exact() {
+    for model in [
+        tiny(),
+        crate::common::with_room(&["--model", "mlp", "--device", "cpu"], 200 * MIB),
+    ] {
+        let output = maxbatch()
+            .args(&model)
+            .args(["--json", "--no-cache"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        let r = json_of(&output);
+        let max = r["max_batch_size"].as_u64().unwrap();
+        let seeding = &r["seeding"];
+        let trials = r["trials"].as_array().unwrap();
+        let searched = r["search_trials"].as_u64().unwrap() as usize;
+        assert_eq!(trials[0]["batch_size"], seeding["seed"], "{r}");
+        assert!((2..=3).contains(&searched), "{searched} search trials: {r}");
+        let ran = |b: u64, outcome: &str| {
+            trials[..searched]
+                .iter()
+                .any(|t| t["batch_size"] == b && t["outcome"] == outcome)
+        };
+        assert!(ran(max, "fits") && ran(max + 1, "oom"), "{r}");
+        // The first trial's measured peak against the estimate's prediction there.
+        let first = &seeding["first_trial"];
+        let (predicted, measured) = (
+            first["predicted_peak_bytes"].as_f64().unwrap(),
+            first["measured_peak_bytes"].as_f64().unwrap(),
+        );
+        assert!(
+            (predicted - measured).abs() < 0.02 * measured,
+            "{predicted} vs {measured}"
+        );
+        // The whole report: the search, the power of two and the recommended size, which
+        // the model calibrated by the trials places right or one off.
+        let corrections = seeding["recommended_corrections"].as_u64().unwrap() as usize;
+        assert!(corrections <= 1, "{r}");
+        assert!(trials.len() <= searched + 2 + corrections, "{r}");
+    }
 }
 
 #[test]
