@@ -26,6 +26,8 @@ struct Case {
     dtype: DType,
     /// Check only the step's peak, not the phase boundaries before it (see `peak_only`).
     peak_only: bool,
+    /// Mixed precision: f32 weights, bf16 passes.
+    amp: bool,
 }
 
 fn case(model: &'static str, seq_len: usize, batch_size: usize) -> Case {
@@ -36,6 +38,7 @@ fn case(model: &'static str, seq_len: usize, batch_size: usize) -> Case {
         optimizer: OptimizerKind::AdamW,
         dtype: DType::F32,
         peak_only: false,
+        amp: false,
     }
 }
 
@@ -54,9 +57,17 @@ impl Case {
         }
     }
 
+    /// Mixed precision (`--amp bf16`): f32 weights and optimizer state, bf16 passes.
+    fn amp(self) -> Case {
+        Case { amp: true, ..self }
+    }
+
     /// The MLP in bf16: candle's CPU matrix products in bf16 convert through f32 buffers the
     /// graph does not show (about one f32 copy of a layer's output, 16% of the forward pass's
-    /// peak), so only the step's peak, which a later moment sets, is held to the bound.
+    /// peak), so only the step's peak, which a later moment sets, is held to the bound. The
+    /// same buffers, beside a wide layer or a large vocabulary's head, are what the forward
+    /// and backward boundaries miss under `--amp` on the MLP, a wide feed-forward and
+    /// transformer-small at one or two samples (6 to 14% there).
     fn peak_only(self) -> Case {
         Case {
             peak_only: true,
@@ -84,6 +95,7 @@ fn errors(case: &Case) -> [f64; 3] {
     let options = ModelOptions {
         seq_len: case.seq_len,
         dtype: case.dtype,
+        amp: case.amp.then_some(DType::BF16),
         ..ModelOptions::default()
     };
     let estimate = Estimate::new(&spec, &options, case.optimizer).unwrap();
@@ -117,7 +129,7 @@ fn errors(case: &Case) -> [f64; 3] {
         case.seq_len.map_or("-".into(), |t| t.to_string()),
         case.batch_size,
         case.optimizer.to_string(),
-        case.dtype.as_str(),
+        if case.amp { "amp" } else { case.dtype.as_str() },
         errors[0] * 100.0,
         errors[1] * 100.0,
         errors[2] * 100.0,
@@ -147,7 +159,7 @@ fn check_within(cases: &[Case], bound: f64) {
                     case.seq_len,
                     case.batch_size,
                     case.optimizer,
-                    case.dtype.as_str(),
+                    if case.amp { "amp" } else { case.dtype.as_str() },
                     e * 100.0
                 ));
             }
@@ -184,6 +196,30 @@ fn the_estimate_is_within_five_percent_of_the_measured_peaks() {
             case("tiny-qwen2.json", 32, 8),
             case("tiny-qwen2.json", 128, 2).bf16(),
             case("wide-mlp-llama.json", 32, 4),
+        ],
+        0.05,
+    );
+}
+
+/// Mixed precision (`--amp bf16`) on the same families, within 5% at every phase boundary
+/// (the step's peak only where the CPU's bf16 matrix products' f32 buffers set the earlier
+/// boundaries: see `Case::peak_only`).
+#[test]
+fn the_mixed_precision_estimate_is_within_five_percent_of_the_measured_peaks() {
+    check_within(
+        &[
+            case("transformer-tiny", 32, 8).amp(),
+            case("transformer-tiny", 64, 16).amp(),
+            case("transformer-tiny", 64, 16).sgd().amp(),
+            case("transformer-small", 128, 4).amp(),
+            case("transformer-small", 128, 2).amp().peak_only(),
+            case("tiny-gpt2.json", 64, 4).amp(),
+            case("tiny-llama.json", 64, 4).amp(),
+            case("tiny-llama.json", 128, 8).amp(),
+            case("tiny-qwen2.json", 128, 2).amp(),
+            case("wide-mlp-llama.json", 32, 4).amp().peak_only(),
+            case("mlp", 0, 256).amp().peak_only(),
+            case("mlp", 0, 4096).amp().peak_only(),
         ],
         0.05,
     );

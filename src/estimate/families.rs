@@ -32,14 +32,6 @@ pub(super) fn estimate(
     options: &ModelOptions,
     optimizer: OptimizerKind,
 ) -> Result<Estimate, Error> {
-    if let Some(amp) = options.amp {
-        return Err(Error::setting(
-            Setting::Amp,
-            amp.as_str(),
-            "the estimate counts full training in one dtype, not $Amp yet; a search or \
-             `maxbatch check` measures it",
-        ));
-    }
     if let Some(lora) = &options.lora {
         return Err(Error::setting(
             Setting::LoraRank,
@@ -49,10 +41,13 @@ pub(super) fn estimate(
         ));
     }
     let info = spec.info(options)?;
-    let s = options.dtype.size_in_bytes() as u64;
+    // The passes compute in `s`; the variables, their gradients and the optimizer's state
+    // are kept in `kept` (the same but under mixed precision: f32 master weights).
+    let s = options.compute_dtype().size_in_bytes() as u64;
+    let kept = options.dtype.size_in_bytes() as u64;
     let gradients = info.parameters * s;
     let seq = spec.seq_len(options)?.unwrap_or(0) as u64;
-    let counted = match &spec.architecture {
+    let mut counted = match &spec.architecture {
         Architecture::Mlp(c) => mlp(c, s, gradients),
         Architecture::Gpt(c) => gpt(c, seq, s, gradients),
         Architecture::Llama(c, _) => llama(c, seq, s, gradients),
@@ -69,6 +64,16 @@ pub(super) fn estimate(
             ))
         }
     };
+    if kept != s {
+        // Mixed precision: each step casts every variable to the compute dtype, and the graph
+        // keeps the casts until the step ends (docs/design.md, "Training modes"). The
+        // backward pass's gradients reach the variables through the casts, in `kept`.
+        counted.activations.fixed += info.parameters * s;
+        for term in &mut counted.backward {
+            term.fixed += gradients_kept_above(term, gradients, kept, s);
+        }
+    }
+    let gradients = info.parameters * kept;
     let transient_copies = match optimizer {
         // candle-nn's AdamW keeps 14 variable-sized tensors alive while it updates one
         // variable (its expressions are tracked, so their operands live as long as the
@@ -79,9 +84,12 @@ pub(super) fn estimate(
     Ok(Estimate {
         model: info.name,
         input: info.input,
-        dtype: info.dtype,
+        dtype: match options.amp {
+            Some(amp) => format!("{} weights, {} passes (--amp)", info.dtype, amp.as_str()),
+            None => info.dtype,
+        },
         optimizer,
-        weights_bytes: info.parameters * s,
+        weights_bytes: info.parameters * kept,
         gradients_bytes: gradients,
         optimizer_bytes: optimizer.state_copies() * gradients,
         activations: counted.activations,
@@ -95,11 +103,18 @@ pub(super) fn estimate(
             ),
             Term::new(
                 format!("{optimizer}'s transient on the largest variable"),
-                transient_copies * counted.largest_variable * s,
+                transient_copies * counted.largest_variable * kept,
                 0,
             ),
         ],
     })
+}
+
+/// What a backward moment's gradients computed so far hold more in `kept` bytes than the
+/// count in `s` bytes gave them: the moment's fixed part counts them, at most all of
+/// `gradients` (in `s`), so their share of it grows by `kept / s`.
+fn gradients_kept_above(term: &Term, gradients: u64, kept: u64, s: u64) -> u64 {
+    term.fixed.min(gradients) * kept.saturating_sub(s) / s
 }
 
 /// Bytes per element of a normalised tensor: candle-nn's differentiable LayerNorm keeps 5
