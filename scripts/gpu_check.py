@@ -155,6 +155,23 @@ def search(run, model):
               + ("bounded by memory" if not report.get("max_is_cap") else "bounded by the cap"),
               max=max_size, trials=len(trials), capacity_bytes=device["capacity_bytes"],
               meter=device.get("meter"), overhead_bytes=device.get("overhead_bytes"))
+    # The figure most wanted from a GPU: how far the estimate from shapes, which seeds the
+    # search, is from the first trial's measured peak there (candle's CUDA kernels, cuBLAS's
+    # workspaces and the pool's granularity are in the one, not the other).
+    seeding = report.get("seeding") or {}
+    first = seeding.get("first_trial") or {}
+    if first:
+        predicted, measured = first["predicted_peak_bytes"], first["measured_peak_bytes"]
+        run.check("seeding", True,
+                  f"seeded at {seeding['seed']}, {report.get('search_trials')} search trials; "
+                  f"at {first['batch_size']} the estimate predicted {predicted >> 20} MiB, the "
+                  f"trial measured {'' if first.get('complete') else '>= '}{measured >> 20} MiB "
+                  f"({(measured - predicted) / predicted:+.2%})",
+                  seed=seeding["seed"], search_trials=report.get("search_trials"),
+                  predicted_peak_bytes=predicted, measured_peak_bytes=measured,
+                  complete=first.get("complete"))
+    else:
+        run.check("seeding", False, "the search was not seeded by the estimate from shapes")
     leaks = [(t["batch_size"], t.get("leaked_bytes")) for t in trials if not t.get("predicted")]
     unclean = [l for l in leaks if l[1] not in (0,) and not (run.cpu and l[1] is None)]
     run.check("leaks", not unclean,

@@ -25,7 +25,7 @@ static ALLOCATOR: maxbatch::CountingAllocator = maxbatch::CountingAllocator::new
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging(cli.verbose);
-    keep_freed_memory();
+    maxbatch::memory::cpu::keep_freed_memory();
     match resolve::resolve(cli).and_then(commands::run) {
         Ok(code) => code,
         Err(error) => {
@@ -51,18 +51,4 @@ fn init_logging(verbose: u8) {
         .with_target(false)
         .without_time()
         .init();
-}
-
-/// Asks glibc to keep freed memory for reuse instead of handing every large block back to
-/// the kernel: trials allocate and free the same large activations step after step, and
-/// without this each one is a fresh `mmap` whose pages fault in again (a third of a CPU
-/// search's time was system time). The heap is counted by the allocator, so the figures
-/// do not change; the resident size stays at the peak.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes glibc malloc's tuning; called before any trial.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
-    }
 }

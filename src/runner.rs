@@ -50,6 +50,10 @@ pub trait TrialSource {
     /// Bytes beyond which a trial must not even be started (see
     /// [`MemoryMeter::hard_limit`]).
     fn hard_limit(&self) -> Option<u64>;
+
+    /// Makes ready the memory a trial that peaks at `peak_bytes` will use (see
+    /// [`MemoryMeter::prepare`]; default: nothing).
+    fn prepare(&mut self, _peak_bytes: u64) {}
 }
 
 /// Trials of a training step in this process, measured by a meter.
@@ -73,6 +77,10 @@ impl TrialSource for InProcessTrials<'_> {
 
     fn hard_limit(&self) -> Option<u64> {
         self.meter.hard_limit()
+    }
+
+    fn prepare(&mut self, peak_bytes: u64) {
+        self.meter.prepare(peak_bytes);
     }
 }
 
@@ -101,6 +109,12 @@ impl<'a> TrialRunner<'a> {
             stop,
             interrupted: false,
         }
+    }
+
+    /// Makes ready the memory a trial that peaks at `peak_bytes` will use (see
+    /// [`MemoryMeter::prepare`]).
+    pub fn prepare(&mut self, peak_bytes: u64) {
+        self.source.prepare(peak_bytes);
     }
 
     /// True once a trial was refused because the stop flag was set.

@@ -220,6 +220,10 @@ impl Finder {
         // Aiming past what the machine lets a trial take would only be refused.
         let aim = runner.machine_limit().map_or(capacity, |l| l.min(capacity));
         let seeding = self.seeding(&settings, &device, aim);
+        if let Some(seeding) = &seeding {
+            // The first trial's pages, touched before it is timed.
+            runner.prepare(seeding.model.peak_at(seeding.seed));
+        }
         let found = match (settings.strategy, &seeding) {
             (Strategy::Doubling, _) => search::doubling(bounds, |b| runner.run(b)),
             (Strategy::Seeded, Some(seeding)) => {

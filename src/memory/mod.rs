@@ -92,6 +92,12 @@ pub trait MemoryMeter {
     /// elsewhere this does nothing.
     fn arm_stop_points(&mut self, _at: Option<stop::StopAt>) {}
 
+    /// Makes ready the memory a trial that peaks at `peak_bytes` will use, before any trial
+    /// is timed (default: nothing). The CPU meter touches the heap up to there once, where
+    /// the allocator keeps freed memory for reuse ([`cpu::keep_freed_memory`]), so that the
+    /// first trial's step time does not include the kernel handing the process fresh pages.
+    fn prepare(&mut self, _peak_bytes: u64) {}
+
     /// Starts (`true`) or pauses (`false`) recording the built-in models' part marks on
     /// this thread (see [`parts`]): only a meter that counts the heap (the CPU's) records
     /// them. Recording allocates nothing.
