@@ -182,13 +182,11 @@ impl Plan {
     pub fn from_lines(
         trials: &[Trial],
         settings: &SearchSettings,
-        (device_kind, overhead_bytes): (DeviceKind, Option<u64>),
+        device: (DeviceKind, Option<u64>),
         memory: &Memory,
         cuda_cap: Option<usize>,
     ) -> Option<Plan> {
-        let on_gpu = device_kind == DeviceKind::Cuda;
-        let assumptions = overhead(memory, overhead_bytes.filter(|_| on_gpu));
-        let usable = usable(memory, &assumptions);
+        let (on_gpu, assumptions, usable) = on_memory(memory, device);
         let fits = |t: &Trial| t.outcome == crate::trial::Outcome::Fits;
         let spanning = search::earliest_line(trials, &fits, usable, Line::spanning)?;
         // The local slope at the top of the measurements extends best: below it the peak can
@@ -247,13 +245,11 @@ impl Plan {
         model: &StepModel,
         trials: &[Trial],
         settings: &SearchSettings,
-        (device_kind, overhead_bytes): (DeviceKind, Option<u64>),
+        device: (DeviceKind, Option<u64>),
         memory: &Memory,
         cuda_cap: Option<usize>,
     ) -> Option<Plan> {
-        let on_gpu = device_kind == DeviceKind::Cuda;
-        let assumptions = overhead(memory, overhead_bytes.filter(|_| on_gpu));
-        let usable = usable(memory, &assumptions);
+        let (on_gpu, assumptions, usable) = on_memory(memory, device);
         let (calibrated, calibration) = model.nearest_calibration(trials, usable);
         let calibration = calibration.filter(|c| c.complete)?;
         let predicted = calibrated.max_for(usable);
@@ -383,6 +379,18 @@ impl Plan {
             caveat: &self.caveat,
         }
     }
+}
+
+/// For a plan of `memory` from a search on `(device_kind, overhead_bytes)`: whether the
+/// search ran on a GPU, what comes off the memory first ([`overhead`]), and what is left.
+fn on_memory(
+    memory: &Memory,
+    (device_kind, overhead_bytes): (DeviceKind, Option<u64>),
+) -> (bool, Vec<Assumption>, u64) {
+    let on_gpu = device_kind == DeviceKind::Cuda;
+    let assumptions = overhead(memory, overhead_bytes.filter(|_| on_gpu));
+    let usable = usable(memory, &assumptions);
+    (on_gpu, assumptions, usable)
 }
 
 /// The capacity less what the assumptions take.

@@ -289,7 +289,7 @@ fn gpt(c: &GptConfig, t: u64, s: u64, gradients: u64) -> Counted {
 
 fn llama(c: &LlamaConfig, t: u64, s: u64, gradients: u64) -> Counted {
     let (backward, left_per_sample) = llama_backward(c, t, s, gradients);
-    let [v, w, q, i] = [c.vocab, c.hidden, c.heads * c.head_dim, c.intermediate].map(|n| n as u64);
+    let LlamaSizes { v, w, q, i, .. } = LlamaSizes::of(c);
     Counted {
         activations: llama_activations(c, t, s),
         backward,
@@ -298,20 +298,63 @@ fn llama(c: &LlamaConfig, t: u64, s: u64, gradients: u64) -> Counted {
     }
 }
 
+/// A Llama config's sizes as factors of byte counts: the vocabulary, width, layers, heads,
+/// key/value heads, head width and feed-forward width; the query and key/value widths; 1
+/// with q/k/v biases.
+struct LlamaSizes {
+    v: u64,
+    w: u64,
+    l: u64,
+    h: u64,
+    kv: u64,
+    hd: u64,
+    i: u64,
+    q: u64,
+    k: u64,
+    bias: u64,
+}
+
+impl LlamaSizes {
+    fn of(c: &LlamaConfig) -> Self {
+        let [v, w, l, h, kv, hd, i] = [
+            c.vocab,
+            c.hidden,
+            c.layers,
+            c.heads,
+            c.kv_heads,
+            c.head_dim,
+            c.intermediate,
+        ]
+        .map(|n| n as u64);
+        Self {
+            v,
+            w,
+            l,
+            h,
+            kv,
+            hd,
+            i,
+            q: h * hd,
+            k: kv * hd,
+            bias: u64::from(c.qkv_bias),
+        }
+    }
+}
+
 /// A Llama-style step's activations: the fixed part and the part per sample.
 fn llama_activations(c: &LlamaConfig, t: u64, s: u64) -> Term {
-    let [v, w, l, h, kv, hd, i] = [
-        c.vocab,
-        c.hidden,
-        c.layers,
-        c.heads,
-        c.kv_heads,
-        c.head_dim,
-        c.intermediate,
-    ]
-    .map(|n| n as u64);
-    let (q, k) = (h * hd, kv * hd); // the query and key/value widths
-    let bias = u64::from(c.qkv_bias);
+    let LlamaSizes {
+        v,
+        w,
+        l,
+        h,
+        kv,
+        hd,
+        i,
+        q,
+        k,
+        bias,
+    } = LlamaSizes::of(c);
     let scores = h * t * t;
     let grouped = if h > kv { 2 * t * q * s } else { 0 };
     // Per sample, one layer, in half-tensors (q's rotation keeps half a tensor, the negated
@@ -345,18 +388,17 @@ fn llama_activations(c: &LlamaConfig, t: u64, s: u64) -> Term {
 
 /// A Llama-style step's backward terms, and what its gradient store keeps per sample.
 fn llama_backward(c: &LlamaConfig, t: u64, s: u64, gradients: u64) -> (Vec<Term>, u64) {
-    let [v, w, l, h, kv, hd, i] = [
-        c.vocab,
-        c.hidden,
-        c.layers,
-        c.heads,
-        c.kv_heads,
-        c.head_dim,
-        c.intermediate,
-    ]
-    .map(|n| n as u64);
-    let (q, k) = (h * hd, kv * hd); // the query and key/value widths
-    let bias = u64::from(c.qkv_bias);
+    let LlamaSizes {
+        v,
+        w,
+        l,
+        h,
+        i,
+        q,
+        k,
+        bias,
+        ..
+    } = LlamaSizes::of(c);
     let scores = h * t * t;
     let embed = if c.tie_embeddings { 0 } else { v * w * s };
     let norm = w * s;

@@ -7,7 +7,7 @@
 //! transitions are the paragraphs of [`toward_threshold`]'s description.
 
 use super::line::{self, to_size, TRUSTED_REACH};
-use super::{bisect, probe_error, Bounds, Found, Measured, SearchError};
+use super::{bisect, found, probe_error, Bounds, Found, Measured, SearchError};
 
 /// The guided search: `bounds.start`, then the sizes [`toward_threshold`] chooses from the
 /// measured peaks against `capacity` (see [`Strategy::Guided`](super::Strategy::Guided)).
@@ -49,14 +49,7 @@ where
     } else {
         bisect(0, bounds.start, &mut probe, |t: &T| t.fits(), &mut trials)
     };
-    match result {
-        Ok(0) => Err(SearchError::NothingFits { trials }),
-        Ok(max_batch_size) => Ok(Found {
-            trials,
-            max_batch_size,
-        }),
-        Err((batch_size, error)) => Err(probe_error(batch_size, error, trials)),
-    }
+    found(result, trials)
 }
 
 /// The share of the way from the largest measured size to a far prediction that the

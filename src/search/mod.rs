@@ -226,6 +226,22 @@ where
     Ok(good)
 }
 
+/// A search's outcome from its answer (0: nothing fits) or the probe's error, with its
+/// trials.
+fn found<T, E>(
+    result: Result<usize, (usize, E)>,
+    trials: Vec<T>,
+) -> Result<Found<T>, SearchError<T, E>> {
+    match result {
+        Ok(0) => Err(SearchError::NothingFits { trials }),
+        Ok(max_batch_size) => Ok(Found {
+            trials,
+            max_batch_size,
+        }),
+        Err((batch_size, error)) => Err(probe_error(batch_size, error, trials)),
+    }
+}
+
 fn probe_error<T, E>(batch_size: usize, error: E, trials: Vec<T>) -> SearchError<T, E> {
     SearchError::Probe {
         batch_size,

@@ -13,7 +13,7 @@
 
 use super::guided::{toward_threshold, Boundary, Bracket};
 use super::model::StepModel;
-use super::{probe_error, Bounds, Found, Measured, SearchError};
+use super::{found, Bounds, Found, Measured, SearchError};
 
 /// Why a trial runs: what its failure has to tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,14 +61,7 @@ where
         |t: &T| t.fits(),
         &mut trials,
     );
-    match result {
-        Ok(0) => Err(SearchError::NothingFits { trials }),
-        Ok(max_batch_size) => Ok(Found {
-            trials,
-            max_batch_size,
-        }),
-        Err((batch_size, error)) => Err(probe_error(batch_size, error, trials)),
-    }
+    found(result, trials)
 }
 
 /// The largest size above `from.good` (0: none known) and below `from.bad` whose trial
