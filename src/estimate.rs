@@ -20,6 +20,7 @@
 //! `tests/estimate.rs`.
 
 pub mod families;
+mod lora;
 
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +80,10 @@ pub struct Estimate {
     pub dtype: String,
     /// The optimizer.
     pub optimizer: OptimizerKind,
+    /// What is trained when not every weight is, e.g. "LoRA rank 8 (alpha 16) on
+    /// attn.c_attn".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapters: Option<String>,
     /// The weights' bytes.
     pub weights_bytes: u64,
     /// The gradients' bytes (one per trained weight).
@@ -252,6 +257,7 @@ mod tests {
             input: "x".into(),
             dtype: "f32".into(),
             optimizer: OptimizerKind::AdamW,
+            adapters: None,
             weights_bytes: 100,
             gradients_bytes: 100,
             optimizer_bytes: 200,

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use maxbatch::estimate::Estimate;
+use maxbatch::models::lora::LoraOptions;
 use maxbatch::models::{ModelOptions, ModelSource, ModelSpec};
 use maxbatch::{CountingAllocator, CpuMeter, Finder, OptimizerKind, Silent, Workload};
 
@@ -28,6 +29,8 @@ struct Case {
     peak_only: bool,
     /// Mixed precision: f32 weights, bf16 passes.
     amp: bool,
+    /// LoRA: the rank and the targets (none: the family's default).
+    lora: Option<(usize, &'static [&'static str])>,
 }
 
 fn case(model: &'static str, seq_len: usize, batch_size: usize) -> Case {
@@ -39,6 +42,7 @@ fn case(model: &'static str, seq_len: usize, batch_size: usize) -> Case {
         dtype: DType::F32,
         peak_only: false,
         amp: false,
+        lora: None,
     }
 }
 
@@ -53,6 +57,14 @@ impl Case {
     fn bf16(self) -> Case {
         Case {
             dtype: DType::BF16,
+            ..self
+        }
+    }
+
+    /// LoRA at `rank` on `targets` (none: the family's default), alpha 16.
+    fn lora(self, rank: usize, targets: &'static [&'static str]) -> Case {
+        Case {
+            lora: Some((rank, targets)),
             ..self
         }
     }
@@ -96,6 +108,11 @@ fn errors(case: &Case) -> [f64; 3] {
         seq_len: case.seq_len,
         dtype: case.dtype,
         amp: case.amp.then_some(DType::BF16),
+        lora: case.lora.map(|(rank, targets)| LoraOptions {
+            rank,
+            alpha: 16,
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+        }),
         ..ModelOptions::default()
     };
     let estimate = Estimate::new(&spec, &options, case.optimizer).unwrap();
@@ -129,7 +146,7 @@ fn errors(case: &Case) -> [f64; 3] {
         case.seq_len.map_or("-".into(), |t| t.to_string()),
         case.batch_size,
         case.optimizer.to_string(),
-        if case.amp { "amp" } else { case.dtype.as_str() },
+        label(case),
         errors[0] * 100.0,
         errors[1] * 100.0,
         errors[2] * 100.0,
@@ -137,6 +154,18 @@ fn errors(case: &Case) -> [f64; 3] {
         estimate.peak(case.batch_size).set_by,
     );
     errors
+}
+
+/// The case's training mode: its dtype, `amp`, or `lora N` with its targets.
+fn label(case: &Case) -> String {
+    match case.lora {
+        Some((rank, [])) => format!("{} lora {rank}", case.dtype.as_str()),
+        Some((rank, targets)) => {
+            format!("{} lora {rank} {}", case.dtype.as_str(), targets.join(","))
+        }
+        None if case.amp => "amp".into(),
+        None => case.dtype.as_str().into(),
+    }
 }
 
 fn check_within(cases: &[Case], bound: f64) {
@@ -159,7 +188,7 @@ fn check_within(cases: &[Case], bound: f64) {
                     case.seq_len,
                     case.batch_size,
                     case.optimizer,
-                    if case.amp { "amp" } else { case.dtype.as_str() },
+                    label(case),
                     e * 100.0
                 ));
             }
@@ -172,7 +201,7 @@ fn check_within(cases: &[Case], bound: f64) {
 /// Every built-in model the estimate counts and the small configs, each where a different
 /// moment sets the backward pass's peak (a weight's gradient, a ReLU's, the loss's, the
 /// output head's, a block's attention or feed-forward gradients, the embeddings'), within
-/// 5% at every phase boundary; then the same under mixed precision. One test: the meter
+/// 5% at every phase boundary; then the same under mixed precision and under LoRA. One test: the meter
 /// counts the whole process, so no other test may run beside it.
 #[test]
 fn the_estimate_is_within_five_percent_of_the_measured_peaks() {
@@ -199,6 +228,7 @@ fn the_estimate_is_within_five_percent_of_the_measured_peaks() {
     ]
     .into_iter()
     .chain(mixed_precision_cases())
+    .chain(lora_cases())
     .collect();
     check_within(&cases, 0.05);
 }
@@ -223,6 +253,33 @@ fn mixed_precision_cases() -> Vec<Case> {
     ]
 }
 
+/// LoRA (`--lora-rank`) on both families: the default targets, every linear layer, and
+/// targets whose first adapter lies later in the first block (so more of it is untracked), at
+/// ranks 4 to 64, both optimizers, f32 and bf16, within 5% at every phase boundary.
+fn lora_cases() -> Vec<Case> {
+    vec![
+        case("transformer-tiny", 32, 8).lora(8, &[]),
+        case("transformer-tiny", 64, 16).lora(8, &["all-linear"]),
+        case("transformer-tiny", 64, 8).lora(8, &["attn.c_proj"]),
+        case("transformer-tiny", 64, 8).lora(8, &["mlp.c_proj"]),
+        case("transformer-tiny", 16, 1).lora(64, &[]),
+        case("transformer-tiny", 32, 8).bf16().lora(8, &[]),
+        case("transformer-small", 128, 2).lora(8, &[]),
+        case("wide-ffn-gpt2.json", 128, 4).lora(8, &[]),
+        case("tiny-llama.json", 64, 8).lora(8, &[]),
+        case("tiny-llama.json", 64, 8).lora(8, &["all-linear"]),
+        case("tiny-llama.json", 64, 8).lora(8, &["k_proj"]),
+        case("tiny-llama.json", 64, 8).lora(8, &["o_proj"]),
+        case("tiny-llama.json", 64, 8).lora(8, &["down_proj"]),
+        case("tiny-llama.json", 128, 8)
+            .sgd()
+            .lora(4, &["gate_proj", "down_proj"]),
+        case("tiny-qwen2.json", 128, 2).bf16().lora(8, &[]),
+        case("held-out-llama.json", 32, 8).lora(16, &[]),
+        case("wide-mlp-llama.json", 32, 4).lora(8, &[]),
+    ]
+}
+
 /// The README's table: the larger models (about 16 GiB and ten minutes on two cores).
 #[test]
 #[ignore = "large: run with --ignored for the README's table"]
@@ -240,6 +297,8 @@ fn larger_models_for_the_readme() {
             case("smollm2-135m.json", 128, 2).sgd(),
             case("smollm2-135m.json", 128, 4).bf16(),
             case("qwen2-0.5b.json", 64, 1),
+            case("smollm2-135m.json", 128, 2).lora(8, &[]),
+            case("smollm2-135m.json", 256, 1).lora(8, &["all-linear"]),
             case("mlp", 0, 1024).bf16().peak_only(),
             case("mlp", 0, 8192).bf16().peak_only(),
         ],

@@ -15,16 +15,16 @@ use crate::models::transformer::GptConfig;
 use crate::models::{Architecture, ModelOptions, ModelSpec};
 use crate::workload::OptimizerKind;
 
-const F32: u64 = 4;
+pub(super) const F32: u64 = 4;
 
 /// The counts of one architecture: what the forward pass keeps, the backward pass's
 /// moments, what the gradient store keeps past the pass (per sample), and the largest
 /// trained variable's elements.
-struct Counted {
-    activations: Term,
-    backward: Vec<Term>,
-    left_per_sample: u64,
-    largest_variable: u64,
+pub(super) struct Counted {
+    pub(super) activations: Term,
+    pub(super) backward: Vec<Term>,
+    pub(super) left_per_sample: u64,
+    pub(super) largest_variable: u64,
 }
 
 pub(super) fn estimate(
@@ -32,12 +32,14 @@ pub(super) fn estimate(
     options: &ModelOptions,
     optimizer: OptimizerKind,
 ) -> Result<Estimate, Error> {
-    if let Some(lora) = &options.lora {
+    let adapters = spec.adapters(options)?;
+    let lora = !adapters.adapted().is_empty();
+    if lora && options.amp.is_some() {
         return Err(Error::setting(
             Setting::LoraRank,
-            lora.rank,
-            "the estimate counts full training, not $LoraRank yet; a search or `maxbatch \
-             check` measures it",
+            adapters.rank(),
+            "the estimate counts $LoraRank in one dtype, not under --amp yet; a search or \
+             `maxbatch check` measures it",
         ));
     }
     let info = spec.info(options)?;
@@ -45,11 +47,16 @@ pub(super) fn estimate(
     // are kept in `kept` (the same but under mixed precision: f32 master weights).
     let s = options.compute_dtype().size_in_bytes() as u64;
     let kept = options.dtype.size_in_bytes() as u64;
-    let gradients = info.parameters * s;
+    // What is trained: every weight, or under LoRA only the adapters (the other weights are
+    // held, frozen, with no gradient and no optimizer state).
+    let trained = info.trainable_parameters.unwrap_or(info.parameters);
+    let gradients = trained * s;
     let seq = spec.seq_len(options)?.unwrap_or(0) as u64;
     let mut counted = match &spec.architecture {
         Architecture::Mlp(c) => mlp(c, s, gradients),
+        Architecture::Gpt(c) if lora => super::lora::gpt(c, seq, s, &adapters),
         Architecture::Gpt(c) => gpt(c, seq, s, gradients),
+        Architecture::Llama(c, _) if lora => super::lora::llama(c, seq, s, &adapters),
         Architecture::Llama(c, _) => llama(c, seq, s, gradients),
         Architecture::ResNet(_) => {
             return Err(Error::setting(
@@ -73,7 +80,7 @@ pub(super) fn estimate(
             term.fixed += gradients_kept_above(term, gradients, kept, s);
         }
     }
-    let gradients = info.parameters * kept;
+    let gradients = trained * kept;
     let transient_copies = match optimizer {
         // candle-nn's AdamW keeps 14 variable-sized tensors alive while it updates one
         // variable (its expressions are tracked, so their operands live as long as the
@@ -89,6 +96,7 @@ pub(super) fn estimate(
             None => info.dtype,
         },
         optimizer,
+        adapters: info.adapters,
         weights_bytes: info.parameters * kept,
         gradients_bytes: gradients,
         optimizer_bytes: optimizer.state_copies() * gradients,
@@ -120,7 +128,7 @@ fn gradients_kept_above(term: &Term, gradients: u64, kept: u64, s: u64) -> u64 {
 /// Bytes per element of a normalised tensor: candle-nn's differentiable LayerNorm keeps 5
 /// tensors of its input's shape (centred, squared, normalised, scaled, shifted), computing
 /// in f32; in a half dtype it also keeps the f32 copy and the cast back.
-fn layer_norm_bytes(s: u64) -> u64 {
+pub(super) fn layer_norm_bytes(s: u64) -> u64 {
     if s == F32 {
         5 * F32
     } else {
@@ -129,7 +137,7 @@ fn layer_norm_bytes(s: u64) -> u64 {
 }
 
 /// The same for RMSNorm: squared, normalised, scaled (and the casts in a half dtype).
-fn rms_norm_bytes(s: u64) -> u64 {
+pub(super) fn rms_norm_bytes(s: u64) -> u64 {
     if s == F32 {
         3 * F32
     } else {
@@ -140,7 +148,7 @@ fn rms_norm_bytes(s: u64) -> u64 {
 /// What the loss keeps per token: the logits, their f32 copy in a half dtype, and
 /// log-softmax's three f32 tensors of the vocabulary's width (centred, exponentiated, the
 /// result) and four f32 columns (max, sum, log, the gathered target).
-fn loss_bytes(vocab: u64, s: u64) -> u64 {
+pub(super) fn loss_bytes(vocab: u64, s: u64) -> u64 {
     let copy = if s == F32 { 0 } else { vocab * F32 };
     vocab * s + copy + 3 * vocab * F32 + 4 * F32
 }
@@ -215,28 +223,38 @@ fn decoder_ends(t: u64, v: u64, w: u64, s: u64, gradients: u64, left: u64) -> [T
     ]
 }
 
-fn gpt(c: &GptConfig, t: u64, s: u64, gradients: u64) -> Counted {
-    let [v, ctx, w, l, h, f] =
-        [c.vocab, c.context, c.width, c.layers, c.heads, c.ffn].map(|n| n as u64);
-    let scores = h * t * t; // one block's attention scores per sample
-                            // Per sample, one block: 18 [T, C] outside the norms (the fused projection and its bias
-                            // sum, q, k and v copies, q scaled, the attention's output and its copy, the
-                            // projection and its sum, the residual, the FFN's down projection and its sum, the
-                            // residual), two LayerNorms, 3 [T, F] (up, its sum, GELU), 5 score-sized tensors (scores,
-                            // masked, centred, exponentiated, normalised), and the columns of the norms and softmax.
-    let block = 18 * t * w * s
+/// One GPT block's activations per sample: 18 [T, C] outside the norms (the fused projection
+/// and its bias sum, q, k and v copies, q scaled, the attention's output and its copy, the
+/// projection and its sum, the residual, the FFN's down projection and its sum, the
+/// residual), two LayerNorms, 3 [T, F] (up, its sum, GELU), 5 score-sized tensors (scores,
+/// masked, centred, exponentiated, normalised), and the columns of the norms and softmax.
+pub(super) fn gpt_block_bytes(c: &GptConfig, t: u64, s: u64) -> u64 {
+    let [w, h, f] = [c.width, c.heads, c.ffn].map(|n| n as u64);
+    18 * t * w * s
         + 2 * t * w * layer_norm_bytes(s)
         + 3 * t * f * s
-        + 5 * scores * s
+        + 5 * h * t * t * s
         + 12 * t * F32
-        + 2 * h * t * s;
+        + 2 * h * t * s
+}
+
+/// A GPT step's activations: the fixed part and the part per sample.
+pub(super) fn gpt_activations(c: &GptConfig, t: u64, s: u64) -> Term {
+    let [v, w, l] = [c.vocab, c.width, c.layers].map(|n| n as u64);
     let per_sample = 2 * t * F32 // ids and targets
         + 2 * t * w * s // token embeddings and their sum with the positions
-        + l * block
+        + l * gpt_block_bytes(c, t, s)
         + t * w * layer_norm_bytes(s) + 6 * t * F32 // the final LayerNorm
         + t * loss_bytes(v, s);
     // The positions' embeddings, the mask, and the stop points' copies of the norm weights.
     let fixed = t * w * s + t * t * s + 4 * t + (2 * l + 1) * w * s;
+    Term::new("activations", fixed, per_sample)
+}
+
+fn gpt(c: &GptConfig, t: u64, s: u64, gradients: u64) -> Counted {
+    let [v, ctx, w, l, h, f] =
+        [c.vocab, c.context, c.width, c.layers, c.heads, c.ffn].map(|n| n as u64);
+    let scores = h * t * t; // one block's attention scores per sample
 
     // The parameters of block 0 in the order its backward pass reaches them.
     let norm = 2 * w * s;
@@ -277,7 +295,7 @@ fn gpt(c: &GptConfig, t: u64, s: u64, gradients: u64) -> Counted {
         ),
     ]);
     Counted {
-        activations: Term::new("activations", fixed, per_sample),
+        activations: gpt_activations(c, t, s),
         backward,
         left_per_sample: left(l),
         largest_variable: [v * w, ctx * w, w * f, 3 * w * w]
@@ -301,21 +319,21 @@ fn llama(c: &LlamaConfig, t: u64, s: u64, gradients: u64) -> Counted {
 /// A Llama config's sizes as factors of byte counts: the vocabulary, width, layers, heads,
 /// key/value heads, head width and feed-forward width; the query and key/value widths; 1
 /// with q/k/v biases.
-struct LlamaSizes {
-    v: u64,
-    w: u64,
-    l: u64,
-    h: u64,
-    kv: u64,
-    hd: u64,
-    i: u64,
-    q: u64,
-    k: u64,
-    bias: u64,
+pub(super) struct LlamaSizes {
+    pub(super) v: u64,
+    pub(super) w: u64,
+    pub(super) l: u64,
+    pub(super) h: u64,
+    pub(super) kv: u64,
+    pub(super) hd: u64,
+    pub(super) i: u64,
+    pub(super) q: u64,
+    pub(super) k: u64,
+    pub(super) bias: u64,
 }
 
 impl LlamaSizes {
-    fn of(c: &LlamaConfig) -> Self {
+    pub(super) fn of(c: &LlamaConfig) -> Self {
         let [v, w, l, h, kv, hd, i] = [
             c.vocab,
             c.hidden,
@@ -342,7 +360,7 @@ impl LlamaSizes {
 }
 
 /// A Llama-style step's activations: the fixed part and the part per sample.
-fn llama_activations(c: &LlamaConfig, t: u64, s: u64) -> Term {
+pub(super) fn llama_activations(c: &LlamaConfig, t: u64, s: u64) -> Term {
     let LlamaSizes {
         v,
         w,

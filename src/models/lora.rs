@@ -100,6 +100,11 @@ impl Adapters {
         })
     }
 
+    /// The adapters' rank (0 without adapters).
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
     /// The adapted layers' names in a block.
     pub fn adapted(&self) -> &[&'static str] {
         &self.adapted

@@ -42,13 +42,17 @@ pub fn render(
 fn terms(estimate: &Estimate) -> String {
     let a = &estimate.activations;
     format!(
-        "{}: {}, {}, {}. PREDICTED from the shapes alone: nothing ran.\n\n  \
+        "{}: {}, {}, {}{}. PREDICTED from the shapes alone: nothing ran.\n\n  \
          weights           {}\n  gradients         {}\n  optimizer state   {}\n  \
          activations       {} + {} per sample (what the forward pass keeps)\n\n",
         estimate.model,
         estimate.input,
         estimate.dtype,
         estimate.optimizer,
+        estimate
+            .adapters
+            .as_ref()
+            .map_or(String::new(), |a| format!(", {a}")),
         bytes(estimate.weights_bytes),
         bytes(estimate.gradients_bytes),
         bytes(estimate.optimizer_bytes),

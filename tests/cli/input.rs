@@ -53,7 +53,7 @@ fn a_model_it_does_not_know_is_one_clear_line_and_exit_2() {
     ] {
         fails_cleanly(&["--model", name, "--device", "cpu"], needle);
     }
-    // The estimate's uncounted training mode is named, with what measures it.
+    // The estimate's uncounted combination is named, with what measures it.
     fails_cleanly(
         &[
             "estimate",
@@ -61,8 +61,10 @@ fn a_model_it_does_not_know_is_one_clear_line_and_exit_2() {
             "transformer-tiny",
             "--lora-rank",
             "8",
+            "--amp",
+            "bf16",
         ],
-        "not --lora-rank yet; a search or `maxbatch check` measures it",
+        "not under --amp yet; a search or `maxbatch check` measures it",
     );
 }
 

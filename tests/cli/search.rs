@@ -174,6 +174,11 @@ fn a_built_in_model_is_seeded_by_its_estimate_and_the_answer_is_exact() {
     for model in [
         tiny(),
         crate::common::with_room(&["--model", "mlp", "--device", "cpu"], 200 * MIB),
+        // LoRA: the estimate counts the frozen weights and the adapters (docs/design.md).
+        tiny()
+            .into_iter()
+            .chain(["--lora-rank", "8", "--lora-targets", "all-linear"].map(String::from))
+            .collect(),
     ] {
         let output = maxbatch()
             .args(&model)

@@ -1,0 +1,354 @@
+//! The counts under LoRA (`--lora-rank`): every base weight is a plain tensor, so candle's
+//! graph starts at the first adapter and the backward pass stops there; no frozen weight
+//! gets a gradient (`models::lora::matmul_frozen_t`), but every tensor that is not a variable
+//! and meets a tracked one keeps its gradient until the pass ends (docs/design.md, "The
+//! estimate from shapes"). Counted from the full-training counts of [`super::families`]:
+//!
+//! - the forward pass keeps what full training keeps, less the untracked prefix (the
+//!   embeddings and the first block up to its first adapter), plus each adapter's
+//!   `x Aᵀ`, `(x Aᵀ) Bᵀ`, its scaled copy and the sum with the frozen output;
+//! - the gradient store keeps, per block, a tensor for each frozen bias and the mask, five
+//!   for a LayerNorm's frozen scale and shift (four for an RMSNorm's scale, the rotation's
+//!   products as in full training), and for an adapter whose input is untracked, its input's
+//!   gradient chain and the frozen output's gradient;
+//! - the backward pass's moments are full training's without the weights' gradients.
+//!
+//! `s` is the dtype's bytes, `t` the tokens, `r` the rank; per-sample counts.
+
+use super::families::{
+    gpt_activations, layer_norm_bytes, llama_activations, rms_norm_bytes, Counted, LlamaSizes, F32,
+};
+use super::Term;
+use crate::models::llama::LlamaConfig;
+use crate::models::lora::{Adapters, LinearShape};
+use crate::models::transformer::GptConfig;
+
+/// The adapters' own forward tensors per sample for the adapted layers among `linears`:
+/// `x Aᵀ` [T, r], `(x Aᵀ) Bᵀ`, its scaled copy and the sum, each [T, out].
+fn adapter_activations(adapters: &Adapters, linears: &[LinearShape], t: u64, s: u64) -> u64 {
+    let r = adapters.rank() as u64;
+    adapted(adapters, linears)
+        .map(|&(_, _, out)| (r + 3 * out as u64) * t * s)
+        .sum()
+}
+
+fn adapted<'a>(
+    adapters: &'a Adapters,
+    linears: &'a [LinearShape],
+) -> impl Iterator<Item = &'a LinearShape> + 'a {
+    linears
+        .iter()
+        .filter(|(name, ..)| adapters.adapted().contains(name))
+}
+
+/// The largest adapter variable's elements (`A` [r, in] or `B` [out, r]).
+fn largest_adapter(adapters: &Adapters, linears: &[LinearShape]) -> u64 {
+    let r = adapters.rank() as u64;
+    adapted(adapters, linears)
+        .map(|&(_, i, o)| r * i.max(o) as u64)
+        .max()
+        .unwrap_or(0)
+}
+
+/// What an adapter whose input is not tracked leaves in the gradient store per sample: its
+/// input's gradient (the product, the zeros and the sum, [T, in] each), the gradient of
+/// `x Aᵀ` it keeps, and the frozen output's gradient [T, out].
+fn untracked_input_left(adapters: &Adapters, (_, inputs, out): LinearShape, t: u64, s: u64) -> u64 {
+    let r = adapters.rank() as u64;
+    (3 * inputs as u64 + r + out as u64) * t * s
+}
+
+/// A GPT model under LoRA.
+pub(super) fn gpt(c: &GptConfig, t: u64, s: u64, adapters: &Adapters) -> Counted {
+    let [v, w, l, h, f] = [c.vocab, c.width, c.layers, c.heads, c.ffn].map(|n| n as u64);
+    let linears = c.linears(); // c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, in order
+    let first = linears
+        .iter()
+        .position(|(name, ..)| adapters.adapted().contains(name))
+        .unwrap_or(0);
+    let scores = h * t * t;
+    let norm = t * w * layer_norm_bytes(s) + 6 * t * F32; // a LayerNorm with its columns
+    let core = 6 * t * w * s + 5 * scores * s + 2 * h * t * s; // q, k, v to the attention's output
+
+    // The untracked prefix: the token embeddings always; block 0 up to its first adapter,
+    // less the tensors a tracked op still keeps (the adapter's input, the residual).
+    let mut prefix = t * w * s;
+    prefix += match first {
+        0 => norm - t * w * s + 3 * t * w * s,
+        1 => norm + 6 * t * w * s + core - t * w * s + t * w * s,
+        _ => {
+            let attention = norm + 6 * t * w * s + core + 2 * t * w * s + t * w * s;
+            if first == 2 {
+                attention + norm - t * w * s + t * f * s
+            } else {
+                attention + norm + 2 * t * f * s + t * w * s
+            }
+        }
+    };
+    let full = gpt_activations(c, t, s);
+    let activations = Term::new(
+        "activations",
+        // The positions' embeddings and the untracked norms' weight copies are freed.
+        full.fixed - t * w * s - if first <= 1 { w * s } else { 2 * w * s },
+        full.per_sample - prefix + l * adapter_activations(adapters, &linears, t, s),
+    );
+
+    // The gradient store, per sample: a tracked block keeps the mask's gradient, five per
+    // LayerNorm and one per frozen bias.
+    let block_left = (scores + 15 * t * w + t * f) * s;
+    let first_left = untracked_input_left(adapters, linears[first], t, s)
+        + match first {
+            0 => (scores + 7 * t * w + t * f) * s,
+            1 => (6 * t * w + t * f) * s,
+            2 => t * w * s,
+            _ => 0,
+        };
+    let final_norm = 5 * t * w * s;
+    let left = final_norm + l.saturating_sub(1) * block_left + first_left;
+    let upper = final_norm + l.saturating_sub(1) * block_left; // before block 0's backward
+
+    let second = final_norm + l.saturating_sub(2) * block_left; // before block 1's
+    let feed_forward = (21 * t * f + 2 * t * w) * s;
+    let attention = (11 * scores + 5 * t * w) * s + (7 * t * w + t * f) * s;
+    let backward = Backward {
+        noun: "block",
+        t,
+        s,
+        vocab: v,
+        width: w,
+        layers: l,
+        upper,
+        second,
+        left,
+    }
+    .terms(
+        adapters,
+        &linears,
+        [
+            ("feed-forward", feed_forward, first <= 2),
+            ("attention", attention, first == 0),
+        ],
+    );
+    Counted {
+        activations,
+        backward,
+        left_per_sample: left,
+        largest_variable: largest_adapter(adapters, &linears),
+    }
+}
+
+/// A Llama-style model under LoRA.
+pub(super) fn llama(c: &LlamaConfig, t: u64, s: u64, adapters: &Adapters) -> Counted {
+    let LlamaSizes {
+        v,
+        w,
+        l,
+        h,
+        kv,
+        hd,
+        i,
+        q,
+        k,
+        bias,
+    } = LlamaSizes::of(c);
+    let linears = c.linears(); // q, k, v, o, gate, up, down, in order
+    let is = |n: usize| adapters.adapted().contains(&linears[n].0);
+    // Which part of the first layer the graph starts in: its attention's projections, its
+    // output projection, the MLP's gate or up projection, or its down projection.
+    let group = [0, 0, 0, 1, 2, 2, 3];
+    let first = (0..7).find(|&n| is(n)).map_or(0, |n| group[n]);
+    let scores = h * t * t;
+    let grouped = h > kv;
+    let norm = t * w * rms_norm_bytes(s) + 4 * t * F32; // an RMSNorm with its columns
+                                                        // In half-tensors of [T, q] or [T, k] (see `llama_activations`): q's chain to its scaled
+                                                        // copy, k's to its rotation, v's projection and copy.
+    let (q_chain, k_chain, v_chain) = (15 + 2 * bias, 13 + 2 * bias, 4 + 2 * bias);
+    let softmax = 5 * scores * s + 2 * h * t * s;
+
+    // The untracked prefix of the first layer, per sample, and the rotary tables' copies
+    // (two per rotated chain) that are untracked with it.
+    let (mut prefix, mut tables) = (0, 0);
+    let (q_in, k_in, v_in) = (is(0), is(1), is(2));
+    let scored = q_in || k_in; // the scores are tracked
+    if first == 0 {
+        prefix += norm - t * w * s; // its output is the adapters' input
+        if !q_in {
+            // Freed but for the scaled copy the scores keep.
+            prefix += (q_chain - if scored { 2 } else { 0 }) * t * q * s / 2;
+            tables += 2;
+        }
+        if !k_in {
+            let kept = if scored && !grouped { 2 } else { 0 };
+            prefix += (k_chain - kept) * t * k * s / 2;
+            tables += 2;
+        }
+        if !v_in {
+            let kept = if grouped { 0 } else { 2 };
+            prefix += (v_chain - kept) * t * k * s / 2;
+        }
+        if !scored {
+            // Only the normalised weights, which the tracked product with v keeps.
+            prefix += softmax - scores * s;
+            if grouped {
+                prefix += t * q * s; // k repeated
+            }
+        }
+    } else {
+        let attention = norm
+            + (q_chain * q + (k_chain + v_chain) * k) * t * s / 2
+            + if grouped { 2 * t * q * s } else { 0 }
+            + softmax
+            + 2 * t * q * s;
+        tables += 4;
+        prefix += match first {
+            1 => attention - t * q * s, // the attention's output copy is o's input
+            _ => {
+                let through = attention + t * w * s + t * w * s; // o, and the embeddings
+                if first == 2 {
+                    through + norm - t * w * s + if is(4) { 0 } else { t * i * s }
+                } else {
+                    through + norm + 3 * t * i * s
+                }
+            }
+        };
+    }
+    let full = llama_activations(c, t, s);
+    let activations = Term::new(
+        "activations",
+        full.fixed - tables * t * hd * s - if first <= 1 { w * s } else { 2 * w * s },
+        full.per_sample - prefix + l * adapter_activations(adapters, &linears, t, s),
+    );
+
+    // The gradient store, per sample: a tracked layer keeps the mask's gradient, the
+    // rotation's four products' (four tensors each), four per RMSNorm, one per frozen bias.
+    let layer_left = (scores + 8 * t * (q + k) + 8 * t * w + bias * t * (q + 2 * k)) * s;
+    let untracked: u64 = match first {
+        0 => [0, 1, 2]
+            .into_iter()
+            .filter(|&n| is(n))
+            .map(|n| untracked_input_left(adapters, linears[n], t, s))
+            .sum(),
+        1 => untracked_input_left(adapters, linears[3], t, s),
+        2 => [4, 5]
+            .into_iter()
+            .filter(|&n| is(n))
+            .map(|n| untracked_input_left(adapters, linears[n], t, s))
+            .sum(),
+        _ => untracked_input_left(adapters, linears[6], t, s),
+    };
+    let first_left = untracked
+        + match first {
+            0 => {
+                let rotated = if q_in { 8 * t * q } else { 0 } + if k_in { 8 * t * k } else { 0 };
+                (if scored { scores } else { 0 } + rotated + 4 * t * w) * s
+            }
+            1 => 4 * t * w * s,
+            // The gated product keeps four [T, I] for its untracked operand.
+            2 if is(4) != is(5) => 4 * t * i * s,
+            _ => 0,
+        };
+    let final_norm = 4 * t * w * s;
+    let upper = final_norm + l.saturating_sub(1) * layer_left;
+    let left = upper + first_left;
+
+    let second = final_norm + l.saturating_sub(2) * layer_left; // before layer 1's
+    let mlp = (14 * t * i + 2 * t * w) * s;
+    let attention = (11 * scores + 3 * t * w) * s + 4 * t * w * s;
+    let backward = Backward {
+        noun: "layer",
+        t,
+        s,
+        vocab: v,
+        width: w,
+        layers: l,
+        upper,
+        second,
+        left,
+    }
+    .terms(
+        adapters,
+        &linears,
+        [
+            ("MLP", mlp, first <= 2),
+            ("attention", attention, first == 0 && scored),
+        ],
+    );
+    Counted {
+        activations,
+        backward,
+        left_per_sample: left,
+        largest_variable: largest_adapter(adapters, &linears),
+    }
+}
+
+/// What the backward pass's moments under LoRA are made of, per sample: what the gradient
+/// store keeps before the first block's backward (`upper`), before the second's (`second`)
+/// and at the end (`left`).
+struct Backward {
+    noun: &'static str,
+    t: u64,
+    s: u64,
+    vocab: u64,
+    width: u64,
+    layers: u64,
+    upper: u64,
+    second: u64,
+    left: u64,
+}
+
+impl Backward {
+    /// The moments: the loss's gradient, the frozen head's input gradient, each of a block's
+    /// `(what, bytes per sample, tracked in the first block)` moments in the first block where
+    /// it is tracked (the second, with less kept by then, where the first's is not), an
+    /// adapter's weight gradient, and the end of the pass. Each carries the adapters'
+    /// gradients computed by then.
+    fn terms(
+        &self,
+        adapters: &Adapters,
+        linears: &[LinearShape],
+        moments: [(&str, u64, bool); 2],
+    ) -> Vec<Term> {
+        let Self { t, s, .. } = *self;
+        let r = adapters.rank() as u64;
+        let per_block = adapters.parameters_per_block(linears) * s;
+        let all = self.layers * per_block;
+        let mut terms = vec![
+            Term::new("the loss's gradient", 0, 7 * t * self.vocab * F32),
+            Term::new(
+                "the output head's input gradient",
+                0,
+                t * (self.vocab + self.width) * s,
+            ),
+        ];
+        for (what, bytes, tracked_in_first) in moments {
+            if tracked_in_first {
+                terms.push(Term::new(
+                    format!("the first {}'s {what} gradients", self.noun),
+                    self.layers.saturating_sub(1) * per_block,
+                    bytes + self.upper,
+                ));
+            } else if self.layers >= 2 {
+                terms.push(Term::new(
+                    format!("the second {}'s {what} gradients", self.noun),
+                    self.layers.saturating_sub(2) * per_block,
+                    bytes + self.second,
+                ));
+            }
+        }
+        // The widest adapter's `A` gradient: per sample, the gradient of its batch-broadcast
+        // [in, r] with its zeros and sum, and its input's and `x Aᵀ`'s gradients; then the
+        // product, the zeros and the sum of the variable's size with the transposed view's
+        // zeros and sum (5 copies, as for a weight in full training).
+        let inputs = adapted(adapters, linears)
+            .map(|&(_, i, _)| i as u64)
+            .max()
+            .unwrap_or(0);
+        terms.push(Term::new(
+            "an adapter's weight gradient",
+            all + 5 * largest_adapter(adapters, linears) * s,
+            (3 * inputs * r + t * (inputs + r)) * s + self.left,
+        ));
+        terms.push(Term::new("the adapters' gradients", all, self.left));
+        terms
+    }
+}
