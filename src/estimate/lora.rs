@@ -32,6 +32,7 @@ fn adapter_activations(adapters: &Adapters, linears: &[LinearShape], t: u64, s: 
         .sum()
 }
 
+/// The adapted layers among `linears`.
 fn adapted<'a>(
     adapters: &'a Adapters,
     linears: &'a [LinearShape],
@@ -103,23 +104,21 @@ pub(super) fn gpt(c: &GptConfig, t: u64, s: u64, adapters: &Adapters) -> Counted
             2 => t * w * s,
             _ => 0,
         };
-    let final_norm = 5 * t * w * s;
-    let left = final_norm + l.saturating_sub(1) * block_left + first_left;
-    let upper = final_norm + l.saturating_sub(1) * block_left; // before block 0's backward
-
-    let second = final_norm + l.saturating_sub(2) * block_left; // before block 1's
     let feed_forward = (21 * t * f + 2 * t * w) * s;
     let attention = (11 * scores + 5 * t * w) * s + (7 * t * w + t * f) * s;
+    let store = Store {
+        last: 5 * t * w * s, // the final LayerNorm's
+        block: block_left,
+        first: first_left,
+        blocks: l,
+    };
     let backward = Backward {
         noun: "block",
         t,
         s,
         vocab: v,
         width: w,
-        layers: l,
-        upper,
-        second,
-        left,
+        store,
     }
     .terms(
         adapters,
@@ -132,7 +131,7 @@ pub(super) fn gpt(c: &GptConfig, t: u64, s: u64, adapters: &Adapters) -> Counted
     Counted {
         activations,
         backward,
-        left_per_sample: left,
+        left_per_sample: store.left(),
         largest_variable: largest_adapter(adapters, &linears),
     }
 }
@@ -247,23 +246,21 @@ pub(super) fn llama(c: &LlamaConfig, t: u64, s: u64, adapters: &Adapters) -> Cou
             2 if is(4) != is(5) => 4 * t * i * s,
             _ => 0,
         };
-    let final_norm = 4 * t * w * s;
-    let upper = final_norm + l.saturating_sub(1) * layer_left;
-    let left = upper + first_left;
-
-    let second = final_norm + l.saturating_sub(2) * layer_left; // before layer 1's
     let mlp = (14 * t * i + 2 * t * w) * s;
     let attention = (11 * scores + 3 * t * w) * s + 4 * t * w * s;
+    let store = Store {
+        last: 4 * t * w * s, // the final RMSNorm's
+        block: layer_left,
+        first: first_left,
+        blocks: l,
+    };
     let backward = Backward {
         noun: "layer",
         t,
         s,
         vocab: v,
         width: w,
-        layers: l,
-        upper,
-        second,
-        left,
+        store,
     }
     .terms(
         adapters,
@@ -276,24 +273,42 @@ pub(super) fn llama(c: &LlamaConfig, t: u64, s: u64, adapters: &Adapters) -> Cou
     Counted {
         activations,
         backward,
-        left_per_sample: left,
+        left_per_sample: store.left(),
         largest_variable: largest_adapter(adapters, &linears),
     }
 }
 
-/// What the backward pass's moments under LoRA are made of, per sample: what the gradient
-/// store keeps before the first block's backward (`upper`), before the second's (`second`)
-/// and at the end (`left`).
+/// What the gradient store keeps per sample: after the final norm (`last`), after each
+/// tracked block but the first (`block`), and after the first (`first`).
+#[derive(Clone, Copy)]
+struct Store {
+    last: u64,
+    block: u64,
+    first: u64,
+    blocks: u64,
+}
+
+impl Store {
+    /// Before the backward pass reaches block `b` (0 or 1).
+    fn before(&self, b: u64) -> u64 {
+        self.last + self.blocks.saturating_sub(b + 1) * self.block
+    }
+
+    /// At the end of the pass.
+    fn left(&self) -> u64 {
+        self.before(0) + self.first
+    }
+}
+
+/// What the backward pass's moments under LoRA are made of: a family's word for a block,
+/// the tokens, the dtype's bytes, the vocabulary, the width and the gradient store.
 struct Backward {
     noun: &'static str,
     t: u64,
     s: u64,
     vocab: u64,
     width: u64,
-    layers: u64,
-    upper: u64,
-    second: u64,
-    left: u64,
+    store: Store,
 }
 
 impl Backward {
@@ -308,10 +323,11 @@ impl Backward {
         linears: &[LinearShape],
         moments: [(&str, u64, bool); 2],
     ) -> Vec<Term> {
-        let Self { t, s, .. } = *self;
+        let Self { t, s, store, .. } = *self;
+        let layers = store.blocks;
         let r = adapters.rank() as u64;
         let per_block = adapters.parameters_per_block(linears) * s;
-        let all = self.layers * per_block;
+        let all = layers * per_block;
         let mut terms = vec![
             Term::new("the loss's gradient", 0, 7 * t * self.vocab * F32),
             Term::new(
@@ -324,14 +340,14 @@ impl Backward {
             if tracked_in_first {
                 terms.push(Term::new(
                     format!("the first {}'s {what} gradients", self.noun),
-                    self.layers.saturating_sub(1) * per_block,
-                    bytes + self.upper,
+                    layers.saturating_sub(1) * per_block,
+                    bytes + store.before(0),
                 ));
-            } else if self.layers >= 2 {
+            } else if layers >= 2 {
                 terms.push(Term::new(
                     format!("the second {}'s {what} gradients", self.noun),
-                    self.layers.saturating_sub(2) * per_block,
-                    bytes + self.second,
+                    layers.saturating_sub(2) * per_block,
+                    bytes + store.before(1),
                 ));
             }
         }
@@ -346,9 +362,9 @@ impl Backward {
         terms.push(Term::new(
             "an adapter's weight gradient",
             all + 5 * largest_adapter(adapters, linears) * s,
-            (3 * inputs * r + t * (inputs + r)) * s + self.left,
+            (3 * inputs * r + t * (inputs + r)) * s + store.left(),
         ));
-        terms.push(Term::new("the adapters' gradients", all, self.left));
+        terms.push(Term::new("the adapters' gradients", all, store.left()));
         terms
     }
 }

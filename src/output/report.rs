@@ -46,9 +46,11 @@ fn seeding(out: &mut String, r: &Report) {
     let Some(seeding) = &r.seeding else {
         return;
     };
-    let trials = match r.search_trials {
-        1 => "1 trial".to_string(),
-        n => format!("{n} trials"),
+    // The table also lists the finishing trials (the power of two, the recommended size).
+    let trials = match (r.search_trials, r.trials.len()) {
+        (1, 1) => "1 trial".to_string(),
+        (n, total) if total > n => format!("{n} of the {total} trials above"),
+        (n, _) => format!("{n} trials"),
     };
     let _ = writeln!(
         out,
