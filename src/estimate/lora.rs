@@ -1,17 +1,19 @@
 //! The counts under LoRA (`--lora-rank`): every base weight is a plain tensor, so candle's
 //! graph starts at the first adapter and the backward pass stops there; no frozen weight
-//! gets a gradient (`models::lora::matmul_frozen_t`), but every tensor that is not a variable
-//! and meets a tracked one keeps its gradient until the pass ends (docs/design.md, "The
-//! estimate from shapes"). Counted from the full-training counts of [`super::families`]:
+//! gets a gradient (`models::lora::matmul_frozen_t`, `models::frozen`), but every other
+//! tensor that is not a variable and meets a tracked one keeps its gradient until the pass
+//! ends (docs/design.md, "The estimate from shapes"). Counted from the full-training counts
+//! of [`super::families`]:
 //!
 //! - the forward pass keeps what full training keeps, less the untracked prefix (the
-//!   embeddings and the first block up to its first adapter), plus each adapter's
-//!   `x Aᵀ`, `(x Aᵀ) Bᵀ`, its scaled copy and the sum with the frozen output;
-//! - the gradient store keeps, per block, a tensor for each frozen bias and the mask, five
-//!   for a LayerNorm's frozen scale and shift (four for an RMSNorm's scale, the rotation's
-//!   products as in full training), and for an adapter whose input is untracked, its input's
+//!   embeddings and the first block up to its first adapter) and the norms' stop-point
+//!   copies, plus each adapter's `x Aᵀ`, its product with the scaled `Bᵀ` and the sum with
+//!   the frozen output;
+//! - the gradient store keeps, per block, the mask's gradient and the rotation's products'
+//!   (as in full training), and for an adapter whose input is untracked, its input's
 //!   gradient chain and the frozen output's gradient;
-//! - the backward pass's moments are full training's without the weights' gradients.
+//! - the backward pass's moments are full training's without the weights' gradients, plus
+//!   the adapters' own.
 //!
 //! `s` is the dtype's bytes, `t` the tokens, `r` the rank; per-sample counts.
 
@@ -23,13 +25,15 @@ use crate::models::llama::LlamaConfig;
 use crate::models::lora::{Adapters, LinearShape};
 use crate::models::transformer::GptConfig;
 
-/// The adapters' own forward tensors per sample for the adapted layers among `linears`:
-/// `x Aᵀ` [T, r], `(x Aᵀ) Bᵀ`, its scaled copy and the sum, each [T, out].
-fn adapter_activations(adapters: &Adapters, linears: &[LinearShape], t: u64, s: u64) -> u64 {
+/// The adapters' own forward tensors in one block for the adapted layers among `linears`:
+/// per sample `x Aᵀ` [T, r], its product with the scaled `Bᵀ` and the sum with the frozen
+/// output, each [T, out]; fixed, the scaled `Bᵀ` [r, out].
+fn adapter_activations(adapters: &Adapters, linears: &[LinearShape], t: u64, s: u64) -> Term {
     let r = adapters.rank() as u64;
-    adapted(adapters, linears)
-        .map(|&(_, _, out)| (r + 3 * out as u64) * t * s)
-        .sum()
+    let (fixed, per_sample) = adapted(adapters, linears)
+        .map(|&(_, _, out)| (r * out as u64 * s, (r + 2 * out as u64) * t * s))
+        .fold((0, 0), |(f, p), (df, dp)| (f + df, p + dp));
+    Term::new("the adapters' tensors", fixed, per_sample)
 }
 
 /// The adapted layers among `linears`.
@@ -87,27 +91,23 @@ pub(super) fn gpt(c: &GptConfig, t: u64, s: u64, adapters: &Adapters) -> Counted
         }
     };
     let full = gpt_activations(c, t, s);
+    let own = adapter_activations(adapters, &linears, t, s);
     let activations = Term::new(
         "activations",
-        // The positions' embeddings and the untracked norms' weight copies are freed.
-        full.fixed - t * w * s - if first <= 1 { w * s } else { 2 * w * s },
-        full.per_sample - prefix + l * adapter_activations(adapters, &linears, t, s),
+        // The positions' embeddings are freed; a frozen norm has no stop point's copy.
+        full.fixed - t * w * s - (2 * l + 1) * w * s + l * own.fixed,
+        full.per_sample - prefix + l * own.per_sample,
     );
 
-    // The gradient store, per sample: a tracked block keeps the mask's gradient, five per
-    // LayerNorm and one per frozen bias.
-    let block_left = (scores + 15 * t * w + t * f) * s;
+    // The gradient store, per sample: a tracked block keeps the mask's gradient (the frozen
+    // norms and biases, through `models::frozen`, keep nothing).
+    let block_left = scores * s;
     let first_left = untracked_input_left(adapters, linears[first], t, s)
-        + match first {
-            0 => (scores + 7 * t * w + t * f) * s,
-            1 => (6 * t * w + t * f) * s,
-            2 => t * w * s,
-            _ => 0,
-        };
-    let feed_forward = (21 * t * f + 2 * t * w) * s;
-    let attention = (11 * scores + 5 * t * w) * s + (7 * t * w + t * f) * s;
+        + if first == 0 { scores * s } else { 0 };
+    let feed_forward = (21 * t * f + t * w) * s;
+    let attention = (11 * scores + 5 * t * w) * s;
     let store = Store {
-        last: 5 * t * w * s, // the final LayerNorm's
+        last: 0, // the final LayerNorm is frozen
         block: block_left,
         first: first_left,
         blocks: l,
@@ -212,15 +212,18 @@ pub(super) fn llama(c: &LlamaConfig, t: u64, s: u64, adapters: &Adapters) -> Cou
         };
     }
     let full = llama_activations(c, t, s);
+    let own = adapter_activations(adapters, &linears, t, s);
     let activations = Term::new(
         "activations",
-        full.fixed - tables * t * hd * s - if first <= 1 { w * s } else { 2 * w * s },
-        full.per_sample - prefix + l * adapter_activations(adapters, &linears, t, s),
+        // A frozen norm has no stop point's copy.
+        full.fixed - tables * t * hd * s - (2 * l + 1) * w * s + l * own.fixed,
+        full.per_sample - prefix + l * own.per_sample,
     );
 
-    // The gradient store, per sample: a tracked layer keeps the mask's gradient, the
-    // rotation's four products' (four tensors each), four per RMSNorm, one per frozen bias.
-    let layer_left = (scores + 8 * t * (q + k) + 8 * t * w + bias * t * (q + 2 * k)) * s;
+    // The gradient store, per sample: a tracked layer keeps the mask's gradient and the
+    // rotation's four products' (four tensors each; the frozen norms and biases, through
+    // `models::frozen`, keep nothing).
+    let layer_left = (scores + 8 * t * (q + k)) * s;
     let untracked: u64 = match first {
         0 => [0, 1, 2]
             .into_iter()
@@ -239,17 +242,16 @@ pub(super) fn llama(c: &LlamaConfig, t: u64, s: u64, adapters: &Adapters) -> Cou
         + match first {
             0 => {
                 let rotated = if q_in { 8 * t * q } else { 0 } + if k_in { 8 * t * k } else { 0 };
-                (if scored { scores } else { 0 } + rotated + 4 * t * w) * s
+                (if scored { scores } else { 0 } + rotated) * s
             }
-            1 => 4 * t * w * s,
             // The gated product keeps four [T, I] for its untracked operand.
             2 if is(4) != is(5) => 4 * t * i * s,
             _ => 0,
         };
     let mlp = (14 * t * i + 2 * t * w) * s;
-    let attention = (11 * scores + 3 * t * w) * s + 4 * t * w * s;
+    let attention = (11 * scores + 3 * t * w) * s;
     let store = Store {
-        last: 4 * t * w * s, // the final RMSNorm's
+        last: 0, // the final RMSNorm is frozen
         block: layer_left,
         first: first_left,
         blocks: l,

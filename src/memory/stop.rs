@@ -64,6 +64,16 @@ pub fn is_over_budget(error: &candle_core::Error) -> bool {
     error.to_string().contains(OVER_BUDGET)
 }
 
+/// The check of a stop point, for an op that is one without being [`stop_point`] (a frozen
+/// weight's scale or shift, see `models::frozen`): an error once the armed limit is passed,
+/// in the backward pass (`forward` false) or, when armed for it, in the forward pass.
+pub fn check(forward: bool) -> Result<()> {
+    if (!forward || IN_FORWARD.with(|f| f.get())) && past_limit() {
+        return Err(candle_core::Error::Msg(OVER_BUDGET.to_string()));
+    }
+    Ok(())
+}
+
 /// `weight`, through a point where a trial's backward pass may stop: the value and the
 /// gradient are unchanged; the forward pass copies `weight` (use a small one: a norm's
 /// scale, a bias).

@@ -9,10 +9,10 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
+use super::frozen;
 use super::lora::{AdaptedLinear, Adapters, LinearShape};
 use super::{causal_mask, cross_entropy, head_logits, token_batch, Batch, Model};
 use crate::memory::parts::mark;
-use crate::memory::stop::stop_point;
 
 /// The shape of a Llama-family decoder.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,7 +117,7 @@ impl RmsNorm {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm_slow(xs, &stop_point(&self.weight)?, self.eps)
+        frozen::rms_norm(xs, &self.weight, self.eps)
     }
 }
 

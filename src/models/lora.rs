@@ -1,5 +1,5 @@
 //! LoRA fine-tuning (`--lora-rank`): a low-rank adapter beside each targeted linear layer,
-//! `y = x Wᵀ + b + (alpha / rank) · (x Aᵀ) Bᵀ`, with `A` `[rank, in]` (Kaiming-uniform)
+//! `y = x Wᵀ + b + (x Aᵀ) ((alpha / rank) Bᵀ)`, with `A` `[rank, in]` (Kaiming-uniform)
 //! and `B` `[out, rank]` (zeros) as in PEFT. The adapters are the only trained variables:
 //! [`ParamStore`](super::params::ParamStore) freezes every other tensor by name.
 
@@ -242,7 +242,7 @@ impl Module for AdaptedLinear {
             false => {
                 let ys = matmul_frozen_t(xs, self.base.weight())?;
                 match self.base.bias() {
-                    Some(bias) => ys.broadcast_add(bias)?,
+                    Some(bias) => super::frozen::shift(&ys, bias)?,
                     None => ys,
                 }
             }
@@ -250,8 +250,10 @@ impl Module for AdaptedLinear {
         match &self.adapter {
             None => Ok(ys),
             Some((a, b)) => {
-                let low = xs.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
-                ys + (low * self.scale)?
+                // The scale goes on `B` ([out, r]), not on the product: candle keeps every
+                // op's inputs, so a scaled product would keep one more [.., out] per token.
+                let scaled_b = (b.t()? * self.scale)?;
+                ys + xs.broadcast_matmul(&a.t()?)?.broadcast_matmul(&scaled_b)?
             }
         }
     }

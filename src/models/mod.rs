@@ -6,6 +6,7 @@
 //! which have no backward and would hide both gradients and memory; see docs/design.md). Inputs
 //! are synthetic batches of the worst-case shape.
 
+pub mod frozen;
 pub mod hf_config;
 mod info;
 mod layers;

@@ -10,6 +10,7 @@
 use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
+use super::frozen;
 use super::lora::{AdaptedLinear, Adapters, LinearShape};
 use super::{
     bounded_seq_len, causal_mask, cross_entropy, head_logits, token_batch, Batch, Model,
@@ -17,7 +18,6 @@ use super::{
 };
 use crate::error::Error;
 use crate::memory::parts::mark;
-use crate::memory::stop::stop_point;
 
 /// The shape of a GPT-style transformer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,8 +136,7 @@ impl LayerNorm {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let weight = stop_point(&self.weight)?;
-        candle_nn::ops::layer_norm_slow(xs, &weight, &self.bias, 1e-5)
+        frozen::layer_norm(xs, &self.weight, &self.bias, 1e-5)
     }
 }
 

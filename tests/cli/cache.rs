@@ -25,7 +25,13 @@ fn a_repeated_search_answers_from_the_cache_and_survives_a_corrupt_file() {
     let (first, stderr) = run(&[]);
     assert!(!stderr.contains("cached result"), "{stderr}");
     let (mut second, stderr) = run(&[]);
-    assert!(stderr.contains("cached result"), "{stderr}");
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        stderr.contains("cached result"),
+        "no cached answer; the cache holds {files:?}: {stderr}"
+    );
     assert!(
         !stderr.contains("trial "),
         "a cached answer runs no trial: {stderr}"
