@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use maxbatch::format::bytes;
 use maxbatch::memory::Capacity;
+use maxbatch::settings::DEFAULT_MARGIN;
 use maxbatch::verification::Verification;
 use maxbatch::{Outcome, Trial};
 
@@ -77,12 +78,24 @@ fn peak(trial: &Trial, capacity: Capacity) -> String {
         "capacity"
     };
     match trial.peak_bytes {
-        Some(p) if trial.outcome == Outcome::Fits => format!(
-            "peak {}, {:.0}% of the {kind} {}",
-            bytes(p),
-            100.0 * p as f64 / capacity.bytes as f64,
-            bytes(capacity.bytes)
-        ),
+        Some(p) if trial.outcome == Outcome::Fits => {
+            let share = p as f64 / capacity.bytes as f64;
+            // A size this close fits, but a search would not recommend it.
+            let tight = if share > 1.0 - DEFAULT_MARGIN {
+                format!(
+                    "; inside the {:.0}% margin a search's recommended size leaves free",
+                    100.0 * DEFAULT_MARGIN
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "peak {}, {:.1}% of the {kind} {}{tight}",
+                bytes(p),
+                100.0 * share,
+                bytes(capacity.bytes)
+            )
+        }
         Some(p) => format!(
             "peak ≥ {} against the {kind} {}",
             bytes(p),

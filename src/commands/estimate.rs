@@ -53,7 +53,12 @@ pub fn run(job: &resolve::Estimate) -> Result<ExitCode> {
     } else {
         print!(
             "{}",
-            crate::output::estimate::render(&estimate, batch_size, &phases, &plans)
+            crate::output::estimate::render(
+                &estimate,
+                (batch_size, job.batch_size.is_some()),
+                &phases,
+                &plans
+            )
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -4,16 +4,22 @@ use maxbatch::estimate::{Estimate, PhaseEstimate};
 use maxbatch::format::bytes;
 use maxbatch::plan::Plan;
 
-/// The estimate as text: the model's terms, each phase's predicted peak at `batch_size`,
-/// and the predicted sizes for each memory, every figure labelled as predicted.
+/// The estimate as text: the model's terms, each phase's predicted peak at `batch_size`
+/// (`asked`: given with `--batch-size`, else the first memory's maximum), and the predicted
+/// sizes for each memory, every figure labelled as predicted.
 pub fn render(
     estimate: &Estimate,
-    batch_size: usize,
+    (batch_size, asked): (usize, bool),
     phases: &[PhaseEstimate],
     plans: &[Plan],
 ) -> String {
     let mut out = terms(estimate);
-    out += &format!("predicted peak of each phase at batch size {batch_size}:\n");
+    // With several memories, say which one's maximum the phases are shown at.
+    let whose = match plans {
+        [first, _, ..] if !asked => format!(" (the largest for {})", first.target),
+        _ => String::new(),
+    };
+    out += &format!("predicted peak of each phase at batch size {batch_size}{whose}:\n");
     for p in phases {
         out += &format!(
             "  {:<9} {:>11}   {}\n",
