@@ -8,6 +8,8 @@
 //! it has, the backward pass returns an error ([`is_over_budget`]) and the trial is out of
 //! memory, measured (see docs/design.md). A trial that only confirms that a size fails is
 //! armed at the budget itself, and its forward pass asks too (the op's forward step).
+//! A frozen norm (LoRA) has no stop point on its untracked scale, which the backward pass
+//! never reaches; its frozen scale and shift ask instead ([`check`], `models::frozen`).
 
 use std::cell::Cell;
 
