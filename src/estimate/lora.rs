@@ -106,34 +106,27 @@ pub(super) fn gpt(c: &GptConfig, t: u64, s: u64, adapters: &Adapters) -> Counted
         + if first == 0 { scores * s } else { 0 };
     let feed_forward = (21 * t * f + t * w) * s;
     let attention = (11 * scores + 5 * t * w) * s;
-    let store = Store {
-        last: 0, // the final LayerNorm is frozen
-        block: block_left,
-        first: first_left,
-        blocks: l,
-    };
-    let backward = Backward {
+    Backward {
         noun: "block",
         t,
         s,
         vocab: v,
         width: w,
-        store,
+        store: Store {
+            block: block_left,
+            first: first_left,
+            blocks: l,
+        },
     }
-    .terms(
+    .counted(
+        activations,
         adapters,
         &linears,
         [
             ("feed-forward", feed_forward, first <= 2),
             ("attention", attention, first == 0),
         ],
-    );
-    Counted {
-        activations,
-        backward,
-        left_per_sample: store.left(),
-        largest_variable: largest_adapter(adapters, &linears),
-    }
+    )
 }
 
 /// A Llama-style model under LoRA.
@@ -250,41 +243,33 @@ pub(super) fn llama(c: &LlamaConfig, t: u64, s: u64, adapters: &Adapters) -> Cou
         };
     let mlp = (14 * t * i + 2 * t * w) * s;
     let attention = (11 * scores + 3 * t * w) * s;
-    let store = Store {
-        last: 0, // the final RMSNorm is frozen
-        block: layer_left,
-        first: first_left,
-        blocks: l,
-    };
-    let backward = Backward {
+    Backward {
         noun: "layer",
         t,
         s,
         vocab: v,
         width: w,
-        store,
+        store: Store {
+            block: layer_left,
+            first: first_left,
+            blocks: l,
+        },
     }
-    .terms(
+    .counted(
+        activations,
         adapters,
         &linears,
         [
             ("MLP", mlp, first <= 2),
             ("attention", attention, first == 0 && scored),
         ],
-    );
-    Counted {
-        activations,
-        backward,
-        left_per_sample: store.left(),
-        largest_variable: largest_adapter(adapters, &linears),
-    }
+    )
 }
 
-/// What the gradient store keeps per sample: after the final norm (`last`), after each
-/// tracked block but the first (`block`), and after the first (`first`).
+/// What the gradient store keeps per sample: after each tracked block but the first
+/// (`block`), and after the first (`first`); the final norm, frozen, keeps nothing.
 #[derive(Clone, Copy)]
 struct Store {
-    last: u64,
     block: u64,
     first: u64,
     blocks: u64,
@@ -293,7 +278,7 @@ struct Store {
 impl Store {
     /// Before the backward pass reaches block `b` (0 or 1).
     fn before(&self, b: u64) -> u64 {
-        self.last + self.blocks.saturating_sub(b + 1) * self.block
+        self.blocks.saturating_sub(b + 1) * self.block
     }
 
     /// At the end of the pass.
@@ -314,6 +299,24 @@ struct Backward {
 }
 
 impl Backward {
+    /// A family's counts under LoRA: `activations`, the backward moments of
+    /// [`terms`](Self::terms), what the gradient store keeps at the end, and the largest
+    /// adapter.
+    fn counted(
+        &self,
+        activations: Term,
+        adapters: &Adapters,
+        linears: &[LinearShape],
+        moments: [(&str, u64, bool); 2],
+    ) -> Counted {
+        Counted {
+            activations,
+            backward: self.terms(adapters, linears, moments),
+            left_per_sample: self.store.left(),
+            largest_variable: largest_adapter(adapters, linears),
+        }
+    }
+
     /// The moments: the loss's gradient, the frozen head's input gradient, each of a block's
     /// `(what, bytes per sample, tracked in the first block)` moments in the first block where
     /// it is tracked (the second, with less kept by then, where the first's is not), an
