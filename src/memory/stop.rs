@@ -66,9 +66,9 @@ pub fn is_over_budget(error: &candle_core::Error) -> bool {
     error.to_string().contains(OVER_BUDGET)
 }
 
-/// The check of a stop point, for an op that is one without being [`stop_point`] (a frozen
-/// weight's scale or shift, see `models::frozen`): an error once the armed limit is passed,
-/// in the backward pass (`forward` false) or, when armed for it, in the forward pass.
+/// A stop point's check, for [`stop_point`] and for an op that is one without being it (a
+/// frozen weight's scale or shift, see `models::frozen`): an error once the armed limit is
+/// passed, in the backward pass (`forward` false) or, when armed for it, in the forward pass.
 pub fn check(forward: bool) -> Result<()> {
     if (!forward || IN_FORWARD.with(|f| f.get())) && past_limit() {
         return Err(candle_core::Error::Msg(OVER_BUDGET.to_string()));
@@ -87,7 +87,7 @@ pub fn stop_point(weight: &Tensor) -> Result<Tensor> {
 struct StopPoint;
 
 impl StopPoint {
-    fn check(layout: &Layout) -> Result<()> {
+    fn whole_weight(layout: &Layout) -> Result<()> {
         if !layout.is_contiguous() || layout.start_offset() != 0 {
             candle_core::bail!("a stop point takes a whole contiguous tensor (a weight)");
         }
@@ -101,10 +101,8 @@ impl CustomOp1 for StopPoint {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        Self::check(layout)?;
-        if IN_FORWARD.with(|f| f.get()) && past_limit() {
-            return Err(candle_core::Error::Msg(OVER_BUDGET.to_string()));
-        }
+        Self::whole_weight(layout)?;
+        check(true)?;
         Ok((storage.try_clone(layout)?, layout.shape().clone()))
     }
 
@@ -114,14 +112,12 @@ impl CustomOp1 for StopPoint {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        Self::check(layout)?;
+        Self::whole_weight(layout)?;
         Ok((storage.try_clone(layout)?, layout.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        if past_limit() {
-            return Err(candle_core::Error::Msg(OVER_BUDGET.to_string()));
-        }
+        check(false)?;
         Ok(Some(grad_res.clone()))
     }
 }
