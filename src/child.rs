@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use maxbatch::isolate::{ChildRequest, TrialProcess};
-use maxbatch::models::ModelSource;
+use maxbatch::models::{ModelSource, StepMode};
 
 use crate::resolve::{Search, Trials};
 
@@ -51,6 +51,23 @@ impl Flags {
         }
         if let Some(n) = options.image_size {
             self.value("--image-size", n);
+        }
+        match options.mode {
+            StepMode::Train => {}
+            StepMode::Eval { beside_training } => {
+                self.value("--mode", "eval");
+                if let Some(b) = beside_training {
+                    self.value("--beside-training", b);
+                }
+            }
+            StepMode::Generate {
+                prompt_len,
+                new_tokens,
+            } => {
+                self.value("--mode", "generate");
+                self.value("--prompt-len", prompt_len);
+                self.value("--new-tokens", new_tokens);
+            }
         }
     }
 

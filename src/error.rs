@@ -58,11 +58,19 @@ pub enum Setting {
     VerifySteps,
     /// Capacities or GPUs to plan for.
     PlanFor,
+    /// What a trial's step is: training, evaluation or generation.
+    Mode,
+    /// A generation's prompt tokens.
+    PromptLen,
+    /// A generation's decode steps.
+    NewTokens,
+    /// The evaluation batch size checked beside a training one.
+    EvalBatchSize,
 }
 
 impl Setting {
     /// Every setting, for parsing templates.
-    pub const ALL: [Setting; 25] = [
+    pub const ALL: [Setting; 29] = [
         Setting::Model,
         Setting::Config,
         Setting::Device,
@@ -88,6 +96,10 @@ impl Setting {
         Setting::BatchSize,
         Setting::VerifySteps,
         Setting::PlanFor,
+        Setting::Mode,
+        Setting::PromptLen,
+        Setting::NewTokens,
+        Setting::EvalBatchSize,
     ];
 
     /// Its name in plain words, as the library's messages say it.
@@ -118,6 +130,10 @@ impl Setting {
             Setting::BatchSize => "the batch size",
             Setting::VerifySteps => "the verification steps",
             Setting::PlanFor => "the plan's targets",
+            Setting::Mode => "the mode",
+            Setting::PromptLen => "the prompt length",
+            Setting::NewTokens => "the new tokens",
+            Setting::EvalBatchSize => "the evaluation batch size",
         }
     }
 

@@ -108,6 +108,14 @@ impl Estimate {
         options: &ModelOptions,
         optimizer: OptimizerKind,
     ) -> Result<Self, Error> {
+        if !options.mode.trains() {
+            return Err(Error::setting(
+                crate::error::Setting::Mode,
+                "eval/generate",
+                "the estimate from shapes counts training steps only; a search or check \
+                 measures $Mode eval and generate",
+            ));
+        }
         families::estimate(spec, options, optimizer)
     }
 

@@ -37,6 +37,10 @@ pub fn flag(setting: Setting) -> String {
         Setting::BatchSize => "--batch-size",
         Setting::VerifySteps => "--verify-steps",
         Setting::PlanFor => "--plan-for",
+        Setting::Mode => "--mode",
+        Setting::PromptLen => "--prompt-len",
+        Setting::NewTokens => "--new-tokens",
+        Setting::EvalBatchSize => "--eval-batch-size",
     }
     .to_string()
 }

@@ -70,11 +70,14 @@ pub use finder::Finder;
 pub use memory::counting::CountingAllocator;
 pub use memory::cpu::CpuMeter;
 pub use memory::MemoryMeter;
+pub use models::StepMode;
 pub use report::Report;
 pub use runner::{Observer, Silent};
 pub use settings::SearchSettings;
 pub use trial::{Outcome, Trial};
-pub use workload::{phased, Boundaries, OptimizerKind, Phase, Phased, TrainStep, Workload};
+pub use workload::{
+    evaluation, phased, Boundaries, Evaluation, OptimizerKind, Phase, Phased, TrainStep, Workload,
+};
 
 /// The README's Rust examples, compiled by `cargo test` so that they stay true.
 #[cfg(doctest)]

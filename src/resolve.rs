@@ -11,13 +11,14 @@ use maxbatch::cache::CacheUse;
 use maxbatch::device::DeviceRequest;
 use maxbatch::error::{Error, Setting};
 use maxbatch::models::lora::LoraOptions;
-use maxbatch::models::{ModelInfo, ModelOptions, ModelSource, ModelSpec};
+use maxbatch::models::{ModelInfo, ModelOptions, ModelSource, ModelSpec, StepMode};
 use maxbatch::plan::Memory;
 use maxbatch::settings::{AccumulationGoal, SearchSettings};
 use maxbatch::OptimizerKind;
 
 use crate::cli::{
-    CheckArgs, Cli, Command, EstimateArgs, ModelArgs, ModelsArgs, SearchArgs, StepArgs, TrialArgs,
+    CheckArgs, Cli, Command, EstimateArgs, ModeArg, ModelArgs, ModelsArgs, SearchArgs, StepArgs,
+    TrialArgs,
 };
 
 /// A command, resolved.
@@ -114,6 +115,8 @@ pub struct Search {
     pub plot: Option<PathBuf>,
     /// `--isolate`.
     pub isolate: bool,
+    /// `--mode train+eval`: after the training search, the evaluation batch beside it.
+    pub eval_after: bool,
 }
 
 /// `check` (and the hidden `trial`): one size.
@@ -124,6 +127,8 @@ pub struct Check {
     pub batch_size: usize,
     /// `--verify-steps`: the trial is that many consecutive steps.
     pub verify_steps: Option<usize>,
+    /// `--eval-batch-size`: an evaluation of this size beside the training step.
+    pub eval_batch_size: Option<usize>,
 }
 
 /// `estimate`.
@@ -181,6 +186,7 @@ fn model(model: &ModelArgs, step: &StepArgs) -> Result<Model> {
         (None, name) => ModelSource::Preset(name.clone().unwrap_or_default()),
     };
     let spec = ModelSpec::load(&source)?;
+    let mode = mode(step)?;
     let options = ModelOptions {
         seq_len: step.seq_len.first().copied(),
         image_size: step.image_size,
@@ -191,6 +197,7 @@ fn model(model: &ModelArgs, step: &StepArgs) -> Result<Model> {
             alpha: step.lora_alpha,
             targets: step.lora_targets.clone(),
         }),
+        mode,
     };
     let resolved = Model {
         source,
@@ -208,6 +215,60 @@ fn model(model: &ModelArgs, step: &StepArgs) -> Result<Model> {
     }
     resolved.info()?;
     Ok(resolved)
+}
+
+/// The step `--mode` and its flags describe (`train+eval` is a training step; the search
+/// adds the evaluation after it).
+fn mode(step: &StepArgs) -> Result<StepMode> {
+    let generates = step.mode == ModeArg::Generate;
+    if !generates {
+        if let Some(n) = step.prompt_len {
+            return Err(Error::setting(
+                Setting::PromptLen,
+                n,
+                "$PromptLen is a generation's; add $Mode generate or drop it",
+            )
+            .into());
+        }
+        if let Some(n) = step.new_tokens {
+            return Err(Error::setting(
+                Setting::NewTokens,
+                n,
+                "$NewTokens is a generation's; add $Mode generate or drop it",
+            )
+            .into());
+        }
+    }
+    if let (Some(b), false) = (step.beside_training, step.mode == ModeArg::Eval) {
+        return Err(Error::setting(
+            Setting::Mode,
+            b,
+            "--beside-training sets the training batch an evaluation runs beside; it takes \
+             $Mode eval (or use $Mode train+eval, which finds the training batch first)",
+        )
+        .into());
+    }
+    Ok(match step.mode {
+        ModeArg::Train | ModeArg::TrainEval => StepMode::Train,
+        ModeArg::Eval => StepMode::Eval {
+            beside_training: step.beside_training,
+        },
+        ModeArg::Generate => match (step.prompt_len, step.new_tokens) {
+            (Some(prompt_len), Some(new_tokens)) => StepMode::Generate {
+                prompt_len,
+                new_tokens,
+            },
+            _ => {
+                return Err(Error::setting(
+                    Setting::Mode,
+                    "generate",
+                    "$Mode generate needs $PromptLen and $NewTokens (e.g. $PromptLen 512 \
+                     $NewTokens 128)",
+                )
+                .into())
+            }
+        },
+    })
 }
 
 /// How the trials `args` describe run; the cache is refreshed when `must_run` (a
@@ -245,7 +306,13 @@ impl Trials {
             steps_per_trial: self
                 .steps_per_trial
                 .unwrap_or(SearchSettings::default().steps_per_trial),
-            optimizer: Some(self.optimizer),
+            optimizer: self
+                .model
+                .options
+                .mode
+                .keeps_training_state()
+                .then_some(self.optimizer),
+            mode: self.model.options.mode,
             ..SearchSettings::default()
         }
     }
@@ -275,9 +342,21 @@ fn search(args: SearchArgs) -> Result<Search> {
         what_if: args.what_if,
         plot: args.plot,
         isolate: args.isolate,
+        eval_after: args.trial.step.mode == ModeArg::TrainEval,
         settings,
         trials,
     };
+    if search.eval_after {
+        if !search.trials.model.sweep.is_empty() || search.trials.devices.len() > 1 {
+            bail!(
+                "--mode train+eval searches one model on one device; give one --seq-len and \
+                 one --device"
+            );
+        }
+        if search.what_if {
+            bail!("--what-if changes the training search; run it without --mode train+eval");
+        }
+    }
     if !search.trials.model.sweep.is_empty() {
         refuse_in_a_sweep(&search)?;
     } else if search.what_if && search.trials.devices.len() > 1 {
@@ -335,10 +414,31 @@ fn check(args: CheckArgs) -> Result<Check> {
         )
         .into());
     }
+    if let Some(eval) = args.eval_batch_size {
+        if !trials.model.options.mode.trains() || args.trial.step.mode == ModeArg::TrainEval {
+            return Err(Error::setting(
+                Setting::EvalBatchSize,
+                eval,
+                "$EvalBatchSize checks an evaluation beside a training step; drop $Mode (the \
+                 training step at $BatchSize is the default)",
+            )
+            .into());
+        }
+        trials.settings().validate_check(eval)?;
+        if args.verify_steps.is_some() {
+            bail!("--verify-steps verifies one size; drop --eval-batch-size or --verify-steps");
+        }
+    } else if args.trial.step.mode == ModeArg::TrainEval {
+        bail!(
+            "check --mode train+eval needs the evaluation batch size too: give \
+             --eval-batch-size"
+        );
+    }
     Ok(Check {
         trials,
         batch_size: args.batch_size,
         verify_steps: args.verify_steps,
+        eval_batch_size: args.eval_batch_size,
     })
 }
 

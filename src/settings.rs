@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::models::StepMode;
+
 use crate::error::{Error, Setting};
 use crate::schedule::Dataset;
 use crate::search::{Bounds, Strategy};
@@ -63,6 +65,10 @@ pub struct SearchSettings {
     /// search stops there and `check` refuses a size past it. `None`: no such limit binds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub element_cap: Option<usize>,
+    /// What the step is: training (the default), evaluation or generation; the report and
+    /// the cache say it, and the search is the same for each.
+    #[serde(default)]
+    pub mode: StepMode,
 }
 
 impl Default for SearchSettings {
@@ -81,6 +87,7 @@ impl Default for SearchSettings {
             verify_steps: 0,
             bytes_per_sample_hint: None,
             element_cap: None,
+            mode: StepMode::Train,
         }
     }
 }

@@ -8,10 +8,10 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, VarBuilder, VarMap, SGD};
 
-use crate::models::params::ParamStore;
+use crate::models::params::{ParamStore, Trains};
 use serde::{Deserialize, Serialize};
 
-use crate::models::{Model, ModelOptions, ModelSpec};
+use crate::models::{Model, ModelOptions, ModelSpec, StepMode};
 
 /// A point inside one training step where a trial may be stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +23,10 @@ pub enum Phase {
     Backward,
     /// The optimizer has updated the weights: the step is done.
     Update,
+    /// A generation's prompt is prefilled: its KV cache holds the prompt's tokens.
+    Prefill,
+    /// A generation's decode steps are done: its KV cache is full.
+    Decode,
 }
 
 impl fmt::Display for Phase {
@@ -31,6 +35,8 @@ impl fmt::Display for Phase {
             Phase::Forward => "forward",
             Phase::Backward => "backward",
             Phase::Update => "update",
+            Phase::Prefill => "prefill",
+            Phase::Decode => "decode",
         })
     }
 }
@@ -56,6 +62,42 @@ pub trait TrainStep {
     ) -> Result<()> {
         self.step(batch_size)?;
         boundary(Phase::Update)
+    }
+
+    /// False for a step without a backward pass (an evaluation, a generation): a trial's
+    /// stop points then stop its forward pass once its peak is past the capacity, since
+    /// there is nothing after it worth measuring.
+    fn has_backward(&self) -> bool {
+        true
+    }
+}
+
+/// An evaluation step written as a closure (a forward pass and the loss, no backward
+/// pass): a trial of it stops at the first stop point past the capacity. Give the
+/// [`Finder`](crate::Finder) `StepMode::EVAL` too, so that its report and cache say so.
+pub fn evaluation<F: FnMut(usize) -> Result<()>>(step: F) -> Evaluation<F> {
+    Evaluation(step)
+}
+
+/// A closure's evaluation step (see [`evaluation`]).
+pub struct Evaluation<F>(F);
+
+impl<F: FnMut(usize) -> Result<()>> TrainStep for Evaluation<F> {
+    fn step(&mut self, batch_size: usize) -> Result<()> {
+        (self.0)(batch_size)
+    }
+
+    fn step_with_boundaries(
+        &mut self,
+        batch_size: usize,
+        boundary: &mut dyn FnMut(Phase) -> Result<()>,
+    ) -> Result<()> {
+        (self.0)(batch_size)?;
+        boundary(Phase::Forward)
+    }
+
+    fn has_backward(&self) -> bool {
+        false
     }
 }
 
@@ -204,38 +246,111 @@ impl Optimizer {
     }
 }
 
-/// A built-in model with its optimizer, trained on synthetic batches.
+/// A built-in model with its optimizer, trained (or evaluated, or generating) on
+/// synthetic batches, as `options.mode` says.
 pub struct Workload {
-    /// The model, built once; `None` under mixed precision, where each step builds it
-    /// again from the f32 variables (see [`Workload::loss`]).
+    /// The model the trials run, built once; `None` under mixed precision, where each step
+    /// builds it again from the f32 variables (see [`Workload::loss`]).
     model: Option<Box<dyn Model>>,
     spec: ModelSpec,
     options: ModelOptions,
+    /// What the trials' model is built from (the detached view of the training store for
+    /// an evaluation beside training).
     store: ParamStore,
-    optimizer: Optimizer,
+    /// The optimizer and its state: for training, and an evaluation beside it.
+    optimizer: Option<Optimizer>,
     device: Device,
 }
 
 impl Workload {
     /// Builds `spec` on `device` with random weights kept in `options.dtype` (frozen
     /// under LoRA except the adapters), and the optimizer's state for the trained ones.
+    /// An evaluation or a generation on its own trains nothing and keeps no optimizer; an
+    /// evaluation beside training keeps both, and runs one training step at its training
+    /// batch size here, so that what the trials count as held is what a training loop
+    /// holds between its steps.
     pub fn new(
         spec: &ModelSpec,
         options: &ModelOptions,
         optimizer: OptimizerKind,
         device: &Device,
     ) -> std::result::Result<Self, crate::Error> {
-        let store = ParamStore::new(options.dtype, options.lora.is_some());
+        let trains = match (options.mode.keeps_training_state(), options.lora.is_some()) {
+            (false, _) => Trains::Nothing,
+            (true, true) => Trains::Adapters,
+            (true, false) => Trains::All,
+        };
+        let store = ParamStore::new(options.dtype, trains);
         let model = spec.build(options, Self::builder(&store, options, device))?;
-        let optimizer = Optimizer::new(optimizer, store.trainable())?;
-        Ok(Self {
+        let optimizer = match options.mode.keeps_training_state() {
+            true => Some(Optimizer::new(optimizer, store.trainable())?),
+            false => None,
+        };
+        let mut workload = Self {
             model: options.amp.is_none().then_some(model),
             spec: spec.clone(),
             options: options.clone(),
             store,
             optimizer,
             device: device.clone(),
-        })
+        };
+        if let StepMode::Eval {
+            beside_training: Some(train_batch),
+        } = options.mode
+        {
+            workload.train_once(train_batch)?;
+            workload.store = workload.store.detached();
+            if workload.model.is_some() {
+                let vb = Self::builder(&workload.store, options, device);
+                workload.model = Some(spec.build(options, vb)?);
+            }
+        }
+        Ok(workload)
+    }
+
+    /// One training step at `batch_size`, the loop's `backward_step`: what an evaluation
+    /// beside training runs before its trials.
+    fn train_once(&mut self, batch_size: usize) -> Result<()> {
+        self.train_step(batch_size, &mut |_| Ok(()))
+    }
+
+    fn train_step(
+        &mut self,
+        batch_size: usize,
+        boundary: &mut dyn FnMut(Phase) -> Result<()>,
+    ) -> Result<()> {
+        // The loop candle users write, `opt.backward_step(&loss)?`: the loss, and with it the
+        // graph and the activations it holds, stays alive through the optimizer's update
+        // (see docs/design.md). A loop that drops the graph before the update peaks lower.
+        let loss = self.loss(batch_size)?;
+        boundary(Phase::Forward)?;
+        let grads = loss.backward()?;
+        boundary(Phase::Backward)?;
+        match &mut self.optimizer {
+            Some(optimizer) => optimizer.step(&grads)?,
+            None => candle_core::bail!("an evaluation or generation workload has no optimizer"),
+        }
+        drop(grads);
+        boundary(Phase::Update)?;
+        drop(loss);
+        Ok(())
+    }
+
+    /// The model the trials run: built once, or under mixed precision built again now
+    /// from casts of the f32 variables (see [`Workload::loss`]).
+    fn with_model<T>(&self, run: impl FnOnce(&dyn Model) -> Result<T>) -> Result<T> {
+        match &self.model {
+            Some(model) => run(model.as_ref()),
+            None => {
+                let vb = Self::builder(&self.store, &self.options, &self.device);
+                let rebuilt = self
+                    .spec
+                    .build(&self.options, vb)
+                    .map_err(crate::Error::into_candle)?;
+                crate::memory::parts::mark("weight casts");
+                run(rebuilt.as_ref())
+            }
+        }
     }
 
     fn builder<'a>(store: &ParamStore, options: &ModelOptions, device: &Device) -> VarBuilder<'a> {
@@ -285,22 +400,11 @@ impl Workload {
     /// casts are part of the graph, so the backward pass turns their gradients into f32
     /// ones, and they stay alive until it is done, as PyTorch's autocast keeps them.
     pub fn loss(&self, batch_size: usize) -> Result<Tensor> {
-        let rebuilt;
-        let model = match &self.model {
-            Some(model) => model,
-            None => {
-                let vb = Self::builder(&self.store, &self.options, &self.device);
-                rebuilt = self
-                    .spec
-                    .build(&self.options, vb)
-                    .map_err(crate::Error::into_candle)?;
-                crate::memory::parts::mark("weight casts");
-                &rebuilt
-            }
-        };
-        let batch = model.batch(batch_size, &self.device)?;
-        crate::memory::parts::mark("inputs");
-        model.loss(&batch)
+        self.with_model(|model| {
+            let batch = model.batch(batch_size, &self.device)?;
+            crate::memory::parts::mark("inputs");
+            model.loss(&batch)
+        })
     }
 }
 
@@ -314,17 +418,36 @@ impl TrainStep for Workload {
         batch_size: usize,
         boundary: &mut dyn FnMut(Phase) -> Result<()>,
     ) -> Result<()> {
-        // The loop candle users write, `opt.backward_step(&loss)?`: the loss, and with it the
-        // graph and the activations it holds, stays alive through the optimizer's update
-        // (see docs/design.md). A loop that drops the graph before the update peaks lower.
-        let loss = self.loss(batch_size)?;
-        boundary(Phase::Forward)?;
-        let grads = loss.backward()?;
-        boundary(Phase::Backward)?;
-        self.optimizer.step(&grads)?;
-        drop(grads);
-        boundary(Phase::Update)?;
-        drop(loss);
-        Ok(())
+        match self.options.mode {
+            StepMode::Train => self.train_step(batch_size, boundary),
+            StepMode::Eval { .. } => {
+                // An evaluation loop reads each batch's loss; nothing is tracked, so every
+                // activation was freed as soon as the next layer no longer needed it.
+                let loss = self.loss(batch_size)?;
+                loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+                boundary(Phase::Forward)?;
+                drop(loss);
+                Ok(())
+            }
+            StepMode::Generate {
+                prompt_len,
+                new_tokens,
+            } => {
+                self.with_model(|model| {
+                    model.generate(
+                        batch_size,
+                        prompt_len,
+                        new_tokens,
+                        &self.device,
+                        &mut || boundary(Phase::Prefill),
+                    )
+                })?;
+                boundary(Phase::Decode)
+            }
+        }
+    }
+
+    fn has_backward(&self) -> bool {
+        self.options.mode.trains()
     }
 }

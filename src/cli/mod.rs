@@ -174,6 +174,42 @@ pub struct StepArgs {
     /// Image side in pixels for `cnn`: the largest images your training meets. [default: 32]
     #[arg(long, value_name = "PIXELS")]
     pub image_size: Option<usize>,
+
+    /// What a trial runs: train (forward, loss, backward, optimizer update); eval (the
+    /// forward pass and the loss with no autograd graph, as a validation loop runs it);
+    /// generate (prefill --prompt-len tokens, then --new-tokens decode steps with a KV cache;
+    /// the batch is the sequences generated together; decoders only); train+eval (the
+    /// training search, then the largest evaluation batch while the training state is held
+    /// at the recommended training size).
+    #[arg(long, value_enum, default_value = "train", value_name = "MODE")]
+    pub mode: ModeArg,
+
+    /// Tokens of each prompt (--mode generate).
+    #[arg(long, value_name = "TOKENS")]
+    pub prompt_len: Option<usize>,
+
+    /// Decode steps after the prompt, one token each (--mode generate).
+    #[arg(long, value_name = "TOKENS")]
+    pub new_tokens: Option<usize>,
+
+    /// With --mode eval: evaluate while a training loop's state is held (the trained
+    /// weights, the optimizer's state, and what a training step at batch size B left).
+    #[arg(long, value_name = "B")]
+    pub beside_training: Option<usize>,
+}
+
+/// `--mode`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// A full training step.
+    Train,
+    /// An evaluation pass (forward and loss, no autograd graph).
+    Eval,
+    /// Prefill and decode with a KV cache.
+    Generate,
+    /// The training search, then the evaluation batch beside it.
+    #[value(name = "train+eval")]
+    TrainEval,
 }
 
 /// Where trials run and what they are measured against.
@@ -245,6 +281,12 @@ pub struct CheckArgs {
     /// The batch size to check.
     #[arg(long, short = 'b', value_name = "B")]
     pub batch_size: usize,
+
+    /// Check a training and an evaluation batch size together: the training step at
+    /// --batch-size, then an evaluation pass of this size while the training state is
+    /// held; exit 0 only if both fit.
+    #[arg(long, value_name = "B")]
+    pub eval_batch_size: Option<usize>,
 
     /// Make the check a verification run: N consecutive training steps, each step's peak
     /// reported; exit 1 if any step crosses the capacity. [default: the steps per trial]

@@ -10,7 +10,7 @@ use maxbatch::device::{self, DeviceKind};
 use maxbatch::isolate::ChildProcessTrials;
 use maxbatch::plan::Plan;
 use maxbatch::report::{DataParallel, DeviceInfo};
-use maxbatch::{Error, Observer, Outcome, Report};
+use maxbatch::{Error, Observer, Outcome, Report, StepMode};
 
 use crate::child::TrialChild;
 use crate::output::answer::{DevicesAnswer, SearchAnswer};
@@ -48,8 +48,18 @@ pub fn run(job: &Search) -> Result<ExitCode> {
             plans: plans(job, &report),
             report,
             what_if: Vec::new(),
+            evaluation: None,
         })
         .collect();
+    if let (true, false, Some(first)) = (job.eval_after, interrupted, answers.first_mut()) {
+        let evaluation = evaluation_beside(job, &first.report, &stop)?;
+        first.evaluation = Some(Box::new(SearchAnswer {
+            plans: plans(job, &evaluation),
+            report: evaluation,
+            what_if: Vec::new(),
+            evaluation: None,
+        }));
+    }
     if let Some(first) = answers.first_mut() {
         first.what_if = what_if;
     }
@@ -133,6 +143,29 @@ fn plans(job: &Search, report: &Report) -> Vec<Plan> {
         .iter()
         .filter_map(|memory| Plan::for_report(report, memory, cuda_cap))
         .collect()
+}
+
+/// `--mode train+eval`'s second search: the largest evaluation batch while the training
+/// state of the first search's recommended size is held (the workload runs one training
+/// step at that size before its trials; see docs/design.md, "Beyond training").
+fn evaluation_beside(job: &Search, training: &Report, stop: &StopSignals) -> Result<Report> {
+    // The size the user will train at: the recommended one, or the maximum when no size
+    // that ran leaves the margin free.
+    let train_batch = training.sizes.recommended.unwrap_or(training.sizes.max);
+    let mode = StepMode::Eval {
+        beside_training: Some(train_batch),
+    };
+    let mut evaluation = job.clone();
+    evaluation.trials.model.options.mode = mode;
+    evaluation.settings.mode = mode;
+    evaluation.settings.accumulation = None;
+    evaluation.settings.verify_steps = 0;
+    evaluation.eval_after = false;
+    eprintln!("the evaluation batch beside training at batch size {train_batch}:");
+    search_devices(&evaluation, stop)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the evaluation search ran on no device"))
 }
 
 /// The search on each device asked for, one report each, until one is interrupted.

@@ -25,6 +25,7 @@ use crate::device::ResolvedDevice;
 use crate::error::Error;
 use crate::estimate::Estimate;
 use crate::models::ModelInfo;
+use crate::models::StepMode;
 use crate::report::Report;
 use crate::search::Strategy;
 use crate::settings::{AccumulationGoal, SearchSettings};
@@ -116,6 +117,14 @@ impl Finder {
     /// [`start`](Self::start). The answer is exact either way.
     pub fn estimate(mut self, estimate: Estimate) -> Self {
         self.estimate = Some(estimate);
+        self
+    }
+
+    /// What the step is (default: [`StepMode::Train`]): give `StepMode::EVAL` for an
+    /// evaluation step (see [`evaluation`](crate::evaluation)) so that its report and cache
+    /// entry say so. The search is the same for every mode.
+    pub fn mode(mut self, mode: StepMode) -> Self {
+        self.settings.mode = mode;
         self
     }
 

@@ -27,6 +27,14 @@ pub struct ModelInfo {
     /// attn.c_attn".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapters: Option<String>,
+    /// A generation's KV cache bytes per token of one sequence: 2 (keys and values) ×
+    /// layers × key/value heads × head width × the dtype's bytes. Arithmetic from the
+    /// config, not a measurement (`None`: not a generation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_bytes_per_token: Option<u64>,
+    /// The tokens a generation's KV cache holds per sequence: prompt and new tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_tokens: Option<usize>,
 }
 
 impl ModelInfo {

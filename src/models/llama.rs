@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::frozen;
+use super::generation::{self, cached_mask, Decoder, LayerCache};
 use super::lora::{AdaptedLinear, Adapters, LinearShape};
 use super::{causal_mask, cross_entropy, head_logits, token_batch, Batch, Model};
 use crate::memory::parts::mark;
@@ -204,15 +205,29 @@ impl Layer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, rotary: &(Tensor, Tensor), mask: &Tensor) -> Result<Tensor> {
-        let xs = (xs + self.attention(&self.input_norm.forward(xs)?, rotary, mask)?)?;
+    /// The layer on `xs` at the positions of `rotary`, attending with `mask` (`None`: to
+    /// everything) to the tokens of `xs` and, when there is a cache, every token before them.
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rotary: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let xs = (xs + self.attention(&self.input_norm.forward(xs)?, rotary, mask, cache)?)?;
         let normed = self.post_norm.forward(&xs)?;
         let gated =
             (candle_nn::ops::silu(&self.gate.forward(&normed)?)? * self.up.forward(&normed)?)?;
         xs + self.down.forward(&gated)?
     }
 
-    fn attention(&self, xs: &Tensor, rotary: &(Tensor, Tensor), mask: &Tensor) -> Result<Tensor> {
+    fn attention(
+        &self,
+        xs: &Tensor,
+        rotary: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let heads = |proj: &AdaptedLinear, n: usize| -> Result<Tensor> {
             proj.forward(xs)?
@@ -224,10 +239,19 @@ impl Layer {
         let q = apply_rotary(&heads(&self.q, self.heads)?, cos, sin)?;
         let k = apply_rotary(&heads(&self.k, self.kv_heads)?, cos, sin)?;
         let v = heads(&self.v, self.kv_heads)?;
+        // The cache keeps the key/value heads, not their grouped copies (as servers do).
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
         let groups = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(&k, groups)?, repeat_kv(&v, groups)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = ((q * scale)?.matmul(&k.t()?)?).broadcast_add(mask)?;
+        let scores = (q * scale)?.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let ys =
             weights
@@ -318,7 +342,7 @@ impl Model for Llama {
         let mask = causal_mask(t, device)?.to_dtype(dtype)?;
         mark("embeddings");
         for layer in &self.layers {
-            xs = layer.forward(&xs, &rotary, &mask)?;
+            xs = layer.forward(&xs, &rotary, Some(&mask), None)?;
         }
         mark("blocks");
         let xs = self.norm.forward(&xs)?;
@@ -329,6 +353,66 @@ impl Model for Llama {
         let loss = cross_entropy(&logits, &batch.targets)?;
         mark("logits and loss");
         Ok(loss)
+    }
+
+    fn generate(
+        &self,
+        batch_size: usize,
+        prompt_len: usize,
+        new_tokens: usize,
+        device: &Device,
+        after_prefill: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let dtype = self.embed.embeddings().dtype();
+        generation::generate(
+            self,
+            batch_size,
+            prompt_len,
+            new_tokens,
+            dtype,
+            device,
+            after_prefill,
+        )
+    }
+}
+
+impl Decoder for Llama {
+    fn vocab(&self) -> usize {
+        self.config.vocab
+    }
+
+    fn cache_shape(&self) -> (usize, usize, usize) {
+        let c = &self.config;
+        (c.layers, c.kv_heads, c.head_dim)
+    }
+
+    fn forward_cached(&self, tokens: &Tensor, caches: &mut [LayerCache]) -> Result<Tensor> {
+        let (_, t) = tokens.dims2()?;
+        let device = tokens.device();
+        let offset = caches.first().map_or(0, LayerCache::cached);
+        let mut xs = self.embed.forward(tokens)?;
+        let dtype = xs.dtype();
+        let (cos, sin) = rotary_tables(
+            offset + t,
+            self.config.head_dim,
+            self.config.rope_theta,
+            dtype,
+            device,
+        )?;
+        let rotary = (cos.narrow(0, offset, t)?, sin.narrow(0, offset, t)?);
+        let mask = match cached_mask(t, offset, device)? {
+            Some(mask) => Some(mask.to_dtype(dtype)?),
+            None => None,
+        };
+        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
+            xs = layer.forward(&xs, &rotary, mask.as_ref(), Some(cache))?;
+        }
+        let last = self.norm.forward(&xs.narrow(1, t - 1, 1)?)?;
+        let logits = match &self.lm_head {
+            Some(head) => head_logits(&last, head.weight())?,
+            None => head_logits(&last, self.embed.embeddings())?,
+        };
+        logits.squeeze(1)
     }
 }
 

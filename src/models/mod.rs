@@ -7,12 +7,14 @@
 //! are synthetic batches of the worst-case shape.
 
 pub mod frozen;
+pub(crate) mod generation;
 pub mod hf_config;
 mod info;
 mod layers;
 pub mod llama;
 pub mod lora;
 pub mod mlp;
+mod mode;
 mod options;
 pub mod params;
 pub mod resnet;
@@ -23,6 +25,7 @@ use candle_core::{Device, Result, Tensor};
 
 pub use info::ModelInfo;
 pub(crate) use layers::{causal_mask, cross_entropy, head_logits, random_ids, token_batch};
+pub use mode::StepMode;
 pub(crate) use options::bounded_seq_len;
 pub use options::ModelOptions;
 pub use spec::{ModelSource, ModelSpec, CUDA_MAX_ELEMENTS};
@@ -43,6 +46,22 @@ pub trait Model {
 
     /// The scalar training loss of `batch` (cross-entropy).
     fn loss(&self, batch: &Batch) -> Result<Tensor>;
+
+    /// Generates for `batch_size` sequences with a KV cache: a `prompt_len`-token prompt
+    /// prefilled (then `after_prefill` is called), then `new_tokens` decode steps (see
+    /// [`generation`]). Only the decoders generate.
+    fn generate(
+        &self,
+        _batch_size: usize,
+        _prompt_len: usize,
+        _new_tokens: usize,
+        _device: &Device,
+        _after_prefill: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        candle_core::bail!(
+            "only the decoders (transformers, Llama-family and GPT-2 configs) generate"
+        )
+    }
 }
 
 /// An architecture with a fixed shape.

@@ -4,6 +4,7 @@
 use candle_core::DType;
 
 use super::lora::LoraOptions;
+use super::mode::StepMode;
 use super::{Architecture, ModelSpec};
 use crate::error::{Error, Setting};
 
@@ -21,6 +22,8 @@ pub struct ModelOptions {
     pub amp: Option<DType>,
     /// LoRA fine-tuning: only adapters are trained.
     pub lora: Option<LoraOptions>,
+    /// What a trial's step is: training (the default), evaluation, or generation.
+    pub mode: StepMode,
 }
 
 impl Default for ModelOptions {
@@ -31,6 +34,7 @@ impl Default for ModelOptions {
             dtype: DType::F32,
             amp: None,
             lora: None,
+            mode: StepMode::Train,
         }
     }
 }
@@ -81,7 +85,81 @@ impl ModelOptions {
             image_size(self)?;
         }
         self.check_precision()?;
+        self.check_mode(spec)?;
         spec.adapters(self).map(|_| ())
+    }
+
+    /// Refuses a generation for a model that does not generate (the MLP, the ResNet), with a
+    /// sequence length (the prompt and the new tokens set it), with no prompt or no new
+    /// token, or longer than learned positions reach; and an evaluation beside training at
+    /// batch size 0.
+    pub(crate) fn check_mode(&self, spec: &ModelSpec) -> Result<(), Error> {
+        match self.mode {
+            StepMode::Train => Ok(()),
+            StepMode::Eval {
+                beside_training: Some(0),
+            } => Err(Error::setting(
+                Setting::BatchSize,
+                0,
+                "the training batch size an evaluation runs beside must be at least 1",
+            )),
+            StepMode::Eval { .. } => Ok(()),
+            StepMode::Generate {
+                prompt_len,
+                new_tokens,
+            } => {
+                let context = match &spec.architecture {
+                    Architecture::Gpt(c) => Some(c.context),
+                    Architecture::Llama(..) => None,
+                    Architecture::Mlp(_) | Architecture::ResNet(_) => {
+                        return Err(Error::setting(
+                            Setting::Mode,
+                            "generate",
+                            format!(
+                                "{} is not a decoder and generates nothing; $Mode generate \
+                                 takes a transformer or a Llama-family or GPT-2 config (use \
+                                 $Mode eval for its evaluation batch)",
+                                spec.name
+                            ),
+                        ))
+                    }
+                };
+                if let Some(n) = self.seq_len {
+                    return Err(Error::setting(
+                        Setting::SeqLen,
+                        n,
+                        "a generation's length is $PromptLen + $NewTokens; drop $SeqLen",
+                    ));
+                }
+                if prompt_len == 0 {
+                    return Err(Error::setting(
+                        Setting::PromptLen,
+                        0,
+                        "$PromptLen must be at least 1 token",
+                    ));
+                }
+                if new_tokens == 0 {
+                    return Err(Error::setting(
+                        Setting::NewTokens,
+                        0,
+                        "$NewTokens must be at least 1 (a prompt alone is $Mode eval's forward \
+                         pass)",
+                    ));
+                }
+                match context {
+                    Some(context) if prompt_len + new_tokens > context => Err(Error::setting(
+                        Setting::NewTokens,
+                        new_tokens,
+                        format!(
+                            "$PromptLen {prompt_len} + $NewTokens {new_tokens} is longer than \
+                             this model's context of {context} tokens (learned positions); \
+                             keep the sum at most {context}"
+                        ),
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        }
     }
 
     /// Refuses mixed precision in f32 and mixed precision over weights not kept in f32.

@@ -11,6 +11,10 @@
 //!   turns into f32 gradients, and that the trial's peak counts;
 //! - LoRA (`--lora-rank`): only the adapters (names ending in `lora_A`/`lora_B`) are
 //!   variables; every other weight is frozen.
+//! - evaluation and generation on their own (`--mode eval`, `--mode generate`): nothing is
+//!   a variable, so nothing the model computes is tracked;
+//! - evaluation beside training: the training store's [`detached`](ParamStore::detached)
+//!   view hands out its variables as plain tensors sharing their storage (no copy).
 //!
 //! See docs/design.md, "Training modes".
 
@@ -27,18 +31,40 @@ pub struct ParamStore {
     trainable: VarMap,
     frozen: Arc<Mutex<HashMap<String, Tensor>>>,
     storage: DType,
-    adapters_only: bool,
+    trains: Trains,
+    detached: bool,
+}
+
+/// Which of a model's tensors a [`ParamStore`] makes trained variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trains {
+    /// Every tensor (plain training, mixed precision).
+    All,
+    /// LoRA's adapters only.
+    Adapters,
+    /// None (evaluation and generation on their own).
+    Nothing,
 }
 
 impl ParamStore {
-    /// A store keeping every tensor in `storage`; with `adapters_only`, only LoRA adapters
-    /// are trained.
-    pub fn new(storage: DType, adapters_only: bool) -> Self {
+    /// A store keeping every tensor in `storage`, training what `trains` says.
+    pub fn new(storage: DType, trains: Trains) -> Self {
         Self {
             trainable: VarMap::new(),
             frozen: Arc::default(),
             storage,
-            adapters_only,
+            trains,
+            detached: false,
+        }
+    }
+
+    /// The same tensors, with the trained variables handed out detached: plain tensors on
+    /// the same storage, which nothing the model computes from them tracks (an evaluation
+    /// beside training builds its model from this view).
+    pub fn detached(&self) -> Self {
+        Self {
+            detached: true,
+            ..self.clone()
         }
     }
 
@@ -64,12 +90,23 @@ impl ParamStore {
     }
 
     fn is_trained(&self, name: &str) -> bool {
-        !self.adapters_only || super::lora::is_adapter(name)
+        match self.trains {
+            Trains::All => true,
+            Trains::Adapters => super::lora::is_adapter(name),
+            Trains::Nothing => false,
+        }
     }
 
     fn stored(&self, shape: Shape, name: &str, init: Init, device: &Device) -> Result<Tensor> {
         if self.is_trained(name) {
-            return self.trainable.get(shape, name, init, self.storage, device);
+            let tensor = self
+                .trainable
+                .get(shape, name, init, self.storage, device)?;
+            return Ok(if self.detached {
+                tensor.detach()
+            } else {
+                tensor
+            });
         }
         let mut frozen = self.frozen_map();
         if let Some(tensor) = frozen.get(name) {

@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use super::lora::Adapters;
 use super::options::{bounded_seq_len, image_size};
 use super::{hf_config, llama, mlp, resnet, transformer, Architecture, Model, ModelInfo};
-use super::{ModelOptions, PRESETS};
+use super::{ModelOptions, StepMode, PRESETS};
 use crate::error::{Error, Setting};
 
 /// The most elements one tensor may have on CUDA: 2³¹. candle's element-wise CUDA kernels
@@ -79,7 +79,7 @@ impl ModelSpec {
     /// What the report says about this model with `options`; allocates nothing.
     pub fn info(&self, options: &ModelOptions) -> std::result::Result<ModelInfo, Error> {
         options.validate(self)?;
-        let (input, summary) = match &self.architecture {
+        let (mut input, summary) = match &self.architecture {
             Architecture::Mlp(c) => (c.input(), c.summary()),
             Architecture::Gpt(c) => (format!("{} tokens", c.seq_len(options)?), c.summary()),
             Architecture::Llama(c, family) => (
@@ -91,6 +91,13 @@ impl ModelSpec {
                 (format!("3×{s}×{s} image"), c.summary())
             }
         };
+        if let StepMode::Generate {
+            prompt_len,
+            new_tokens,
+        } = options.mode
+        {
+            input = format!("{prompt_len}-token prompt + {new_tokens} new tokens");
+        }
         let adapters = self.adapters(options)?;
         let trained = self.trainable_parameter_count(&adapters);
         let adapter_parameters = if adapters.adapted().is_empty() {
@@ -102,11 +109,21 @@ impl ModelSpec {
             name: self.name.clone(),
             // PEFT's "all params": the base weights and the adapters.
             parameters: self.parameter_count() + adapter_parameters,
-            trainable_parameters: Some(trained),
+            // Evaluation and generation on their own train nothing.
+            trainable_parameters: Some(if options.mode.keeps_training_state() {
+                trained
+            } else {
+                0
+            }),
             input,
             summary,
             dtype: options.dtype.as_str().to_string(),
             compute_dtype: options.amp.map(|d| d.as_str().to_string()),
+            kv_cache_bytes_per_token: options
+                .mode
+                .cached_tokens()
+                .and_then(|_| self.kv_cache_bytes_per_token(options)),
+            kv_cache_tokens: options.mode.cached_tokens(),
             adapters: options.lora.as_ref().map(|lora| {
                 format!(
                     "LoRA rank {} (alpha {}) on {}",
@@ -116,6 +133,19 @@ impl ModelSpec {
                 )
             }),
         })
+    }
+
+    /// A decoder's KV cache bytes per token of one sequence, in the dtype the passes compute
+    /// in: 2 (keys and values) × layers × key/value heads × head width × bytes (`None`: not
+    /// a decoder). Arithmetic from the shapes.
+    pub fn kv_cache_bytes_per_token(&self, options: &ModelOptions) -> Option<u64> {
+        let (layers, kv_heads, head_dim) = match &self.architecture {
+            Architecture::Gpt(c) => (c.layers, c.heads, c.width / c.heads.max(1)),
+            Architecture::Llama(c, _) => (c.layers, c.kv_heads, c.head_dim),
+            Architecture::Mlp(_) | Architecture::ResNet(_) => return None,
+        };
+        let bytes = options.compute_dtype().size_in_bytes();
+        Some(2 * (layers * kv_heads * head_dim * bytes) as u64)
     }
 
     /// The adapters `options.lora` asks for (none without it); refuses LoRA on the MLP and

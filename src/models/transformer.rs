@@ -11,6 +11,7 @@ use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::frozen;
+use super::generation::{self, cached_mask, Decoder, LayerCache};
 use super::lora::{AdaptedLinear, Adapters, LinearShape};
 use super::{
     bounded_seq_len, causal_mask, cross_entropy, head_logits, token_batch, Batch, Model,
@@ -165,15 +166,27 @@ impl Block {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let xs = (xs + self.attention(&self.norm1.forward(xs)?, mask)?)?;
+    /// The block on `xs`, attending with `mask` (`None`: to everything) to the tokens of
+    /// `xs` and, when there is a cache, every token cached before them.
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let xs = (xs + self.attention(&self.norm1.forward(xs)?, mask, cache)?)?;
         let ffn = self
             .down
             .forward(&self.up.forward(&self.norm2.forward(&xs)?)?.gelu()?)?;
         xs + ffn
     }
 
-    fn attention(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    fn attention(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
         let (b, t, c) = xs.dims3()?;
         let head = c / self.heads;
         let qkv = self
@@ -184,7 +197,15 @@ impl Block {
         let q = (qkv.get(0)?.contiguous()? * (1.0 / (head as f64).sqrt()))?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let ys = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
         self.proj.forward(&ys)
@@ -261,7 +282,7 @@ impl Model for Gpt {
         let mask = causal_mask(t, device)?.to_dtype(xs.dtype())?;
         mark("embeddings");
         for block in &self.blocks {
-            xs = block.forward(&xs, &mask)?;
+            xs = block.forward(&xs, Some(&mask), None)?;
         }
         mark("blocks");
         let xs = self.norm.forward(&xs)?;
@@ -269,6 +290,57 @@ impl Model for Gpt {
         let loss = cross_entropy(&logits, &batch.targets)?;
         mark("logits and loss");
         Ok(loss)
+    }
+
+    fn generate(
+        &self,
+        batch_size: usize,
+        prompt_len: usize,
+        new_tokens: usize,
+        device: &Device,
+        after_prefill: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let dtype = self.tokens.embeddings().dtype();
+        generation::generate(
+            self,
+            batch_size,
+            prompt_len,
+            new_tokens,
+            dtype,
+            device,
+            after_prefill,
+        )
+    }
+}
+
+impl Decoder for Gpt {
+    fn vocab(&self) -> usize {
+        self.config.vocab
+    }
+
+    fn cache_shape(&self) -> (usize, usize, usize) {
+        let c = &self.config;
+        (c.layers, c.heads, c.width / c.heads)
+    }
+
+    fn forward_cached(&self, tokens: &Tensor, caches: &mut [LayerCache]) -> Result<Tensor> {
+        let (_, t) = tokens.dims2()?;
+        let device = tokens.device();
+        let offset = caches.first().map_or(0, LayerCache::cached);
+        let positions = Tensor::arange(offset as u32, (offset + t) as u32, device)?;
+        let mut xs = self
+            .tokens
+            .forward(tokens)?
+            .broadcast_add(&self.positions.forward(&positions)?)?;
+        let mask = match cached_mask(t, offset, device)? {
+            Some(mask) => Some(mask.to_dtype(xs.dtype())?),
+            None => None,
+        };
+        for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
+            xs = block.forward(&xs, mask.as_ref(), Some(cache))?;
+        }
+        let last = self.norm.forward(&xs.narrow(1, t - 1, 1)?)?;
+        head_logits(&last, self.tokens.embeddings())?.squeeze(1)
     }
 }
 

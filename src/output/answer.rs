@@ -21,6 +21,10 @@ pub struct SearchAnswer {
     /// `--what-if`: each change's sizes, measured by a search of its own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub what_if: Vec<WhatIf>,
+    /// `--mode train+eval`: the evaluation search run beside this training search, with
+    /// the training state of its recommended size held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<Box<SearchAnswer>>,
 }
 
 impl SearchAnswer {
@@ -30,6 +34,7 @@ impl SearchAnswer {
             report,
             plans: Vec::new(),
             what_if: Vec::new(),
+            evaluation: None,
         }
     }
 }

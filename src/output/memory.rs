@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use maxbatch::analysis::MemoryModel;
 use maxbatch::format::bytes;
-use maxbatch::Report;
+use maxbatch::{Phase, Report, StepMode};
 
 /// The memory model, the throughput note and the gradient accumulation.
 pub fn render(out: &mut String, r: &Report) {
@@ -29,8 +29,13 @@ pub fn render(out: &mut String, r: &Report) {
             bytes(m.measured_peak_bytes),
             100.0 * m.relative_error
         );
-        if let (Some(w), Some(g), Some(o)) = (m.weights_bytes, m.gradients_bytes, m.optimizer_bytes)
-        {
+        let trains = r.settings.mode.trains();
+        if let (Some(w), Some(g), Some(o), true) = (
+            m.weights_bytes,
+            m.gradients_bytes,
+            m.optimizer_bytes,
+            trains,
+        ) {
             let _ = writeln!(
                 out,
                 "              from the parameter count (arithmetic, not measured): weights {}, gradients {}, optimizer state {}",
@@ -39,8 +44,9 @@ pub fn render(out: &mut String, r: &Report) {
                 bytes(o),
             );
         }
-        phase_breakdown(out, m);
+        phase_breakdown(out, m, trains);
     }
+    generation(out, r);
     if let Some(note) = &r.throughput_note {
         let _ = writeln!(out, "throughput:   {note}");
     }
@@ -64,7 +70,65 @@ pub fn render(out: &mut String, r: &Report) {
 
 /// Where the bytes per sample arise, phase by phase, and which phase set the peak at the
 /// smallest size and at the maximum (why small sizes can sit above the line).
-fn phase_breakdown(out: &mut String, m: &MemoryModel) {
+/// A generation's KV cache (the arithmetic, and the bytes a CPU trial counted) and its
+/// prefill and decode throughput at the largest size that fit.
+fn generation(out: &mut String, r: &Report) {
+    let StepMode::Generate {
+        prompt_len,
+        new_tokens,
+    } = r.settings.mode
+    else {
+        return;
+    };
+    let tokens = prompt_len + new_tokens;
+    if let Some(per_token) = r.model.kv_cache_bytes_per_token {
+        let measured = r
+            .memory_model
+            .as_ref()
+            .and_then(|m| {
+                let part = m.parts.iter().find(|p| p.part == KV_CACHE_PART)?;
+                Some(format!(
+                    "; measured {} per sequence (the cache's counted bytes between batch sizes {} and {})",
+                    bytes(part.bytes_per_sample.unsigned_abs()),
+                    m.fitted_from[0],
+                    m.fitted_from[1]
+                ))
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "kv cache:     {} per sequence ({} per token × {tokens} tokens; arithmetic from the config){measured}",
+            bytes(per_token * tokens as u64),
+            bytes(per_token),
+        );
+    }
+    let Some(trial) = r.fitting_trial(r.sizes.max) else {
+        return;
+    };
+    let rate = |phase, per_sequence: usize| {
+        trial.phase_duration(phase).filter(|&s| s > 0.0).map(|s| {
+            format!(
+                "{:.0} tokens/s",
+                (trial.batch_size * per_sequence) as f64 / s
+            )
+        })
+    };
+    if let (Some(prefill), Some(decode)) = (
+        rate(Phase::Prefill, prompt_len),
+        rate(Phase::Decode, new_tokens),
+    ) {
+        let _ = writeln!(
+            out,
+            "generation:   at batch size {}: prefill {prefill}, decode {decode} (measured: the trial's last step)",
+            trial.batch_size
+        );
+    }
+}
+
+/// The part a generation's KV cache is marked as (`models::generation`).
+const KV_CACHE_PART: &str = "kv cache";
+
+fn phase_breakdown(out: &mut String, m: &MemoryModel, trains: bool) {
     let mut parts = Vec::new();
     let mut before = 0u64;
     for p in &m.phases {
@@ -79,7 +143,9 @@ fn phase_breakdown(out: &mut String, m: &MemoryModel) {
             parts.join(", ")
         );
     }
-    if !m.parts.is_empty() {
+    // Without a graph nothing is held for a backward pass: what a part leaves alive is not
+    // where the peak's bytes are (a generation's cache is given on its own line).
+    if !m.parts.is_empty() && trains {
         let held: Vec<String> = m
             .parts
             .iter()

@@ -8,7 +8,7 @@ use maxbatch::format::{bytes, parameters};
 use maxbatch::memory::CapacitySource;
 use maxbatch::report::text::{trial_line, TRIALS_HEADER};
 use maxbatch::trial::Trial;
-use maxbatch::Report;
+use maxbatch::{Report, StepMode};
 
 use super::{memory, schedule, size_or_none, verification};
 
@@ -102,6 +102,9 @@ fn header(out: &mut String, r: &Report) {
         r.model.name,
         about_model(r).join(", ")
     );
+    if !r.settings.mode.trains() {
+        let _ = writeln!(out, "step:     {}", r.settings.mode);
+    }
     let d = &r.device;
     let kind = if d.capacity_is_budget {
         "budget"
@@ -132,7 +135,13 @@ fn header(out: &mut String, r: &Report) {
             "everything the process held when the search started: the model, its optimizer \
              state, your data"
         } else {
-            "weights, optimizer state, workspaces"
+            match r.settings.mode {
+                StepMode::Train => "weights, optimizer state, workspaces",
+                StepMode::Eval {
+                    beside_training: Some(_),
+                } => "weights, optimizer state, what the training step left, workspaces",
+                _ => "weights, workspaces",
+            }
         };
         more.push(format!(
             "{} counted as held before every trial ({what})",

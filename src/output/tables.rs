@@ -22,6 +22,20 @@ pub fn answer(answer: &SearchAnswer) -> String {
         out.push('\n');
         out.push_str(&what_if(&answer.what_if, Some(&answer.report)));
     }
+    if let Some(evaluation) = &answer.evaluation {
+        let (train, eval) = (&answer.report.sizes, &evaluation.report.sizes);
+        out.push_str("\nthe evaluation batch beside this training run:\n\n");
+        out.push_str(&self::answer(evaluation));
+        let recommended = |r: Option<usize>| r.map_or("none".to_string(), |b| b.to_string());
+        let _ = writeln!(
+            out,
+            "\ntogether: train at batch size {}, evaluate at up to {} (recommended {}), \
+             measured with that training state held",
+            train.recommended.unwrap_or(train.max),
+            eval.max,
+            recommended(eval.recommended)
+        );
+    }
     out
 }
 

@@ -69,6 +69,10 @@ pub struct Trial {
     /// Wall-clock seconds of each completed step, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub step_times: Vec<f64>,
+    /// Seconds from the start of the last complete step to each of its phase boundaries
+    /// (a generation's prefill and decode: their throughput). Empty when no step completed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phase_seconds: Vec<PhaseTime>,
     /// Samples trained per second (batch size / seconds per step) when it fit.
     #[serde(default)]
     pub samples_per_second: Option<f64>,
@@ -104,6 +108,28 @@ pub struct PhasePeak {
     pub phase: Phase,
     /// The most bytes in use since the trial started.
     pub peak_bytes: u64,
+}
+
+/// When one phase of a step ended, in seconds from the step's start.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTime {
+    /// The phase that had just ended.
+    pub phase: Phase,
+    /// Seconds from the start of the step.
+    pub seconds: f64,
+}
+
+impl Trial {
+    /// The seconds the `phase` of the last complete step took: from the boundary before
+    /// it (or the step's start) to its own.
+    pub fn phase_duration(&self, phase: Phase) -> Option<f64> {
+        let at = self.phase_seconds.iter().position(|t| t.phase == phase)?;
+        let start = match at {
+            0 => 0.0,
+            i => self.phase_seconds[i - 1].seconds,
+        };
+        Some(self.phase_seconds[at].seconds - start)
+    }
 }
 
 /// Samples trained per second at `batch_size` with `step_seconds` a step (`None` for a
@@ -197,6 +223,7 @@ impl Trial {
             held_by_part: Vec::new(),
             step_seconds: None,
             step_times: Vec::new(),
+            phase_seconds: Vec::new(),
             samples_per_second: None,
             steps: 0,
             stopped_after: None,

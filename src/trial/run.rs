@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{samples_per_second, HeldPart, Outcome, PhasePeak, Trial, BACKWARD_PART};
+use super::{samples_per_second, HeldPart, Outcome, PhasePeak, PhaseTime, Trial, BACKWARD_PART};
 use crate::memory::stop::StopAt;
 use crate::memory::MemoryMeter;
 use crate::search::Purpose;
@@ -46,7 +46,8 @@ pub fn run_for(
         meter,
         StopAt {
             peak_bytes: (limit as u64).saturating_add(window.drift),
-            in_forward: purpose == Purpose::Confirm,
+            // A step without a backward pass has nothing after its forward pass to measure.
+            in_forward: purpose == Purpose::Confirm || !step.has_backward(),
         },
     );
     let meter = &mut *stops.meter;
@@ -67,6 +68,8 @@ struct Window {
     phase_peaks: Vec<PhasePeak>,
     step_peaks: Vec<u64>,
     step_times: Vec<f64>,
+    /// The phase boundaries' times of the step running, then of the last complete one.
+    phase_seconds: Vec<PhaseTime>,
     completed: usize,
     over_capacity: Option<Phase>,
     /// The pass a stop point stopped the trial inside, if one did.
@@ -84,6 +87,7 @@ impl Window {
             phase_peaks: Vec::with_capacity(3),
             step_peaks: Vec::with_capacity(steps),
             step_times: Vec::with_capacity(steps),
+            phase_seconds: Vec::with_capacity(5),
             completed: 0,
             over_capacity: None,
             stopped_inside: None,
@@ -107,15 +111,21 @@ impl Window {
         } else {
             meter.record_parts(true);
         }
+        self.phase_seconds.clear();
         let started = Instant::now();
         // The last boundary this step reached.
         let mut reached = None;
         let result = {
             let (drift, capacity) = (self.drift, self.capacity);
             let (phase_peaks, over_capacity) = (&mut self.phase_peaks, &mut self.over_capacity);
+            let phase_seconds = &mut self.phase_seconds;
             let reached = &mut reached;
             let mut boundary = |phase: Phase| {
                 *reached = Some(phase);
+                phase_seconds.push(PhaseTime {
+                    phase,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
                 let peak_bytes = meter.peak_bytes()?.saturating_sub(drift);
                 if index == 0 {
                     phase_peaks.push(PhasePeak { phase, peak_bytes });
@@ -143,6 +153,7 @@ impl Window {
                 // pass while its boundary was not reached yet.
                 let inside = match reached {
                     None => Phase::Forward,
+                    Some(Phase::Prefill) => Phase::Decode,
                     Some(_) => Phase::Backward,
                 };
                 self.over_capacity = Some(Phase::Forward);
@@ -211,6 +222,7 @@ impl Window {
             phase_peaks: self.phase_peaks,
             step_peaks: self.step_peaks,
             step_times: self.step_times,
+            phase_seconds: if fits { self.phase_seconds } else { Vec::new() },
             ..Trial::new(batch_size, if fits { Outcome::Fits } else { Outcome::Oom })
         })
     }
@@ -220,10 +232,11 @@ impl Window {
         let step = self.completed + 1;
         match (self.over_capacity, &self.device_oom) {
             (Some(_), _) if self.stopped_inside.is_some() => Some(format!(
-                "stopped inside the {} pass of step {step}: over capacity",
+                "stopped inside the {} of step {step}: over capacity",
                 match self.stopped_inside {
-                    Some(Phase::Forward) => "forward",
-                    _ => "backward",
+                    Some(Phase::Forward) => "forward pass",
+                    Some(Phase::Decode) => "decode steps",
+                    _ => "backward pass",
                 }
             )),
             (Some(phase), _) if self.completed < steps => Some(format!(
