@@ -6,6 +6,7 @@
 mod common;
 mod helpers;
 
+mod beyond;
 mod cache;
 mod estimate;
 mod input;
