@@ -90,8 +90,8 @@ fn pair(job: &Check, eval: usize) -> Result<ExitCode> {
         if !job.trials.json {
             print!("{}", text(job, &training, &session));
             match &evaluation {
-                Some((trial, session)) => print!(
-                    "evaluation batch size {eval} {} beside it on {name}: {}\n",
+                Some((trial, session)) => println!(
+                    "evaluation batch size {eval} {} beside it on {name}: {}",
                     if trial.outcome == Outcome::Fits {
                         "fits"
                     } else {

@@ -66,11 +66,11 @@ impl StepMode {
         }
     }
 
-    /// What a report calls the batch: samples, or sequences generated together.
-    pub fn batch_noun(self) -> &'static str {
+    /// What a report calls one of the batch: a sample, or a sequence generated with others.
+    pub fn sample_noun(self) -> &'static str {
         match self {
-            StepMode::Generate { .. } => "sequences",
-            _ => "samples",
+            StepMode::Generate { .. } => "sequence",
+            _ => "sample",
         }
     }
 }

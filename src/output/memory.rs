@@ -11,9 +11,10 @@ use maxbatch::{Phase, Report, StepMode};
 /// The memory model, the throughput note and the gradient accumulation.
 pub fn render(out: &mut String, r: &Report) {
     if let Some(m) = &r.memory_model {
+        let noun = r.settings.mode.sample_noun();
         let _ = writeln!(
             out,
-            "memory model: peak ≈ {} + {} per sample (the search's line through batch sizes {} and {}{})",
+            "memory model: peak ≈ {} + {} per {noun} (the search's line through batch sizes {} and {}{})",
             bytes(m.fixed_bytes),
             bytes(m.bytes_per_sample),
             m.fitted_from[0],
@@ -44,7 +45,7 @@ pub fn render(out: &mut String, r: &Report) {
                 bytes(o),
             );
         }
-        phase_breakdown(out, m, trains);
+        phase_breakdown(out, m, trains, noun);
     }
     generation(out, r);
     if let Some(note) = &r.throughput_note {
@@ -128,7 +129,7 @@ fn generation(out: &mut String, r: &Report) {
 /// The part a generation's KV cache is marked as (`models::generation`).
 const KV_CACHE_PART: &str = "kv cache";
 
-fn phase_breakdown(out: &mut String, m: &MemoryModel, trains: bool) {
+fn phase_breakdown(out: &mut String, m: &MemoryModel, trains: bool, noun: &str) {
     let mut parts = Vec::new();
     let mut before = 0u64;
     for p in &m.phases {
@@ -139,7 +140,7 @@ fn phase_breakdown(out: &mut String, m: &MemoryModel, trains: bool) {
     if !parts.is_empty() {
         let _ = writeln!(
             out,
-            "              per sample, by the phase that adds it (measured): {}",
+            "              per {noun}, by the phase that adds it (measured): {}",
             parts.join(", ")
         );
     }

@@ -183,7 +183,7 @@ fn about_model(r: &Report) -> Vec<String> {
             _ => format!("{} parameters", parameters(m.parameters)),
         });
     }
-    about.push(format!("{} per sample", m.input));
+    about.push(format!("{} per {}", m.input, r.settings.mode.sample_noun()));
     if let Some(compute) = &m.compute_dtype {
         about.push(format!(
             "mixed precision: {} weights, {compute} compute{optimizer}",
