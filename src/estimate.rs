@@ -20,7 +20,10 @@
 //! `tests/estimate.rs`.
 
 pub mod families;
+mod inference;
 mod lora;
+
+pub use inference::{Inference, InferencePhase};
 
 use serde::{Deserialize, Serialize};
 
@@ -98,6 +101,10 @@ pub struct Estimate {
     /// What the update holds above the activations: the gradients, what the gradient store
     /// keeps besides them, and the optimizer step's transient.
     pub update: Vec<Term>,
+    /// An evaluation's or a generation's step instead of a training step's (the training
+    /// terms above are then empty): what it holds throughout, and each phase's moments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<Inference>,
 }
 
 impl Estimate {
@@ -109,12 +116,7 @@ impl Estimate {
         optimizer: OptimizerKind,
     ) -> Result<Self, Error> {
         if !options.mode.trains() {
-            return Err(Error::setting(
-                crate::error::Setting::Mode,
-                "eval/generate",
-                "the estimate from shapes counts training steps only; a search or check \
-                 measures $Mode eval and generate",
-            ));
+            return inference::estimate(spec, options, optimizer);
         }
         families::estimate(spec, options, optimizer)
     }
@@ -124,8 +126,12 @@ impl Estimate {
         self.weights_bytes + self.optimizer_bytes
     }
 
-    /// The estimated peak of each phase at `batch_size`, in order.
-    pub fn phases(&self, batch_size: usize) -> [PhaseEstimate; 3] {
+    /// The estimated peak of each phase at `batch_size`, in order: forward, backward,
+    /// update for training; forward for an evaluation; prefill, decode for a generation.
+    pub fn phases(&self, batch_size: usize) -> Vec<PhaseEstimate> {
+        if let Some(inference) = &self.inference {
+            return inference.phases(self.held_bytes(), batch_size);
+        }
         let forward = self.held_bytes() + self.activations.at(batch_size);
         let (moment, extra) = self
             .backward
@@ -134,7 +140,7 @@ impl Estimate {
             .max_by_key(|&(_, bytes)| bytes)
             .unwrap_or(("the activations", 0));
         let update: u64 = self.update.iter().map(|t| t.at(batch_size)).sum();
-        [
+        vec![
             PhaseEstimate {
                 phase: Phase::Forward,
                 peak_bytes: forward,
@@ -155,8 +161,13 @@ impl Estimate {
 
     /// The estimated peak at `batch_size` and the phase that sets it.
     pub fn peak(&self, batch_size: usize) -> PhaseEstimate {
-        let [forward, backward, update] = self.phases(batch_size);
-        [backward, update].into_iter().fold(forward, |best, p| {
+        let mut phases = self.phases(batch_size).into_iter();
+        let first = phases.next().unwrap_or(PhaseEstimate {
+            phase: Phase::Forward,
+            peak_bytes: self.held_bytes(),
+            set_by: "the weights".into(),
+        });
+        phases.fold(first, |best, p| {
             if p.peak_bytes > best.peak_bytes {
                 p
             } else {
@@ -168,6 +179,9 @@ impl Estimate {
     /// Every line the peak is the largest of: the forward pass, each moment of the backward
     /// pass, and the update, each as held + activations + its own bytes.
     fn lines(&self) -> Vec<Term> {
+        if let Some(inference) = &self.inference {
+            return inference.lines(self.held_bytes());
+        }
         let base = Term::new(
             "forward",
             self.held_bytes() + self.activations.fixed,
@@ -199,6 +213,9 @@ impl Estimate {
     /// count, such as matrix-multiply workspaces) in place of the estimate's own held
     /// bytes.
     pub fn step_model(&self, held: u64) -> StepModel {
+        if let Some(inference) = &self.inference {
+            return inference.step_model(self.held_bytes(), held);
+        }
         let offset = held as f64 - self.held_bytes() as f64;
         let forward = ModelLine {
             fixed: (self.held_bytes() + self.activations.fixed) as f64 + offset,
@@ -272,6 +289,7 @@ mod tests {
             activations: Term::new("a", 10, 10),
             backward: vec![Term::new("early", 500, 0), Term::new("late", 0, 40)],
             update: vec![Term::new("g", 100, 0), Term::new("t", 300, 0)],
+            inference: None,
         }
     }
 
@@ -279,7 +297,7 @@ mod tests {
     fn each_phase_is_the_largest_of_its_moments() {
         let e = estimate();
         // Held 300, activations 10 + 10 b.
-        let at = |b| e.phases(b).map(|p| p.peak_bytes);
+        let at = |b| e.phases(b).iter().map(|p| p.peak_bytes).collect::<Vec<_>>();
         assert_eq!(at(1), [320, 820, 720]);
         assert_eq!(e.phases(1)[1].set_by, "early");
         // At 20 samples the per-sample moment passes the early one: 310 + 200 + 800.

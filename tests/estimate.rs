@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 use maxbatch::estimate::Estimate;
 use maxbatch::models::lora::LoraOptions;
-use maxbatch::models::{ModelOptions, ModelSource, ModelSpec};
+use maxbatch::models::{ModelOptions, ModelSource, ModelSpec, StepMode};
 use maxbatch::{CountingAllocator, CpuMeter, Finder, OptimizerKind, Silent, Workload};
 
 #[global_allocator]
@@ -31,6 +31,8 @@ struct Case {
     amp: bool,
     /// LoRA: the rank and the targets (none: the family's default).
     lora: Option<(usize, &'static [&'static str])>,
+    /// The step: training, evaluation or generation.
+    mode: StepMode,
 }
 
 fn case(model: &'static str, seq_len: usize, batch_size: usize) -> Case {
@@ -43,6 +45,7 @@ fn case(model: &'static str, seq_len: usize, batch_size: usize) -> Case {
         peak_only: false,
         amp: false,
         lora: None,
+        mode: StepMode::Train,
     }
 }
 
@@ -65,6 +68,26 @@ impl Case {
     fn lora(self, rank: usize, targets: &'static [&'static str]) -> Case {
         Case {
             lora: Some((rank, targets)),
+            ..self
+        }
+    }
+
+    /// An evaluation pass (`--mode eval`).
+    fn eval(self) -> Case {
+        Case {
+            mode: StepMode::EVAL,
+            ..self
+        }
+    }
+
+    /// A generation (`--mode generate`) of a `prompt_len`-token prompt and `new_tokens`.
+    fn generate(self, prompt_len: usize, new_tokens: usize) -> Case {
+        Case {
+            mode: StepMode::Generate {
+                prompt_len,
+                new_tokens,
+            },
+            seq_len: None,
             ..self
         }
     }
@@ -101,8 +124,9 @@ impl Case {
 
 /// The relative errors of the estimate at one case: the peak so far at each phase boundary
 /// (after the forward pass, after the backward pass, after the update: the last is the
-/// step's peak), estimated against measured.
-fn errors(case: &Case) -> [f64; 3] {
+/// step's peak; an evaluation's forward pass; a generation's prefill and decode), estimated
+/// against measured, with each boundary's name.
+fn errors(case: &Case) -> Vec<(String, f64)> {
     let spec = case.spec();
     let options = ModelOptions {
         seq_len: case.seq_len,
@@ -113,6 +137,7 @@ fn errors(case: &Case) -> [f64; 3] {
             alpha: 16,
             targets: targets.iter().map(|t| t.to_string()).collect(),
         }),
+        mode: case.mode,
         ..ModelOptions::default()
     };
     let estimate = Estimate::new(&spec, &options, case.optimizer).unwrap();
@@ -129,28 +154,37 @@ fn errors(case: &Case) -> [f64; 3] {
         .iter()
         .map(|p| p.peak_bytes - base)
         .collect();
-    assert_eq!(measured.len(), 3);
-    let phases = estimate.phases(case.batch_size).map(|p| p.peak_bytes);
-    let so_far = [
-        phases[0],
-        phases[0].max(phases[1]),
-        phases.into_iter().max().unwrap_or(0),
-    ];
-    assert_eq!(so_far[2], estimate.peak(case.batch_size).peak_bytes);
-    let error = |i: usize| so_far[i] as f64 / measured[i] as f64 - 1.0;
-    let errors = [error(0), error(1), error(2)];
+    let phases = estimate.phases(case.batch_size);
+    assert_eq!(measured.len(), phases.len(), "{:?}", trial.phase_peaks);
+    let so_far: Vec<u64> = phases
+        .iter()
+        .scan(0, |most, p| {
+            *most = p.peak_bytes.max(*most);
+            Some(*most)
+        })
+        .collect();
+    assert_eq!(
+        so_far.last(),
+        Some(&estimate.peak(case.batch_size).peak_bytes)
+    );
+    let errors: Vec<(String, f64)> = phases
+        .iter()
+        .zip(so_far.iter().zip(&measured))
+        .map(|(p, (&e, &m))| (p.phase.to_string(), e as f64 / m as f64 - 1.0))
+        .collect();
+    let shown: Vec<String> = errors
+        .iter()
+        .map(|(phase, e)| format!("{phase} {:+6.2}%", e * 100.0))
+        .collect();
     println!(
-        "{:<22} {:>5} {:>4} {:<6} {:<5} forward {:+6.2}%  backward {:+6.2}%  peak {:+6.2}% \
-         (measured {} MiB, set by {})",
+        "{:<22} {:>5} {:>4} {:<6} {:<9} {}  (measured {} MiB, set by {})",
         case.model,
         case.seq_len.map_or("-".into(), |t| t.to_string()),
         case.batch_size,
         case.optimizer.to_string(),
         label(case),
-        errors[0] * 100.0,
-        errors[1] * 100.0,
-        errors[2] * 100.0,
-        measured[2] >> 20,
+        shown.join("  "),
+        measured.last().copied().unwrap_or(0) >> 20,
         estimate.peak(case.batch_size).set_by,
     );
     errors
@@ -158,14 +192,23 @@ fn errors(case: &Case) -> [f64; 3] {
 
 /// The case's training mode: its dtype, `amp`, or `lora N` with its targets.
 fn label(case: &Case) -> String {
-    match case.lora {
+    let mode = match case.mode {
+        StepMode::Train => String::new(),
+        StepMode::Eval { .. } => " eval".into(),
+        StepMode::Generate {
+            prompt_len,
+            new_tokens,
+        } => format!(" gen {prompt_len}+{new_tokens}"),
+    };
+    let training = match case.lora {
         Some((rank, [])) => format!("{} lora {rank}", case.dtype.as_str()),
         Some((rank, targets)) => {
             format!("{} lora {rank} {}", case.dtype.as_str(), targets.join(","))
         }
         None if case.amp => "amp".into(),
         None => case.dtype.as_str().into(),
-    }
+    };
+    training + &mode
 }
 
 fn check_within(cases: &[Case], bound: f64) {
@@ -174,12 +217,8 @@ fn check_within(cases: &[Case], bound: f64) {
     let mut misses = Vec::new();
     for case in cases {
         let errors = errors(case);
-        let checked = if case.peak_only { 2 } else { 0 };
-        for (phase, e) in ["forward", "backward", "peak"]
-            .iter()
-            .zip(errors)
-            .skip(checked)
-        {
+        let checked = if case.peak_only { errors.len() - 1 } else { 0 };
+        for (phase, e) in errors.into_iter().skip(checked) {
             worst = worst.max(e.abs());
             if e.abs() > bound {
                 misses.push(format!(
@@ -229,6 +268,7 @@ fn the_estimate_is_within_five_percent_of_the_measured_peaks() {
     .into_iter()
     .chain(mixed_precision_cases())
     .chain(lora_cases())
+    .chain(inference_cases())
     .collect();
     check_within(&cases, 0.05);
 }
@@ -277,6 +317,39 @@ fn lora_cases() -> Vec<Case> {
         case("tiny-qwen2.json", 128, 2).bf16().lora(8, &[]),
         case("held-out-llama.json", 32, 8).lora(16, &[]),
         case("wide-mlp-llama.json", 32, 4).lora(8, &[]),
+    ]
+}
+
+/// Evaluation (`--mode eval`) and generation (`--mode generate`) on every family the
+/// estimate counts, where different moments set the peak (the loss, attention, the
+/// feed-forward network; the prefill's attention, the decode steps at a full cache), within
+/// 5% at every phase boundary; evaluation in bf16 too. A generation in bf16 is not held to
+/// it on the CPU: candle 0.11's CPU backend has no bf16 matrix product and widens both
+/// operands' whole storage to f32 for each one (a weight's, a layer's whole cache), which
+/// the estimate, made for GPUs' kernels, does not count (see docs/design.md).
+fn inference_cases() -> Vec<Case> {
+    vec![
+        case("mlp", 0, 256).eval(),
+        case("mlp", 0, 4096).eval(),
+        case("transformer-tiny", 64, 16).eval(),
+        case("transformer-tiny", 64, 1).eval(),
+        case("transformer-tiny", 32, 8).bf16().eval(),
+        case("transformer-small", 128, 4).eval(),
+        case("tiny-gpt2.json", 64, 4).eval(),
+        case("wide-ffn-gpt2.json", 128, 4).eval(),
+        case("tiny-llama.json", 128, 8).eval(),
+        case("tiny-qwen2.json", 128, 2).bf16().eval(),
+        case("wide-mlp-llama.json", 32, 4).eval(),
+        case("held-out-llama.json", 64, 4).eval(),
+        case("transformer-tiny", 0, 16).generate(32, 16),
+        case("transformer-small", 0, 4).generate(256, 16),
+        case("tiny-gpt2.json", 0, 8).generate(8, 48),
+        case("tiny-llama.json", 0, 8).generate(96, 8),
+        case("tiny-llama.json", 0, 8).generate(4, 120),
+        case("tiny-qwen2.json", 0, 4).generate(64, 32),
+        case("held-out-llama.json", 0, 2).generate(8, 200),
+        case("held-out-llama.json", 0, 8).generate(96, 32),
+        case("wide-mlp-llama.json", 0, 4).generate(16, 16),
     ]
 }
 

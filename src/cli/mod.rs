@@ -48,9 +48,9 @@ pub enum Command {
     /// Pre-flight check: run one trial at --batch-size; exit 0 if it fits, 1 if not, 2 on
     /// error.
     Check(CheckArgs),
-    /// Predict a training step's peak memory from the model's shapes alone, with no trial:
-    /// each phase's peak, and the largest batch size for --memory or --plan-for targets.
-    /// Every figure is a prediction.
+    /// Predict a step's peak memory (training, or --mode eval or generate) from the model's
+    /// shapes alone, with no trial: each phase's peak, and the largest batch size for
+    /// --memory or --plan-for targets. Every figure is a prediction.
     Estimate(EstimateArgs),
     /// Internal (--isolate): run one trial and print it as JSON; exit 0 whatever its
     /// outcome.

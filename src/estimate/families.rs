@@ -115,6 +115,7 @@ pub(super) fn estimate(
                 0,
             ),
         ],
+        inference: None,
     })
 }
 

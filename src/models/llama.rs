@@ -247,10 +247,11 @@ impl Layer {
         let groups = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(&k, groups)?, repeat_kv(&v, groups)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q * scale)?.matmul(&k.t()?)?;
+        // One binding: a shadowed product would stay alive to the end of the function,
+        // which an untracked pass (evaluation, generation) would pay for.
         let scores = match mask {
-            Some(mask) => scores.broadcast_add(mask)?,
-            None => scores,
+            Some(mask) => (q * scale)?.matmul(&k.t()?)?.broadcast_add(mask)?,
+            None => (q * scale)?.matmul(&k.t()?)?,
         };
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let ys =

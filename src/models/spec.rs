@@ -208,6 +208,24 @@ impl ModelSpec {
             let widest = widths.iter().map(|&w| seq * w as u64).max().unwrap_or(0);
             widest.max(heads as u64 * seq * seq)
         };
+        if let StepMode::Generate {
+            prompt_len,
+            new_tokens,
+        } = options.mode
+        {
+            // The prefill's [P, ·] tensors and scores, one layer's cache, the last logits.
+            let (ffn, heads, kv_width, vocab) = match &self.architecture {
+                Architecture::Gpt(c) => (c.ffn, c.heads, c.width, c.vocab),
+                Architecture::Llama(c, _) => {
+                    (c.intermediate, c.heads, c.kv_heads * c.head_dim, c.vocab)
+                }
+                Architecture::Mlp(_) | Architecture::ResNet(_) => (0, 0, 0, 0),
+            };
+            let cache = (kv_width * (prompt_len + new_tokens)) as u64;
+            return Ok(tokens_times(prompt_len, &[ffn], heads)
+                .max(cache)
+                .max(vocab as u64));
+        }
         Ok(match &self.architecture {
             Architecture::Mlp(c) => [c.inputs, c.width, c.classes]
                 .into_iter()

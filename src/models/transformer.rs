@@ -201,10 +201,11 @@ impl Block {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
         };
-        let scores = q.matmul(&k.t()?)?;
+        // One binding: a shadowed product would stay alive to the end of the function,
+        // which an untracked pass (evaluation, generation) would pay for.
         let scores = match mask {
-            Some(mask) => scores.broadcast_add(mask)?,
-            None => scores,
+            Some(mask) => q.matmul(&k.t()?)?.broadcast_add(mask)?,
+            None => q.matmul(&k.t()?)?,
         };
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let ys = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;

@@ -44,8 +44,36 @@ pub fn render(
     out
 }
 
-/// The model, then what it holds: weights, gradients, optimizer state, activations.
+/// The model, then what it holds: weights, gradients, optimizer state, activations (for an
+/// evaluation or a generation: the weights, what the step holds throughout, which part is
+/// arithmetic and which counted).
 fn terms(estimate: &Estimate) -> String {
+    if let Some(inference) = &estimate.inference {
+        let mut out = format!(
+            "{}: {}, {}, {}. PREDICTED from the shapes alone: nothing ran.\n\n  weights           {}\n",
+            estimate.model,
+            estimate.input,
+            estimate.dtype,
+            inference.mode,
+            bytes(estimate.weights_bytes)
+        );
+        let noun = inference.mode.sample_noun();
+        for held in &inference.held {
+            out += &format!(
+                "  held              {}{} per {noun}: {}\n",
+                if held.fixed > 0 {
+                    format!("{} + ", bytes(held.fixed))
+                } else {
+                    String::new()
+                },
+                bytes(held.per_sample),
+                held.what
+            );
+        }
+        out += "  each phase's peak: the largest of its moments, counted from candle's kernels \
+                (what is alive at one instant)\n\n";
+        return out;
+    }
     let a = &estimate.activations;
     format!(
         "{}: {}, {}, {}{}. PREDICTED from the shapes alone: nothing ran.\n\n  \

@@ -146,6 +146,28 @@ fn generation_is_exact_and_its_kv_cache_is_the_arithmetic() {
             .map(|p| p["phase"].as_str().unwrap())
             .collect();
         assert_eq!(phases, ["prefill", "decode"]);
+        // The estimate's KV cache is the same arithmetic, and it seeded the search: its
+        // maximum is a size the search ran first.
+        let mut estimate: Vec<&str> = model.clone();
+        estimate.retain(|a| *a != "cpu" && *a != "--device");
+        let output = maxbatch()
+            .arg("estimate")
+            .args(&estimate)
+            .args(["--memory", &args[args.len() - 1], "--json"])
+            .output()
+            .unwrap();
+        let predicted = json_of(&output);
+        assert_eq!(predicted["predicted"], true);
+        let held = &predicted["estimate"]["inference"]["held"][0];
+        assert_eq!(held["per_sample"].as_u64(), Some(per_token * 32), "{held}");
+        let phases: Vec<&str> = predicted["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["phase"].as_str().unwrap())
+            .collect();
+        assert_eq!(phases, ["prefill", "decode"]);
+        assert!(report["seeding"].is_object(), "{}", report["seeding"]);
     }
 }
 
@@ -239,8 +261,20 @@ fn the_modes_refuse_what_they_cannot_run() {
         "not a decoder",
     );
     fails_cleanly(
-        &["estimate", "--model", "transformer-tiny", "--mode", "eval"],
-        "counts training steps only",
+        &[
+            "estimate",
+            "--model",
+            "transformer-tiny",
+            "--mode",
+            "eval",
+            "--lora-rank",
+            "8",
+        ],
+        "does not count --lora-rank",
+    );
+    fails_cleanly(
+        &["estimate", "--model", "cnn", "--mode", "eval"],
+        "does not count cnn's convolutions",
     );
     // What held() measures under each mode: nothing trained means less held.
     let train = held(&tiny);
