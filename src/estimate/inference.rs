@@ -134,17 +134,6 @@ pub(super) fn estimate(
              adapters yet; a search or `maxbatch check` measures it",
         ));
     }
-    if let StepMode::Eval {
-        beside_training: Some(_),
-    } = options.mode
-    {
-        return Err(Error::setting(
-            Setting::Mode,
-            "eval beside training",
-            "the estimate counts an evaluation on its own; beside training a search or \
-             `maxbatch check` measures it (--mode train+eval, --eval-batch-size)",
-        ));
-    }
     let s = options.compute_dtype().size_in_bytes() as u64;
     let kept = options.dtype.size_in_bytes() as u64;
     let mut held = Vec::new();
@@ -190,7 +179,15 @@ pub(super) fn estimate(
         adapters: None,
         weights_bytes: info.parameters * kept,
         gradients_bytes: 0,
-        optimizer_bytes: 0,
+        // Beside training the optimizer's state is held too (what the training step leaves
+        // besides it is nothing on the CPU; on CUDA the pool's blocks, which a search
+        // measures as held).
+        optimizer_bytes: match options.mode {
+            StepMode::Eval {
+                beside_training: Some(_),
+            } => optimizer.state_copies() * info.parameters * kept,
+            _ => 0,
+        },
         activations: Term::new("activations", 0, 0),
         backward: Vec::new(),
         update: Vec::new(),

@@ -57,6 +57,13 @@ fn terms(estimate: &Estimate) -> String {
             inference.mode,
             bytes(estimate.weights_bytes)
         );
+        if estimate.optimizer_bytes > 0 {
+            out += &format!(
+                "  optimizer state   {} ({}'s, held beside training)\n",
+                bytes(estimate.optimizer_bytes),
+                estimate.optimizer
+            );
+        }
         let noun = inference.mode.sample_noun();
         for held in &inference.held {
             out += &format!(
