@@ -328,9 +328,9 @@ impl Error {
                 workspace,
                 capacity,
             } => format!(
-                "the model alone (weights and optimizer state{}) needs {}, more than the \
-                 capacity {}; raise $Memory, or choose a smaller model, $Dtype bf16 or \
-                 $Optimizer sgd",
+                "the model alone (its weights, and the optimizer's state when it trains{}) \
+                 needs {}, more than the capacity {}; raise $Memory, or choose a smaller \
+                 model or $Dtype bf16 (when training, $Optimizer sgd)",
                 if *workspace > 0 {
                     format!(", with {} of matrix-multiply workspaces", bytes(*workspace))
                 } else {

@@ -92,13 +92,16 @@ fn lighter_step(model: &Model, optimizer: OptimizerKind, device: DeviceKind) -> 
         Architecture::Gpt(_) | Architecture::Llama(..)
     );
     let resnet = matches!(model.spec.architecture, Architecture::ResNet(_));
-    if transformer {
+    let mode = model.options.mode;
+    if transformer && mode.cached_tokens().is_some() {
+        ways.push("shorten --prompt-len or --new-tokens".into());
+    } else if transformer {
         ways.push("shorten --seq-len".into());
     }
     if resnet {
         ways.push("use a smaller --image-size".into());
     }
-    if optimizer == OptimizerKind::AdamW {
+    if optimizer == OptimizerKind::AdamW && mode.keeps_training_state() {
         ways.push("train with --optimizer sgd".into());
     }
     // The CPU cannot train convolutions in bf16.
@@ -107,7 +110,7 @@ fn lighter_step(model: &Model, optimizer: OptimizerKind, device: DeviceKind) -> 
     if half && !(resnet && device == DeviceKind::Cpu) {
         ways.push("--dtype bf16".into());
     }
-    if transformer && options.lora.is_none() {
+    if transformer && options.lora.is_none() && mode.trains() {
         ways.push("fine-tune with --lora-rank 8".into());
     }
     let last = ways.pop().unwrap_or_default();

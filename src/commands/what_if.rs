@@ -83,7 +83,11 @@ pub fn changes(search: &Search) -> Vec<Change> {
     let model = &search.trials.model;
     let options = &model.options;
     let mut changes = Vec::new();
-    if search.trials.optimizer != OptimizerKind::Sgd {
+    // The optimizer and LoRA change what training holds; an evaluation or a generation on
+    // its own keeps no optimizer state and trains nothing, and a generation's length is its
+    // prompt and new tokens.
+    let mode = options.mode;
+    if search.trials.optimizer != OptimizerKind::Sgd && mode.keeps_training_state() {
         changes.push(Change::Optimizer(OptimizerKind::Sgd));
     }
     if options.dtype == DType::F32 && options.amp.is_none() {
@@ -95,10 +99,11 @@ pub fn changes(search: &Search) -> Vec<Change> {
         Architecture::Gpt(_) | Architecture::Llama(..)
     );
     let seq_len = model.spec.seq_len(options).ok().flatten();
-    if let Some(len) = seq_len.filter(|&n| decoder && n >= 2) {
+    let generates = mode.cached_tokens().is_some();
+    if let Some(len) = seq_len.filter(|&n| decoder && n >= 2 && !generates) {
         changes.push(Change::SeqLen(len / 2));
     }
-    if decoder && options.lora.is_none() {
+    if decoder && options.lora.is_none() && mode.trains() {
         changes.push(Change::Lora(WHAT_IF_LORA_RANK));
     }
     changes
@@ -210,6 +215,24 @@ mod tests {
                 "1"
             ]),
             ["--lora-rank 8"]
+        );
+        // Nothing is trained in an evaluation or a generation on its own.
+        assert_eq!(
+            changes_of(&["--model", "transformer-tiny", "--mode", "eval"]),
+            ["--amp bf16", "--dtype bf16", "--seq-len 32"]
+        );
+        assert_eq!(
+            changes_of(&[
+                "--model",
+                "transformer-tiny",
+                "--mode",
+                "generate",
+                "--prompt-len",
+                "8",
+                "--new-tokens",
+                "8"
+            ]),
+            ["--amp bf16", "--dtype bf16"]
         );
     }
 

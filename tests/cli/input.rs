@@ -316,7 +316,7 @@ fn a_config_too_large_for_the_budget_is_refused_before_it_is_built() {
             "--memory",
             "8GiB",
         ],
-        "the model alone (weights and optimizer state) needs",
+        "the model alone (its weights, and the optimizer's state when it trains) needs",
     );
 }
 
