@@ -14,7 +14,10 @@
 #      hidden `element-probe`), `check` refusing a size past it, and on a card with room for
 #      it a training step on both sides of it;
 #   6. 50 consecutive steps at the recommended size, and the search's maximum against the
-#      estimate from shapes for the same capacity.
+#      estimate from shapes for the same capacity;
+#   7. a generation search (--mode generate, transformer-small, 128-token prompts and 384
+#      new tokens): the most sequences, the estimate against the first trial's peak, the KV
+#      cache's bytes per token, the prefill and decode throughput.
 #
 #   scripts/gpu-check.sh [BINARY]                  (default: gpu-bin/maxbatch, else
 #                                                   target-cuda/release/maxbatch)

@@ -336,6 +336,50 @@ def soak_and_estimate(run, model, report):
               predicted=predicted, measured=measured)
 
 
+def generation(run):
+    """A generation search (--mode generate): the largest number of sequences prefilled and
+    decoded with a KV cache on the device, the estimate's first prediction against the
+    measured peak, the cache's bytes per token and the prefill and decode throughput."""
+    if not run.time_for("generation", 60):
+        return
+    if run.cpu:
+        model = ["--model", "transformer-tiny", "--memory", "64MiB", "--prompt-len", "16",
+                 "--new-tokens", "16"]
+    else:  # about 10 MB a sequence: thousands fit, below the element cap (8192)
+        model = ["--model", "transformer-small", "--prompt-len", "128", "--new-tokens", "384"]
+    code, out = run.maxbatch("generation", model + ["--mode", "generate"] + run.device()
+                             + ["--json", "--no-cache"], 180)
+    r = parse_json(out)
+    if code != 0 or not r:
+        run.check("generation", False, f"exit {code}; see logs/generation.log")
+        return
+    max_size = r["max_batch_size"]
+    trials = r["trials"]
+    at_max = next((t for t in trials if t["batch_size"] == max_size and t["outcome"] == "fits"), {})
+    times = {p["phase"]: p["seconds"] for p in at_max.get("phase_seconds", [])}
+    prefill_s = times.get("prefill")
+    decode_s = (times.get("decode") or 0) - (prefill_s or 0)
+    prompt, new = (int(model[model.index("--prompt-len") + 1]),
+                   int(model[model.index("--new-tokens") + 1]))
+    first = (r.get("seeding") or {}).get("first_trial") or {}
+    error = None
+    if first:
+        error = (first["measured_peak_bytes"] - first["predicted_peak_bytes"]) / first["predicted_peak_bytes"]
+    exact = any(t["batch_size"] == max_size + 1 and t["outcome"] == "oom" for t in trials)
+    run.check("generation", exact or r.get("max_is_cap"),
+              f"max {max_size} sequences ({'capped' if r.get('max_is_cap') else 'max + 1 ran out of memory'}), "
+              f"{len(trials)} trials; KV cache {r['model'].get('kv_cache_bytes_per_token')} B a token; "
+              + (f"estimate {first['predicted_peak_bytes'] >> 20} MiB against {first['measured_peak_bytes'] >> 20} "
+                 f"MiB measured at {first['batch_size']} ({error:+.2%}); " if first else "not seeded; ")
+              + (f"prefill {max_size * prompt / prefill_s:.0f} tokens/s, decode "
+                 f"{max_size * new / decode_s:.0f} tokens/s at the maximum" if prefill_s and decode_s > 0
+                 else "no phase times"),
+              max=max_size, trials=len(trials),
+              kv_cache_bytes_per_token=r["model"].get("kv_cache_bytes_per_token"),
+              estimate_error=error, prefill_seconds=prefill_s, decode_seconds=decode_s,
+              phase_peaks=at_max.get("phase_peaks"))
+
+
 def write_out(run, started_wall, header):
     failed = [c["check"] for c in run.checks if c["passed"] is False]
     summary = dict(header)
@@ -446,6 +490,7 @@ def main():
         guarded(run, "cublas-workspace", cublas_workspace, run, model)
         guarded(run, "element-cap", element_cap, run, args.fixtures, header.get("total_bytes"))
         guarded(run, "soak", soak_and_estimate, run, model, report)
+        guarded(run, "generation", generation, run)
     run.out = out
     ok = write_out(run, started_wall, header)
     print(f"{'passed' if ok else 'FAILED'} in {time.monotonic() - run.started:.0f} s; "
