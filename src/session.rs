@@ -5,8 +5,8 @@ use anyhow::Result;
 use maxbatch::cache::{Cache, CacheKey, Cacheable};
 use maxbatch::device::{self, DeviceKind, DeviceRequest, ResolvedDevice};
 use maxbatch::estimate::Estimate;
-use maxbatch::models::ModelInfo;
-use maxbatch::{Error, Finder, MemoryMeter, SearchSettings, Workload};
+use maxbatch::models::{ModelInfo, ModelOptions, StepMode};
+use maxbatch::{Error, Finder, MemoryMeter, Outcome, SearchSettings, Silent, Workload};
 
 use crate::resolve::{Model, Trials};
 
@@ -174,12 +174,44 @@ impl<'a> Session<'a> {
         }
         tracing::info!(model = %self.info.name, device = %self.device.name, "building the model");
         let before = self.meter.current_bytes()?;
-        let workload = Workload::new(
+        let beside = match self.model.options.mode {
+            StepMode::Eval {
+                beside_training: Some(b),
+            } => Some(b),
+            _ => None,
+        };
+        // Beside training: built as training, its training step run as a trial (measured
+        // against the capacity: one that does not fit is an error, not a process past its
+        // memory), then turned to evaluate with that state held.
+        let options = ModelOptions {
+            mode: if beside.is_some() {
+                StepMode::Train
+            } else {
+                self.model.options.mode
+            },
+            ..self.model.options.clone()
+        };
+        let mut workload = Workload::new(
             &self.model.spec,
-            &self.model.options,
+            &options,
             self.trials.optimizer,
             &self.device.device,
         )?;
+        if let Some(train_batch) = beside {
+            let built = self.meter.current_bytes()?.saturating_sub(before);
+            let trial = Finder::on_resolved(self.device.clone())
+                .model_holds(built)
+                .check_with(&mut workload, self.meter.as_mut(), train_batch, &mut Silent)?;
+            if trial.outcome != Outcome::Fits {
+                anyhow::bail!(
+                    "the training step at batch size {train_batch} does not fit ({}), so no \
+                     evaluation can run beside it; give --beside-training a size that fits \
+                     (or use --mode train+eval, which finds it)",
+                    trial.detail.as_deref().unwrap_or("over the capacity")
+                );
+            }
+            workload = workload.evaluating_beside_training(train_batch)?;
+        }
         let built = self.meter.current_bytes()?.saturating_sub(before);
         Ok((workload, built))
     }

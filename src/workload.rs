@@ -298,14 +298,40 @@ impl Workload {
             beside_training: Some(train_batch),
         } = options.mode
         {
+            // Built as training, stepped once, then turned to evaluate.
+            workload.options.mode = StepMode::Train;
             workload.train_once(train_batch)?;
-            workload.store = workload.store.detached();
-            if workload.model.is_some() {
-                let vb = Self::builder(&workload.store, options, device);
-                workload.model = Some(spec.build(options, vb)?);
-            }
+            return workload.evaluating_beside_training(train_batch);
         }
         Ok(workload)
+    }
+
+    /// This training workload, after the training steps it ran, turned to evaluate while
+    /// its training state is held (`StepMode::Eval { beside_training: Some(train_batch) }`):
+    /// the model built again from the detached view of its variables (the same storage,
+    /// untracked), the optimizer and its state kept. Run a training step at `train_batch`
+    /// first (a `check` at that size does, measured against the capacity); [`new`](Self::new)
+    /// with that mode runs one itself, unmeasured.
+    pub fn evaluating_beside_training(
+        mut self,
+        train_batch: usize,
+    ) -> std::result::Result<Self, crate::Error> {
+        if self.options.mode != StepMode::Train {
+            return Err(crate::Error::setting(
+                crate::error::Setting::Mode,
+                "eval",
+                "only a training workload can evaluate beside its training state",
+            ));
+        }
+        self.options.mode = StepMode::Eval {
+            beside_training: Some(train_batch),
+        };
+        self.store = self.store.detached();
+        if self.model.is_some() {
+            let vb = Self::builder(&self.store, &self.options, &self.device);
+            self.model = Some(self.spec.build(&self.options, vb)?);
+        }
+        Ok(self)
     }
 
     /// One training step at `batch_size`, the loop's `backward_step`: what an evaluation

@@ -276,6 +276,17 @@ fn the_modes_refuse_what_they_cannot_run() {
         &["estimate", "--model", "cnn", "--mode", "eval"],
         "does not count cnn's convolutions",
     );
+    // A training batch that does not fit is refused before any evaluation trial, measured.
+    let beside = with_room(&tiny, 8 * MIB);
+    let beside: Vec<&str> = beside.iter().map(String::as_str).collect();
+    fails_cleanly(
+        &[
+            &beside[..],
+            &["--mode", "eval", "--beside-training", "1000"],
+        ]
+        .concat(),
+        "the training step at batch size 1000 does not fit",
+    );
     // What held() measures under each mode: nothing trained means less held.
     let train = held(&tiny);
     let eval = held(&[&tiny[..], &["--mode", "eval"]].concat());
