@@ -596,3 +596,61 @@ fn a_varmap_model_is_described_counted_alone_and_left_as_it_was() {
         assert_eq!(evaluate(), before);
     });
 }
+
+#[test]
+fn an_evaluation_closure_is_searched_exactly_and_reported_as_one() {
+    on_heap_thread(|| {
+        use maxbatch::{evaluation, StepMode};
+        // A forward pass that holds 1 MiB per sample at its peak, and a training step over
+        // the same samples that keeps three times as much for its backward pass.
+        let budget = held_with_workspaces() + 60 * MIB as u64 + MIB as u64 / 2;
+        let mut meter = CpuMeter::with_budget(budget).unwrap();
+        let report = Finder::on_resolved(cpu())
+            .model(model())
+            .mode(StepMode::EVAL)
+            .find_with(
+                &mut evaluation(allocate_per_sample),
+                &mut meter,
+                &mut Silent,
+            )
+            .unwrap();
+        assert_eq!(report.sizes.max, 60);
+        assert_eq!(report.settings.mode, StepMode::EVAL);
+        let ran = |b: usize, outcome: Outcome| {
+            report
+                .trials
+                .iter()
+                .any(|t| t.batch_size == b && t.outcome == outcome)
+        };
+        assert!(
+            ran(60, Outcome::Fits) && ran(61, Outcome::Oom),
+            "{:?}",
+            report.trials
+        );
+        // Its one boundary is the forward pass, and the report says it was an evaluation.
+        assert!(report
+            .trials
+            .iter()
+            .filter(|t| t.outcome == Outcome::Fits)
+            .all(|t| {
+                t.phase_peaks.iter().map(|p| p.phase).collect::<Vec<_>>() == [Phase::Forward]
+            }));
+        let text = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            text["settings"]["mode"]["eval"]["beside_training"],
+            serde_json::Value::Null
+        );
+        // The same budget trains a third as many.
+        let mut meter = CpuMeter::with_budget(budget).unwrap();
+        let training = Finder::on_resolved(cpu())
+            .model(model())
+            .find_with(
+                &mut |b: usize| allocate_per_sample(3 * b),
+                &mut meter,
+                &mut Silent,
+            )
+            .unwrap();
+        assert_eq!(training.sizes.max, 20);
+        assert_eq!(training.settings.mode, StepMode::Train);
+    });
+}
