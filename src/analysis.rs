@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::models::ModelInfo;
+use crate::models::{ModelInfo, StepMode};
 use crate::search::{Fits, Through};
 use crate::trial::{self, Trial};
 use crate::workload::{OptimizerKind, Phase};
@@ -273,4 +273,62 @@ mod tests {
         assert_eq!(set_by(&trials[0]), Some(Phase::Update));
         assert_eq!(set_by(&trials[4]), Some(Phase::Backward));
     }
+}
+
+/// A generation's figures: its KV cache (the arithmetic from the config, and the bytes a CPU
+/// trial counted between the memory model's two sizes) and the prefill and decode
+/// throughput of the trial at the maximum, measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    /// The KV cache's bytes per sequence: arithmetic from the config.
+    pub kv_cache_bytes_per_sequence: u64,
+    /// The same bytes as a CPU trial counted them (`None` on CUDA, or without two sizes).
+    #[serde(default)]
+    pub kv_cache_measured_bytes_per_sequence: Option<u64>,
+    /// The batch size the throughput was measured at: the maximum.
+    pub batch_size: usize,
+    /// Prompt tokens prefilled per second, all sequences together.
+    #[serde(default)]
+    pub prefill_tokens_per_second: Option<f64>,
+    /// Tokens decoded per second, all sequences together.
+    #[serde(default)]
+    pub decode_tokens_per_second: Option<f64>,
+}
+
+/// The part a generation's KV cache is marked as (`models::generation`).
+pub const KV_CACHE_PART: &str = "kv cache";
+
+/// A generation's figures (`None` for any other mode, or when the maximum did not run).
+pub fn generation(
+    mode: StepMode,
+    model: &ModelInfo,
+    trials: &[Trial],
+    max: usize,
+    memory_model: Option<&MemoryModel>,
+) -> Option<Generation> {
+    let StepMode::Generate {
+        prompt_len,
+        new_tokens,
+    } = mode
+    else {
+        return None;
+    };
+    let at_max = trial::fitting_trial(trials, max)?;
+    let rate = |phase: Phase, tokens: usize| {
+        at_max
+            .phase_duration(phase)
+            .filter(|&s| s > 0.0)
+            .map(|s| (max * tokens) as f64 / s)
+    };
+    Some(Generation {
+        kv_cache_bytes_per_sequence: model.kv_cache_bytes_per_token?
+            * (prompt_len + new_tokens) as u64,
+        kv_cache_measured_bytes_per_sequence: memory_model.and_then(|m| {
+            let part = m.parts.iter().find(|p| p.part == KV_CACHE_PART)?;
+            u64::try_from(part.bytes_per_sample).ok()
+        }),
+        batch_size: max,
+        prefill_tokens_per_second: rate(Phase::Prefill, prompt_len),
+        decode_tokens_per_second: rate(Phase::Decode, new_tokens),
+    })
 }

@@ -249,6 +249,13 @@ pub fn report(
             ),
         )
     };
+    let generation = analysis::generation(
+        settings.mode,
+        &model,
+        &trials,
+        sizes.max,
+        memory_model.as_ref(),
+    );
     let unmeasured_boundary = unmeasured_boundary(&trials, sizes.max);
     Report {
         model,
@@ -264,6 +271,7 @@ pub fn report(
         from_cache: false,
         memory_model,
         throughput_note,
+        generation,
         accumulation: finished.accumulation,
         verification: finished.verification,
         search_trials: finished.search_trials,

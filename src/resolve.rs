@@ -414,6 +414,14 @@ fn check(args: CheckArgs) -> Result<Check> {
         )
         .into());
     }
+    if args.eval_batch_size == Some(0) {
+        return Err(Error::setting(
+            Setting::EvalBatchSize,
+            0,
+            "$EvalBatchSize must be at least 1",
+        )
+        .into());
+    }
     if let Some(eval) = args.eval_batch_size {
         if !trials.model.options.mode.trains() || args.trial.step.mode == ModeArg::TrainEval {
             return Err(Error::setting(
@@ -450,6 +458,12 @@ fn estimate(args: EstimateArgs) -> Result<Estimate> {
     let model = model(&args.model, &args.step)?;
     if !model.sweep.is_empty() {
         bail!("the estimate takes one --seq-len length; give one");
+    }
+    if args.step.mode == ModeArg::TrainEval {
+        bail!(
+            "the estimate predicts one step: give --mode train (the default), or --mode eval \
+             --beside-training B for the evaluation beside a training batch of B"
+        );
     }
     let mut memory: Vec<Memory> = args
         .memory

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::memory::MemoryMeter;
-use crate::search::{conservative_peak, Purpose};
+use crate::search::{conservative_peak, Purpose, StepModel};
 use crate::trial::{self, Outcome, Trial};
 use crate::workload::TrainStep;
 
@@ -91,6 +91,8 @@ pub struct TrialRunner<'a> {
     source: &'a mut dyn TrialSource,
     observer: &'a mut dyn Observer,
     measured: Vec<(usize, u64)>,
+    /// The estimate's prediction of a size's peak, for the guard before anything fit.
+    prior: Option<StepModel>,
     stop: Option<Arc<AtomicBool>>,
     interrupted: bool,
 }
@@ -106,9 +108,25 @@ impl<'a> TrialRunner<'a> {
             source,
             observer,
             measured: Vec::new(),
+            prior: None,
             stop,
             interrupted: false,
         }
+    }
+
+    /// Guards with `model`'s predictions too, before any size fit: a size the estimate
+    /// puts past the machine's limit is not run (one tensor of a 100,000-token prompt's
+    /// attention would abort the process before any stop point could end the trial).
+    pub fn with_prior(mut self, model: Option<StepModel>) -> Self {
+        self.prior = model;
+        self
+    }
+
+    /// The peak the guard predicts at `batch_size`: a conservative line through the sizes
+    /// that fit, else the estimate's.
+    pub fn predicted_peak(&self, batch_size: usize) -> Option<u64> {
+        conservative_peak(&self.measured, batch_size)
+            .or_else(|| self.prior.as_ref().map(|m| m.peak_at(batch_size)))
     }
 
     /// Makes ready the memory a trial that peaks at `peak_bytes` will use (see
@@ -141,7 +159,7 @@ impl<'a> TrialRunner<'a> {
     pub fn run_for(&mut self, batch_size: usize, purpose: Purpose) -> candle_core::Result<Trial> {
         self.unless_stopped("the trial", batch_size)?;
         if let Some(limit) = self.machine_limit() {
-            if let Some(predicted) = conservative_peak(&self.measured, batch_size) {
+            if let Some(predicted) = self.predicted_peak(batch_size) {
                 if predicted > limit {
                     let trial = Trial::predicted_oom(batch_size, predicted, limit);
                     tracing::info!(

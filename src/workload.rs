@@ -70,6 +70,12 @@ pub trait TrainStep {
     fn has_backward(&self) -> bool {
         true
     }
+
+    /// The phase a step is in before its first boundary: the forward pass (a generation's
+    /// prefill), for a trial stopped there to say where.
+    fn first_phase(&self) -> Phase {
+        Phase::Forward
+    }
 }
 
 /// An evaluation step written as a closure (a forward pass and the loss, no backward
@@ -475,5 +481,12 @@ impl TrainStep for Workload {
 
     fn has_backward(&self) -> bool {
         self.options.mode.trains()
+    }
+
+    fn first_phase(&self) -> Phase {
+        match self.options.mode {
+            StepMode::Generate { .. } => Phase::Prefill,
+            _ => Phase::Forward,
+        }
     }
 }

@@ -187,6 +187,9 @@ fn peak(trial: &Trial, capacity: Capacity) -> String {
             bytes(p),
             bytes(capacity.bytes)
         ),
-        None => format!("{kind} {}", bytes(capacity.bytes)),
+        None => match &trial.detail {
+            Some(detail) => format!("{kind} {}; {detail}", bytes(capacity.bytes)),
+            None => format!("{kind} {}", bytes(capacity.bytes)),
+        },
     }
 }

@@ -190,13 +190,19 @@ impl Finder {
     ) -> Result<Trial, Error> {
         self.settings.validate_check(batch_size)?;
         runner::warm_up(step, meter)?;
-        meter.mark_reference(self.counted_held(meter))?;
+        let held = self.counted_held(meter);
+        meter.mark_reference(held)?;
+        let prior = match (&self.estimate, held) {
+            (Some(estimate), Some(held)) => Some(estimate.step_model(held)),
+            _ => None,
+        };
         let mut source = InProcessTrials {
             step,
             meter,
             steps: self.settings.steps_per_trial,
         };
         TrialRunner::new(&mut source, observer, None)
+            .with_prior(prior)
             .run(batch_size)
             .map_err(|e| Error::trial(batch_size, e))
     }
@@ -216,10 +222,16 @@ impl Finder {
             ..self.settings.clone()
         };
         let capacity = device.capacity_bytes;
-        let mut runner = TrialRunner::new(source, observer, self.stop.clone());
+        let runner = TrialRunner::new(source, observer, self.stop.clone());
         // Aiming past what the machine lets a trial take would only be refused.
         let aim = runner.machine_limit().map_or(capacity, |l| l.min(capacity));
         let seeding = self.seeding(&settings, &device, aim);
+        let prior = match (&seeding, &self.estimate, device.baseline_bytes) {
+            (Some(seeding), _, _) => Some(seeding.model.clone()),
+            (None, Some(estimate), Some(held)) => Some(estimate.step_model(held)),
+            _ => None,
+        };
+        let mut runner = runner.with_prior(prior);
         if let Some(seeding) = &seeding {
             // The first trial's pages, touched before it is timed.
             runner.prepare(seeding.model.peak_at(seeding.seed));
@@ -257,14 +269,19 @@ impl Finder {
                 trials,
             }) => return partial(&runner, trials).ok_or_else(|| Error::trial(batch_size, error)),
             Err(SearchError::NothingFits { trials }) => {
+                // A size refused as predicted past the machine needs what was predicted.
+                let needs = trials.last().and_then(|t| {
+                    t.peak_bytes
+                        .or_else(|| t.predicted.then(|| runner.predicted_peak(t.batch_size))?)
+                });
                 return Err(Error::NothingFits {
-                    needs: trials.last().and_then(|t| t.peak_bytes),
+                    needs,
                     capacity,
                     hint: "give it more memory, or make one sample lighter (shorter inputs, \
                            a lower-precision dtype, an optimizer with less state)"
                         .into(),
                     at_warm_up: false,
-                })
+                });
             }
             Err(SearchError::InvalidBounds(b)) => {
                 return Err(Error::setting(

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use maxbatch::analysis::MemoryModel;
 use maxbatch::format::bytes;
-use maxbatch::{Phase, Report, StepMode};
+use maxbatch::{Report, StepMode};
 
 /// The memory model, the throughput note and the gradient accumulation.
 pub fn render(out: &mut String, r: &Report) {
@@ -74,60 +74,46 @@ pub fn render(out: &mut String, r: &Report) {
 /// A generation's KV cache (the arithmetic, and the bytes a CPU trial counted) and its
 /// prefill and decode throughput at the largest size that fit.
 fn generation(out: &mut String, r: &Report) {
-    let StepMode::Generate {
-        prompt_len,
-        new_tokens,
-    } = r.settings.mode
+    let (
+        Some(g),
+        Some(per_token),
+        StepMode::Generate {
+            prompt_len,
+            new_tokens,
+        },
+    ) = (
+        &r.generation,
+        r.model.kv_cache_bytes_per_token,
+        r.settings.mode,
+    )
     else {
         return;
     };
-    let tokens = prompt_len + new_tokens;
-    if let Some(per_token) = r.model.kv_cache_bytes_per_token {
-        let measured = r
-            .memory_model
-            .as_ref()
-            .and_then(|m| {
-                let part = m.parts.iter().find(|p| p.part == KV_CACHE_PART)?;
-                Some(format!(
-                    "; measured {} per sequence (the cache's counted bytes between batch sizes {} and {})",
-                    bytes(part.bytes_per_sample.unsigned_abs()),
-                    m.fitted_from[0],
-                    m.fitted_from[1]
-                ))
-            })
-            .unwrap_or_default();
+    let measured = match (&r.memory_model, g.kv_cache_measured_bytes_per_sequence) {
+        (Some(m), Some(bytes_counted)) => format!(
+            "; measured {} per sequence (the cache's counted bytes between batch sizes {} and {})",
+            bytes(bytes_counted),
+            m.fitted_from[0],
+            m.fitted_from[1]
+        ),
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "kv cache:     {} per sequence ({} per token × {} tokens; arithmetic from the config){measured}",
+        bytes(g.kv_cache_bytes_per_sequence),
+        bytes(per_token),
+        prompt_len + new_tokens,
+    );
+    if let (Some(prefill), Some(decode)) = (g.prefill_tokens_per_second, g.decode_tokens_per_second)
+    {
         let _ = writeln!(
             out,
-            "kv cache:     {} per sequence ({} per token × {tokens} tokens; arithmetic from the config){measured}",
-            bytes(per_token * tokens as u64),
-            bytes(per_token),
-        );
-    }
-    let Some(trial) = r.fitting_trial(r.sizes.max) else {
-        return;
-    };
-    let rate = |phase, per_sequence: usize| {
-        trial.phase_duration(phase).filter(|&s| s > 0.0).map(|s| {
-            format!(
-                "{:.0} tokens/s",
-                (trial.batch_size * per_sequence) as f64 / s
-            )
-        })
-    };
-    if let (Some(prefill), Some(decode)) = (
-        rate(Phase::Prefill, prompt_len),
-        rate(Phase::Decode, new_tokens),
-    ) {
-        let _ = writeln!(
-            out,
-            "generation:   at batch size {}: prefill {prefill}, decode {decode} (measured: the trial's last step)",
-            trial.batch_size
+            "generation:   at batch size {}: prefill {prefill:.0} tokens/s, decode {decode:.0} tokens/s (measured: the trial's last step)",
+            g.batch_size
         );
     }
 }
-
-/// The part a generation's KV cache is marked as (`models::generation`).
-const KV_CACHE_PART: &str = "kv cache";
 
 fn phase_breakdown(out: &mut String, m: &MemoryModel, trains: bool, noun: &str) {
     let mut parts = Vec::new();

@@ -47,20 +47,34 @@ pub fn plans(plans: &[Plan]) -> String {
         None => "from the lines through the trials".to_string(),
     };
     let mut out = format!("plans for other memory (PREDICTED {basis}; none of these sizes ran):\n");
+    // The range of a plan's maximum, where the trials' spread puts it; a plan capped below
+    // it (candle's CUDA element cap) shows the cap alone: its caveat says so.
+    let maxima: Vec<String> = plans
+        .iter()
+        .map(|p| {
+            let max = p.sizes.unwrap_or_default().max;
+            match p.range {
+                Some([low, high]) if low != high && low <= max => format!("{max} ({low}–{high})"),
+                _ => max.to_string(),
+            }
+        })
+        .collect();
+    let width = maxima
+        .iter()
+        .map(|m| m.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(16);
     let _ = writeln!(
         out,
-        "{:<14}{:>11}{:>11}  {:>16}  {:>12}  {:>11}  {:>12}",
+        "{:<14}{:>11}{:>11}  {:>width$}  {:>12}  {:>11}  {:>12}",
         "target", "memory", "usable", "max", "power of two", "recommended", "peak at max"
     );
-    for p in plans {
+    for (p, max) in plans.iter().zip(&maxima) {
         let sizes = p.sizes.unwrap_or_default();
-        let max = match p.range {
-            Some([low, high]) if low != high => format!("{} ({low}–{high})", sizes.max),
-            _ => sizes.max.to_string(),
-        };
         let _ = writeln!(
             out,
-            "{:<14}{:>11}{:>11}  {max:>16}  {:>12}  {:>11}  {:>12}",
+            "{:<14}{:>11}{:>11}  {max:>width$}  {:>12}  {:>11}  {:>12}",
             p.target,
             bytes(p.capacity_bytes),
             bytes(p.usable_bytes),

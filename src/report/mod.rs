@@ -112,6 +112,9 @@ pub struct Report {
     /// Set when a smaller size trained more samples per second than the maximum.
     #[serde(default)]
     pub throughput_note: Option<String>,
+    /// A generation's KV cache and prefill and decode throughput (`--mode generate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<crate::analysis::Generation>,
     /// The gradient accumulation that reaches the goal asked for, if one was.
     #[serde(default)]
     pub accumulation: Option<crate::schedule::Accumulation>,
@@ -292,6 +295,7 @@ pub mod fixtures {
             from_cache: false,
             memory_model: None,
             throughput_note: None,
+            generation: None,
             accumulation: None,
             verification: None,
             search_trials: max + 1,

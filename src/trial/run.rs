@@ -152,7 +152,7 @@ impl Window {
                 // Measured: a stop point saw the peak past the capacity, inside the forward
                 // pass while its boundary was not reached yet.
                 let inside = match reached {
-                    None => Phase::Forward,
+                    None => step.first_phase(),
                     Some(Phase::Prefill) => Phase::Decode,
                     Some(_) => Phase::Backward,
                 };
@@ -235,6 +235,7 @@ impl Window {
                 "stopped inside the {} of step {step}: over capacity",
                 match self.stopped_inside {
                     Some(Phase::Forward) => "forward pass",
+                    Some(Phase::Prefill) => "prefill",
                     Some(Phase::Decode) => "decode steps",
                     _ => "backward pass",
                 }

@@ -132,6 +132,23 @@ fn generation_is_exact_and_its_kv_cache_is_the_arithmetic() {
             (measured / arithmetic - 1.0).abs() < 0.01,
             "{model:?}: measured {measured} against {arithmetic}"
         );
+        // The report's generation figures: the same cache, and both rates measured.
+        let generation = &report["generation"];
+        assert_eq!(
+            generation["kv_cache_bytes_per_sequence"].as_u64(),
+            Some(per_token * 32)
+        );
+        assert_eq!(
+            generation["kv_cache_measured_bytes_per_sequence"].as_f64(),
+            Some(measured)
+        );
+        assert_eq!(generation["batch_size"].as_u64(), Some(max));
+        for rate in ["prefill_tokens_per_second", "decode_tokens_per_second"] {
+            assert!(
+                generation[rate].as_f64().is_some_and(|r| r > 0.0),
+                "{generation}"
+            );
+        }
         // Both phases are measured and timed at the maximum.
         let at_max = report["trials"]
             .as_array()
@@ -286,6 +303,51 @@ fn the_modes_refuse_what_they_cannot_run() {
         ]
         .concat(),
         "the training step at batch size 1000 does not fit",
+    );
+    // A prompt whose attention the estimate puts far past this machine is not run: one
+    // tensor of it would abort the process before a stop point could end the trial.
+    let llama = fixture("tiny-llama.json");
+    fails_cleanly(
+        &[
+            "--config",
+            &llama,
+            "--device",
+            "cpu",
+            "--memory",
+            "64MiB",
+            "--mode",
+            "generate",
+            "--prompt-len",
+            "100000",
+            "--new-tokens",
+            "8",
+            "--no-cache",
+        ],
+        "does not fit even at batch size 1: needs at least",
+    );
+    fails_cleanly(
+        &[
+            "check",
+            "--model",
+            "transformer-tiny",
+            "--device",
+            "cpu",
+            "-b",
+            "1",
+            "--eval-batch-size",
+            "0",
+        ],
+        "--eval-batch-size must be at least 1",
+    );
+    fails_cleanly(
+        &[
+            "estimate",
+            "--model",
+            "transformer-tiny",
+            "--mode",
+            "train+eval",
+        ],
+        "the estimate predicts one step",
     );
     // What held() measures under each mode: nothing trained means less held.
     let train = held(&tiny);
