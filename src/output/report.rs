@@ -17,7 +17,7 @@ pub fn render(report: &Report) -> String {
     let mut out = String::new();
     header(&mut out, report);
     out.push('\n');
-    out.push_str(&trials_table(&report.trials));
+    out.push_str(&trials_table(&report.trials, report.settings.mode));
     seeding(&mut out, report);
     out.push('\n');
     results(&mut out, report);
@@ -71,9 +71,14 @@ fn seeding(out: &mut String, r: &Report) {
     }
 }
 
-/// One line per trial with a header, as in the report.
-pub fn trials_table(trials: &[Trial]) -> String {
-    let mut out = format!("{TRIALS_HEADER}\n");
+/// One line per trial with a header, as in the report; a generation's rate is sequences a
+/// second (a whole generation is its step).
+pub fn trials_table(trials: &[Trial], mode: StepMode) -> String {
+    let header = match mode {
+        StepMode::Generate { .. } => TRIALS_HEADER.replace("samples/s", "   seqs/s"),
+        _ => TRIALS_HEADER.to_string(),
+    };
+    let mut out = format!("{header}\n");
     for t in trials {
         let _ = writeln!(out, "{}", trial_line(t).trim_end());
     }
