@@ -31,7 +31,7 @@ pub fn render(report: &Report) -> String {
     if !report.schedule.is_empty() {
         out.push('\n');
         schedule::header(&mut out, report);
-        schedule::rows(&mut out, &report.schedule);
+        schedule::rows(&mut out, &report.schedule, report.settings.mode);
     }
     if let Some(v) = &report.verification {
         out.push('\n');

@@ -3,7 +3,35 @@
 use std::fmt::Write as _;
 
 use maxbatch::report::ScheduleRow;
-use maxbatch::Report;
+use maxbatch::{Report, StepMode};
+
+/// The schedule's words for a mode: a training step and epoch, or an evaluation's or a
+/// generation's batch and pass over the data.
+struct Words {
+    samples: &'static str,
+    epoch: &'static str,
+    step: &'static str,
+}
+
+fn words(mode: StepMode) -> Words {
+    match mode {
+        StepMode::Train => Words {
+            samples: "samples",
+            epoch: "epoch",
+            step: "steps",
+        },
+        StepMode::Eval { .. } => Words {
+            samples: "samples evaluated",
+            epoch: "pass",
+            step: "batches",
+        },
+        StepMode::Generate { .. } => Words {
+            samples: "sequences generated",
+            epoch: "pass",
+            step: "batches",
+        },
+    }
+}
 
 /// The schedule's header: the dataset, and how the step times were taken.
 pub fn header(out: &mut String, r: &Report) {
@@ -13,12 +41,19 @@ pub fn header(out: &mut String, r: &Report) {
         } else {
             "last partial batch kept"
         };
+        let w = words(r.settings.mode);
         let _ = writeln!(
             out,
-            "schedule: {} samples × {} epoch{} ({last})",
+            "schedule: {} {} × {} {}{} ({last})",
             d.size,
+            w.samples,
             d.epochs,
-            if d.epochs == 1 { "" } else { "s" }
+            w.epoch,
+            match (d.epochs, w.epoch) {
+                (1, _) => "",
+                (_, "pass") => "es",
+                _ => "s",
+            }
         );
         if r.settings.steps_per_trial == 1 {
             let _ = writeln!(
@@ -31,12 +66,19 @@ pub fn header(out: &mut String, r: &Report) {
     }
 }
 
-/// The schedule's rows: steps per epoch and in total, and their time, at each size.
-pub fn rows(out: &mut String, rows: &[ScheduleRow]) {
+/// The schedule's rows: steps per epoch and in total, and their time, at each size (for an
+/// evaluation or a generation: batches per pass over the data).
+pub fn rows(out: &mut String, rows: &[ScheduleRow], mode: StepMode) {
+    let w = words(mode);
     let _ = writeln!(
         out,
         "{:<26}{:>6}  {:>12}  {:>12}  {:>12}  {:>12}",
-        "", "batch", "steps/epoch", "total steps", "epoch time", "total time"
+        "",
+        "batch",
+        format!("{}/{}", w.step, w.epoch),
+        format!("total {}", w.step),
+        format!("{} time", w.epoch),
+        "total time"
     );
     for row in rows {
         let label = match row.label.as_str() {

@@ -7,6 +7,7 @@ use maxbatch::format::bytes;
 use maxbatch::plan::Plan;
 use maxbatch::sweep::Sweep;
 use maxbatch::Report;
+use maxbatch::StepMode;
 
 use super::answer::{DevicesAnswer, SearchAnswer, WhatIf};
 use super::{report, schedule, size_or_none};
@@ -197,7 +198,11 @@ pub fn devices(all: &DevicesAnswer) -> String {
             "\nschedule at the global batch (per-device size × {}):",
             dp.world_size
         );
-        schedule::rows(&mut out, &dp.schedule);
+        let mode = all
+            .devices
+            .first()
+            .map_or(StepMode::Train, |d| d.report.settings.mode);
+        schedule::rows(&mut out, &dp.schedule, mode);
     }
     out
 }
