@@ -349,6 +349,18 @@ fn the_modes_refuse_what_they_cannot_run() {
         ],
         "the estimate predicts one step",
     );
+    // An evaluation's schedule counts batches per pass over the data, not training steps.
+    let output = maxbatch()
+        .args(&beside)
+        .args(["--mode", "eval", "--dataset-size", "1000", "--no-cache"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("1000 samples evaluated × 1 pass"), "{text}");
+    assert!(
+        text.contains("batches/pass") && !text.contains("steps/epoch"),
+        "{text}"
+    );
     // What held() measures under each mode: nothing trained means less held.
     let train = held(&tiny);
     let eval = held(&[&tiny[..], &["--mode", "eval"]].concat());
