@@ -465,14 +465,18 @@ impl TrainStep for Workload {
                 prompt_len,
                 new_tokens,
             } => {
-                self.with_model(|model| {
-                    model.generate(
+                self.with_model(|model| match model.decoder() {
+                    Some(decoder) => crate::models::generation::generate(
+                        decoder,
                         batch_size,
                         prompt_len,
                         new_tokens,
                         &self.device,
                         &mut || boundary(Phase::Prefill),
-                    )
+                    ),
+                    None => candle_core::bail!(
+                        "only the decoders (transformers, Llama-family and GPT-2 configs) generate"
+                    ),
                 })?;
                 boundary(Phase::Decode)
             }

@@ -58,18 +58,7 @@ pub(super) fn estimate(
         Architecture::Gpt(c) => gpt(c, seq, s, gradients),
         Architecture::Llama(c, _) if lora => super::lora::llama(c, seq, s, &adapters),
         Architecture::Llama(c, _) => llama(c, seq, s, gradients),
-        Architecture::ResNet(_) => {
-            return Err(Error::setting(
-                Setting::Model,
-                &spec.name,
-                format!(
-                    "maxbatch estimate does not count {}'s convolutions (candle's convolution \
-                     buffers are not modelled); run a search or `maxbatch check`, which \
-                     measure",
-                    spec.name
-                ),
-            ))
-        }
+        Architecture::ResNet(_) => return Err(uncounted_convolutions(spec)),
     };
     if kept != s {
         // Mixed precision: each step casts every variable to the compute dtype, and the graph
@@ -91,10 +80,7 @@ pub(super) fn estimate(
     Ok(Estimate {
         model: info.name,
         input: info.input,
-        dtype: match options.amp {
-            Some(amp) => format!("{} weights, {} passes (--amp)", info.dtype, amp.as_str()),
-            None => info.dtype,
-        },
+        dtype: dtype_words(&info.dtype, options),
         optimizer,
         adapters: info.adapters,
         weights_bytes: info.parameters * kept,
@@ -117,6 +103,28 @@ pub(super) fn estimate(
         ],
         inference: None,
     })
+}
+
+/// The estimate's dtype in words: the dtype, or under `--amp` the kept and computed ones.
+pub(super) fn dtype_words(dtype: &str, options: &ModelOptions) -> String {
+    match options.amp {
+        Some(amp) => format!("{dtype} weights, {} passes (--amp)", amp.as_str()),
+        None => dtype.to_string(),
+    }
+}
+
+/// The estimate's refusal of a model with convolutions (the ResNet): candle's CPU
+/// convolutions allocate unfolded buffers no count here models.
+pub(super) fn uncounted_convolutions(spec: &ModelSpec) -> Error {
+    Error::setting(
+        Setting::Model,
+        &spec.name,
+        format!(
+            "maxbatch estimate does not count {}'s convolutions (candle's convolution buffers \
+             are not modelled); run a search or `maxbatch check`, which measure",
+            spec.name
+        ),
+    )
 }
 
 /// What a backward moment's gradients computed so far hold more in `kept` bytes than the

@@ -154,27 +154,13 @@ pub(super) fn estimate(
             let t = spec.seq_len(options)?.unwrap_or(0) as u64;
             decoder(&shape, mode, t, s, |t| llama_block(c, t, s))
         }
-        _ => {
-            return Err(Error::setting(
-                Setting::Model,
-                &spec.name,
-                format!(
-                    "maxbatch estimate does not count {}'s convolutions (candle's convolution \
-                     buffers are not modelled); run a search or `maxbatch check`, which \
-                     measure",
-                    spec.name
-                ),
-            ))
-        }
+        _ => return Err(super::families::uncounted_convolutions(spec)),
     };
     held.append(&mut more);
     Ok(Estimate {
         model: info.name,
         input: info.input,
-        dtype: match options.amp {
-            Some(amp) => format!("{} weights, {} passes (--amp)", info.dtype, amp.as_str()),
-            None => info.dtype,
-        },
+        dtype: super::families::dtype_words(&info.dtype, options),
         optimizer,
         adapters: None,
         weights_bytes: info.parameters * kept,
@@ -297,6 +283,18 @@ struct Block {
     fixed: u64,
 }
 
+impl Block {
+    /// The moments with the per-call tensors and `inputs` (bytes a sample, alive all step)
+    /// added to each.
+    fn with_inputs(self, inputs: u64) -> Vec<Term> {
+        let fixed = self.fixed;
+        self.moments
+            .into_iter()
+            .map(|m| Term::new(m.what, m.fixed + fixed, m.per_sample + inputs))
+            .collect()
+    }
+}
+
 /// A decoder's evaluation (forward pass and loss at `t` tokens) or generation (prefill and
 /// decode), from its block's moments.
 fn decoder(
@@ -325,12 +323,8 @@ fn decoder(
             );
             // The prompt's ids; the prefill ends at the last position's logits.
             let prompt = 4 * p;
-            let mut prefill = block(p);
-            for m in &mut prefill.moments {
-                m.per_sample += prompt;
-                m.fixed += prefill.fixed;
-            }
-            prefill.moments.push(Term::new(
+            let mut prefill = block(p).with_inputs(prompt);
+            prefill.push(Term::new(
                 "the last position's logits",
                 0,
                 prompt + 2 * c * s + v * s,
@@ -343,7 +337,7 @@ fn decoder(
                 vec![
                     InferencePhase {
                         phase: Phase::Prefill,
-                        moments: prefill.moments,
+                        moments: prefill,
                     },
                     InferencePhase {
                         phase: Phase::Decode,
@@ -354,12 +348,8 @@ fn decoder(
         }
         _ => {
             let ids = 8 * t; // the inputs' and the targets' ids
-            let mut moments = block(t);
-            for m in &mut moments.moments {
-                m.per_sample += ids;
-                m.fixed += moments.fixed;
-            }
-            moments.moments.push(Term::new(
+            let mut moments = block(t).with_inputs(ids);
+            moments.push(Term::new(
                 "the loss",
                 0,
                 ids + 2 * t * c * s + t * loss_moment(v, s),
@@ -368,7 +358,7 @@ fn decoder(
                 Vec::new(),
                 vec![InferencePhase {
                     phase: Phase::Forward,
-                    moments: moments.moments,
+                    moments,
                 }],
             )
         }

@@ -68,28 +68,19 @@ impl LayerCache {
 /// `[t, offset + t]` (f32): 0 where the token at position `offset + i` may attend (itself
 /// and earlier), −∞ elsewhere; `None` for one token, which attends everything cached.
 pub(crate) fn cached_mask(t: usize, offset: usize, device: &Device) -> Result<Option<Tensor>> {
-    if t == 1 {
-        return Ok(None);
+    match t {
+        1 => Ok(None),
+        _ => super::layers::causal_mask_after(t, offset, device).map(Some),
     }
-    let len = offset + t;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..len).map(move |j| {
-                if j <= offset + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(mask, (t, len), device).map(Some)
 }
 
 /// A decoder that can run a step on a KV cache.
-pub(crate) trait Decoder {
+pub trait Decoder {
     /// The vocabulary's size.
     fn vocab(&self) -> usize;
+
+    /// The dtype the passes compute in (and the cache is kept in).
+    fn dtype(&self) -> DType;
 
     /// Layers, key/value heads and head width: the cache's shape.
     fn cache_shape(&self) -> (usize, usize, usize);
@@ -102,17 +93,17 @@ pub(crate) trait Decoder {
 /// Generates for `batch` sequences: a random `prompt_len`-token prompt each, prefilled in
 /// one pass (`after_prefill` is called then: the trial's prefill boundary), then
 /// `new_tokens` greedy decode steps of one token each. The caches are sized for `prompt_len
-/// + new_tokens` tokens in `dtype`.
-pub(crate) fn generate(
+/// + new_tokens` tokens in the model's dtype.
+pub fn generate(
     model: &dyn Decoder,
     batch: usize,
     prompt_len: usize,
     new_tokens: usize,
-    dtype: DType,
     device: &Device,
     after_prefill: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
     let (layers, kv_heads, head_dim) = model.cache_shape();
+    let dtype = model.dtype();
     let prompt = random_ids(model.vocab(), (batch, prompt_len), device)?;
     mark("inputs");
     let mut caches = (0..layers)

@@ -52,10 +52,25 @@ pub(crate) fn head_logits(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
 
 /// `[T, T]` (f32): 0 where a token may attend (itself and earlier), −∞ elsewhere.
 pub(crate) fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    causal_mask_after(t, 0, device)
+}
+
+/// `[T, offset + T]` (f32) for `t` tokens after `offset` cached ones: 0 where the token at
+/// position `offset + i` may attend (itself and earlier), −∞ elsewhere.
+pub(crate) fn causal_mask_after(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    let len = offset + t;
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..len).map(move |j| {
+                if j <= offset + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
-    Tensor::from_vec(mask, (t, t), device)
+    Tensor::from_vec(mask, (t, len), device)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::frozen;
-use super::generation::{self, cached_mask, Decoder, LayerCache};
+use super::generation::{cached_mask, Decoder, LayerCache};
 use super::lora::{AdaptedLinear, Adapters, LinearShape};
 use super::{causal_mask, cross_entropy, head_logits, token_batch, Batch, Model};
 use crate::memory::parts::mark;
@@ -356,30 +356,18 @@ impl Model for Llama {
         Ok(loss)
     }
 
-    fn generate(
-        &self,
-        batch_size: usize,
-        prompt_len: usize,
-        new_tokens: usize,
-        device: &Device,
-        after_prefill: &mut dyn FnMut() -> Result<()>,
-    ) -> Result<()> {
-        let dtype = self.embed.embeddings().dtype();
-        generation::generate(
-            self,
-            batch_size,
-            prompt_len,
-            new_tokens,
-            dtype,
-            device,
-            after_prefill,
-        )
+    fn decoder(&self) -> Option<&dyn Decoder> {
+        Some(self)
     }
 }
 
 impl Decoder for Llama {
     fn vocab(&self) -> usize {
         self.config.vocab
+    }
+
+    fn dtype(&self) -> candle_core::DType {
+        self.embed.embeddings().dtype()
     }
 
     fn cache_shape(&self) -> (usize, usize, usize) {

@@ -7,7 +7,7 @@
 //! are synthetic batches of the worst-case shape.
 
 pub mod frozen;
-pub(crate) mod generation;
+pub mod generation;
 pub mod hf_config;
 mod info;
 mod layers;
@@ -47,20 +47,10 @@ pub trait Model {
     /// The scalar training loss of `batch` (cross-entropy).
     fn loss(&self, batch: &Batch) -> Result<Tensor>;
 
-    /// Generates for `batch_size` sequences with a KV cache: a `prompt_len`-token prompt
-    /// prefilled (then `after_prefill` is called), then `new_tokens` decode steps (see
-    /// [`generation`]). Only the decoders generate.
-    fn generate(
-        &self,
-        _batch_size: usize,
-        _prompt_len: usize,
-        _new_tokens: usize,
-        _device: &Device,
-        _after_prefill: &mut dyn FnMut() -> Result<()>,
-    ) -> Result<()> {
-        candle_core::bail!(
-            "only the decoders (transformers, Llama-family and GPT-2 configs) generate"
-        )
+    /// The model as a decoder that can generate with a KV cache (see [`generation`]): the
+    /// transformers and the Llama family; `None` for the others.
+    fn decoder(&self) -> Option<&dyn generation::Decoder> {
+        None
     }
 }
 

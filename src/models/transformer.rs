@@ -11,7 +11,7 @@ use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::frozen;
-use super::generation::{self, cached_mask, Decoder, LayerCache};
+use super::generation::{cached_mask, Decoder, LayerCache};
 use super::lora::{AdaptedLinear, Adapters, LinearShape};
 use super::{
     bounded_seq_len, causal_mask, cross_entropy, head_logits, token_batch, Batch, Model,
@@ -293,30 +293,18 @@ impl Model for Gpt {
         Ok(loss)
     }
 
-    fn generate(
-        &self,
-        batch_size: usize,
-        prompt_len: usize,
-        new_tokens: usize,
-        device: &Device,
-        after_prefill: &mut dyn FnMut() -> Result<()>,
-    ) -> Result<()> {
-        let dtype = self.tokens.embeddings().dtype();
-        generation::generate(
-            self,
-            batch_size,
-            prompt_len,
-            new_tokens,
-            dtype,
-            device,
-            after_prefill,
-        )
+    fn decoder(&self) -> Option<&dyn Decoder> {
+        Some(self)
     }
 }
 
 impl Decoder for Gpt {
     fn vocab(&self) -> usize {
         self.config.vocab
+    }
+
+    fn dtype(&self) -> candle_core::DType {
+        self.tokens.embeddings().dtype()
     }
 
     fn cache_shape(&self) -> (usize, usize, usize) {
