@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::models::generation::KV_CACHE_PART;
 use crate::models::{ModelInfo, StepMode};
 use crate::search::{Fits, Through};
 use crate::trial::{self, Trial};
@@ -294,9 +295,6 @@ pub struct Generation {
     #[serde(default)]
     pub decode_tokens_per_second: Option<f64>,
 }
-
-/// The part a generation's KV cache is marked as (`models::generation`).
-pub const KV_CACHE_PART: &str = "kv cache";
 
 /// A generation's figures (`None` for any other mode, or when the maximum did not run).
 pub fn generation(

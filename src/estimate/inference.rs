@@ -142,17 +142,19 @@ pub(super) fn estimate(
         // held to its end.
         held.push(Term::new("the weights' casts", info.parameters * s, 0));
     }
+    // A generation's cache, from the config (`ModelSpec::kv_cache_bytes_per_token`).
+    let kv_per_token = spec.kv_cache_bytes_per_token(options).unwrap_or(0);
     let (mut more, phases) = match (&spec.architecture, options.mode) {
         (Architecture::Mlp(c), StepMode::Eval { .. }) => (Vec::new(), mlp(c, s)),
         (Architecture::Gpt(c), mode) => {
             let shape = Decoder::gpt(c);
             let t = c.seq_len(options)? as u64;
-            decoder(&shape, mode, t, s, |t| gpt_block(c, t, s))
+            decoder(&shape, mode, (t, s, kv_per_token), |t| gpt_block(c, t, s))
         }
         (Architecture::Llama(c, _), mode) => {
             let shape = Decoder::llama(c);
             let t = spec.seq_len(options)?.unwrap_or(0) as u64;
-            decoder(&shape, mode, t, s, |t| llama_block(c, t, s))
+            decoder(&shape, mode, (t, s, kv_per_token), |t| llama_block(c, t, s))
         }
         _ => return Err(super::families::uncounted_convolutions(spec)),
     };
@@ -253,24 +255,26 @@ struct Decoder {
 
 impl Decoder {
     fn gpt(c: &GptConfig) -> Self {
+        let (layers, kv_heads, head_dim) = c.cache_shape();
         Self {
-            layers: c.layers as u64,
+            layers: layers as u64,
             width: c.width as u64,
             vocab: c.vocab as u64,
             heads: c.heads as u64,
             query_width: c.width as u64,
-            kv_width: c.width as u64,
+            kv_width: (kv_heads * head_dim) as u64,
         }
     }
 
     fn llama(c: &LlamaConfig) -> Self {
+        let (layers, kv_heads, head_dim) = c.cache_shape();
         Self {
-            layers: c.layers as u64,
+            layers: layers as u64,
             width: c.hidden as u64,
             vocab: c.vocab as u64,
             heads: c.heads as u64,
             query_width: (c.heads * c.head_dim) as u64,
-            kv_width: (c.kv_heads * c.head_dim) as u64,
+            kv_width: (kv_heads * head_dim) as u64,
         }
     }
 }
@@ -296,12 +300,12 @@ impl Block {
 }
 
 /// A decoder's evaluation (forward pass and loss at `t` tokens) or generation (prefill and
-/// decode), from its block's moments.
+/// decode, its cache `kv_per_token` bytes a token), from its block's moments, in `s`-byte
+/// elements.
 fn decoder(
     d: &Decoder,
     mode: StepMode,
-    t: u64,
-    s: u64,
+    (t, s, kv_per_token): (u64, u64, u64),
     block: impl Fn(u64) -> Block,
 ) -> (Vec<Term>, Vec<InferencePhase>) {
     let (c, v) = (d.width, d.vocab);
@@ -319,7 +323,7 @@ fn decoder(
                     d.layers, d.kv_width
                 ),
                 0,
-                2 * d.layers * d.kv_width * cached * s,
+                kv_per_token * cached,
             );
             // The prompt's ids; the prefill ends at the last position's logits.
             let prompt = 4 * p;

@@ -12,6 +12,9 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use super::random_ids;
 use crate::memory::parts::mark;
 
+/// The part a generation's KV cache is marked as: a CPU trial counts its bytes apart.
+pub const KV_CACHE_PART: &str = "kv cache";
+
 /// One layer's keys and values for every sequence of a batch, allocated for the whole
 /// generation, filled as it goes.
 pub struct LayerCache {
@@ -118,7 +121,7 @@ pub fn generate(
             )
         })
         .collect::<Result<Vec<_>>>()?;
-    mark("kv cache");
+    mark(KV_CACHE_PART);
     let logits = model.forward_cached(&prompt, &mut caches)?;
     drop(prompt);
     let mut next = logits.argmax(D::Minus1)?.unsqueeze(1)?;

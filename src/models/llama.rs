@@ -45,6 +45,12 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// A generation's KV cache per layer: layers, key/value heads (the grouped ones), head
+    /// width.
+    pub fn cache_shape(&self) -> (usize, usize, usize) {
+        (self.layers, self.kv_heads, self.head_dim)
+    }
+
     /// Trainable parameters, from the shape alone.
     pub fn parameter_count(&self) -> u64 {
         let [v, h, q, kv, i] = [
@@ -371,8 +377,7 @@ impl Decoder for Llama {
     }
 
     fn cache_shape(&self) -> (usize, usize, usize) {
-        let c = &self.config;
-        (c.layers, c.kv_heads, c.head_dim)
+        self.config.cache_shape()
     }
 
     fn forward_cached(&self, tokens: &Tensor, caches: &mut [LayerCache]) -> Result<Tensor> {

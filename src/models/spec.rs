@@ -139,13 +139,19 @@ impl ModelSpec {
     /// in: 2 (keys and values) × layers × key/value heads × head width × bytes (`None`: not
     /// a decoder). Arithmetic from the shapes.
     pub fn kv_cache_bytes_per_token(&self, options: &ModelOptions) -> Option<u64> {
-        let (layers, kv_heads, head_dim) = match &self.architecture {
-            Architecture::Gpt(c) => (c.layers, c.heads, c.width / c.heads.max(1)),
-            Architecture::Llama(c, _) => (c.layers, c.kv_heads, c.head_dim),
-            Architecture::Mlp(_) | Architecture::ResNet(_) => return None,
-        };
+        let (layers, kv_heads, head_dim) = self.cache_shape()?;
         let bytes = options.compute_dtype().size_in_bytes();
         Some(2 * (layers * kv_heads * head_dim * bytes) as u64)
+    }
+
+    /// A decoder's KV cache per layer: layers, key/value heads, head width (`None`: not a
+    /// decoder).
+    pub fn cache_shape(&self) -> Option<(usize, usize, usize)> {
+        match &self.architecture {
+            Architecture::Gpt(c) => Some(c.cache_shape()),
+            Architecture::Llama(c, _) => Some(c.cache_shape()),
+            Architecture::Mlp(_) | Architecture::ResNet(_) => None,
+        }
     }
 
     /// The adapters `options.lora` asks for (none without it); refuses LoRA on the MLP and
@@ -214,14 +220,13 @@ impl ModelSpec {
         } = options.mode
         {
             // The prefill's [P, ·] tensors and scores, one layer's cache, the last logits.
-            let (ffn, heads, kv_width, vocab) = match &self.architecture {
-                Architecture::Gpt(c) => (c.ffn, c.heads, c.width, c.vocab),
-                Architecture::Llama(c, _) => {
-                    (c.intermediate, c.heads, c.kv_heads * c.head_dim, c.vocab)
-                }
-                Architecture::Mlp(_) | Architecture::ResNet(_) => (0, 0, 0, 0),
+            let (ffn, heads, vocab) = match &self.architecture {
+                Architecture::Gpt(c) => (c.ffn, c.heads, c.vocab),
+                Architecture::Llama(c, _) => (c.intermediate, c.heads, c.vocab),
+                Architecture::Mlp(_) | Architecture::ResNet(_) => (0, 0, 0),
             };
-            let cache = (kv_width * (prompt_len + new_tokens)) as u64;
+            let (_, kv_heads, head_dim) = self.cache_shape().unwrap_or_default();
+            let cache = (kv_heads * head_dim * (prompt_len + new_tokens)) as u64;
             return Ok(tokens_times(prompt_len, &[ffn], heads)
                 .max(cache)
                 .max(vocab as u64));

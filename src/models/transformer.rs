@@ -107,6 +107,12 @@ impl GptConfig {
     /// PEFT's default LoRA targets for GPT-2: the fused query-key-value projection.
     pub const LORA_DEFAULT: &'static [&'static str] = &["c_attn"];
 
+    /// A generation's KV cache per layer: layers, key/value heads (every head's), head
+    /// width.
+    pub fn cache_shape(&self) -> (usize, usize, usize) {
+        (self.layers, self.heads, self.width / self.heads.max(1))
+    }
+
     /// The sequence length of the trials: `--seq-len`, or the context length.
     pub fn seq_len(&self, options: &ModelOptions) -> std::result::Result<usize, Error> {
         bounded_seq_len(options.seq_len, self.context, self.context, true)
@@ -308,8 +314,7 @@ impl Decoder for Gpt {
     }
 
     fn cache_shape(&self) -> (usize, usize, usize) {
-        let c = &self.config;
-        (c.layers, c.heads, c.width / c.heads)
+        self.config.cache_shape()
     }
 
     fn forward_cached(&self, tokens: &Tensor, caches: &mut [LayerCache]) -> Result<Tensor> {

@@ -30,6 +30,15 @@ fn check_code(args: &[String], batch_size: u64, extra: &[&str]) -> i32 {
     output.status.code().unwrap_or(-1)
 }
 
+/// The `phase` of each entry of a JSON list (a trial's phase times, an estimate's phases).
+fn phase_names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect()
+}
+
 /// The search's maximum, after checking it is exact: the maximum ran and fit, the size
 /// after it ran and did not, every size reported ran, and `check` agrees on both.
 fn exact_max(args: &[String], report: &Value) -> u64 {
@@ -156,13 +165,7 @@ fn generation_is_exact_and_its_kv_cache_is_the_arithmetic() {
             .iter()
             .find(|t| t["batch_size"].as_u64() == Some(max))
             .unwrap();
-        let phases: Vec<&str> = at_max["phase_seconds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["phase"].as_str().unwrap())
-            .collect();
-        assert_eq!(phases, ["prefill", "decode"]);
+        assert_eq!(phase_names(&at_max["phase_seconds"]), ["prefill", "decode"]);
         // The estimate's KV cache is the same arithmetic, and it seeded the search: its
         // maximum is a size the search ran first.
         let mut estimate: Vec<&str> = model.clone();
@@ -177,13 +180,7 @@ fn generation_is_exact_and_its_kv_cache_is_the_arithmetic() {
         assert_eq!(predicted["predicted"], true);
         let held = &predicted["estimate"]["inference"]["held"][0];
         assert_eq!(held["per_sample"].as_u64(), Some(per_token * 32), "{held}");
-        let phases: Vec<&str> = predicted["phases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["phase"].as_str().unwrap())
-            .collect();
-        assert_eq!(phases, ["prefill", "decode"]);
+        assert_eq!(phase_names(&predicted["phases"]), ["prefill", "decode"]);
         assert!(report["seeding"].is_object(), "{}", report["seeding"]);
     }
 }
